@@ -1,0 +1,101 @@
+"""Application wiring: settings in, a FastAPI app out. No behaviour lives here."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from importlib.metadata import version
+
+import structlog
+from fastapi import FastAPI
+
+from potok_state import docs
+from potok_state.auth import ApiKeyRing
+from potok_state.errors import install_error_handlers
+from potok_state.events.api import router as events_router
+from potok_state.events.service import ChangeFeed
+from potok_state.health.api import router as health_router
+from potok_state.health.service import HealthService
+from potok_state.logging import configure_logging
+from potok_state.request_context import RequestContextMiddleware
+from potok_state.settings import Settings
+from potok_state.states.api import router as states_router
+from potok_state.states.machines import load_machines
+from potok_state.states.service import StateService
+from potok_state.storage.migrate import current_revision, head_revision, upgrade_to_head
+from potok_state.storage.sql import SqlStateStore
+
+log = structlog.get_logger(__name__)
+
+VERSION = version("potok-state")
+
+
+class SchemaNotCurrent(RuntimeError):
+    pass
+
+
+async def prepare_schema(store: SqlStateStore) -> None:
+    """An embedded SQLite file is migrated in place; a server database must be
+    migrated on purpose (`potok-state migrate`) and is only checked here."""
+    if store.is_sqlite:
+        await asyncio.to_thread(upgrade_to_head, store.url)
+        return
+    current, head = await current_revision(store.engine), head_revision()
+    if current != head:
+        raise SchemaNotCurrent(
+            f"the database schema is at revision {current}, this release needs {head}: "
+            "run `potok-state migrate` first"
+        )
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or Settings()
+    configure_logging(settings.log_level, settings.log_format)
+    machines = load_machines(settings.state_machines_file, strict=settings.state_machines_strict)
+    store = SqlStateStore(settings.database_url, pool_size=settings.database_pool_size)
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        await prepare_schema(store)
+        log.info("service.started", app=settings.app_name, env=settings.app_env.value)
+        try:
+            yield
+        finally:
+            await store.close()
+            log.info("service.stopped")
+
+    app = FastAPI(
+        title="Potok State Service",
+        version=VERSION,
+        description="Record and read entity states with validated transitions, "
+        "full history, webhooks and a change feed.",
+        lifespan=lifespan,
+        docs_url=None,
+        redoc_url=None,
+        openapi_url=docs.OPENAPI_PATH,
+    )
+    app.state.settings = settings
+    app.state.api_keys = ApiKeyRing(settings.parsed_api_keys)
+    app.state.store = store
+    app.state.state_service = StateService(
+        store,
+        machines,
+        metadata_max_bytes=settings.metadata_max_bytes,
+        idempotency_ttl=settings.idempotency_ttl,
+    )
+    app.state.change_feed = ChangeFeed(store)
+    app.state.health_service = HealthService(store, version=VERSION)
+
+    install_error_handlers(app)
+    app.add_middleware(RequestContextMiddleware)
+    app.include_router(health_router)
+    app.include_router(states_router)
+    app.include_router(events_router)
+    docs.install_api_docs(app)
+    return app
+
+
+def app_from_environment() -> FastAPI:
+    """Factory for `uvicorn --factory`: settings from the environment and `.env`."""
+    return create_app(Settings())

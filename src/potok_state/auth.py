@@ -1,0 +1,47 @@
+"""`x-api-key` authentication. The key's name is the actor recorded on changes."""
+
+from __future__ import annotations
+
+import hmac
+from typing import Annotated
+
+from fastapi import Depends, Request, Security
+from fastapi.security import APIKeyHeader
+
+from potok_state.errors import Unauthorized
+from potok_state.settings import ApiKey
+
+api_key_header = APIKeyHeader(
+    name="x-api-key", auto_error=False, description="One of the keys in API_KEYS."
+)
+
+
+class ApiKeyRing:
+    def __init__(self, keys: tuple[ApiKey, ...]) -> None:
+        self._keys = [(key.name, key.key.get_secret_value().encode()) for key in keys]
+
+    def actor_for(self, presented: str) -> str | None:
+        """The name of the matching key. Every key is compared, each in constant
+        time, so the answer's timing says nothing about which keys exist."""
+        candidate = presented.encode()
+        actor = None
+        for name, key in self._keys:
+            if hmac.compare_digest(candidate, key):
+                actor = name
+        return actor
+
+
+async def require_actor(
+    request: Request, presented: Annotated[str | None, Security(api_key_header)]
+) -> str:
+    if not presented:
+        raise Unauthorized("Missing x-api-key header.")
+    ring: ApiKeyRing = request.app.state.api_keys
+    actor = ring.actor_for(presented)
+    if actor is None:
+        raise Unauthorized("Unknown API key.")
+    request.state.actor = actor
+    return actor
+
+
+Actor = Annotated[str, Depends(require_actor)]

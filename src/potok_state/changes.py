@@ -1,0 +1,116 @@
+"""The one way a change is applied: through the store, logged, and honouring
+`Idempotency-Key`.
+
+With a key, a retried write replays the first response instead of applying
+twice. The outcome is stored in the same transaction as the change, so there is
+no window in which the change exists without its replay record."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Generic, TypeVar
+
+import structlog
+from pydantic import BaseModel
+
+from potok_state.clock import utc_now
+from potok_state.errors import InvalidInput
+from potok_state.events.payload import event_data
+from potok_state.storage.port import (
+    AppliedChange,
+    Decide,
+    IdempotencyConflict,
+    IdempotencyRecord,
+    IdempotencyWrite,
+    StateChange,
+    StateStore,
+)
+
+log = structlog.get_logger("potok_state.changes")
+
+Outcome = TypeVar("Outcome", bound=BaseModel)
+OutcomeT = TypeVar("OutcomeT")
+
+
+class IdempotencyKeyReused(InvalidInput):
+    code = "idempotency_key_reused"
+
+
+@dataclass(frozen=True, slots=True)
+class IdempotencyKey:
+    key: str
+    fingerprint: str
+
+
+@dataclass(frozen=True, slots=True)
+class Applied(Generic[OutcomeT]):
+    outcome: OutcomeT
+    replayed: bool
+
+
+async def apply_change(
+    store: StateStore,
+    *,
+    targets: Sequence[tuple[str, str]],
+    decide: Decide,
+    respond: Callable[[Sequence[AppliedChange]], Outcome],
+    outcome_type: type[Outcome],
+    actor: str,
+    idempotency: IdempotencyKey | None,
+    ttl_seconds: int,
+) -> Applied[Outcome]:
+    """Apply one change through the store, honouring an idempotency key."""
+    if idempotency is None:
+        applied = await store.apply(targets, decide, event_data)
+        _log_applied(applied)
+        return Applied(respond(applied), replayed=False)
+
+    scope = f"{actor}:{idempotency.key}"
+    not_before = utc_now() - timedelta(seconds=ttl_seconds)
+    previous = await store.idempotency_record(scope, not_before)
+    if previous is not None:
+        return Applied(_replay(previous, idempotency, outcome_type), replayed=True)
+    write = IdempotencyWrite(
+        scope=scope,
+        fingerprint=idempotency.fingerprint,
+        encode=lambda applied: respond(applied).model_dump_json().encode(),
+        expired_before=not_before,
+    )
+    try:
+        applied = await store.apply(targets, decide, event_data, write)
+    except IdempotencyConflict:
+        winner = await store.idempotency_record(scope, not_before)
+        if winner is None:
+            raise
+        return Applied(_replay(winner, idempotency, outcome_type), replayed=True)
+    _log_applied(applied)
+    return Applied(respond(applied), replayed=False)
+
+
+def _log_applied(applied: Sequence[AppliedChange]) -> None:
+    for change in applied:
+        mutation = change.mutation
+        if isinstance(mutation, StateChange):
+            log.info(
+                mutation.event.value,
+                entityType=mutation.entity,
+                entityId=mutation.entity_id,
+                previousStatus=mutation.previous_status,
+                newStatus=mutation.status,
+                version=mutation.version,
+                revision=change.revision,
+                actor=mutation.actor,
+            )
+        else:
+            log.info(mutation.event, revision=change.revision, actor=mutation.actor)
+
+
+def _replay(record: IdempotencyRecord, key: IdempotencyKey, outcome_type: type[Outcome]) -> Outcome:
+    if record.fingerprint != key.fingerprint:
+        raise IdempotencyKeyReused(
+            "This Idempotency-Key was already used with a different request.",
+            details={"idempotencyKey": key.key},
+        )
+    return outcome_type.model_validate_json(record.outcome)

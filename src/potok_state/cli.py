@@ -1,0 +1,94 @@
+"""`potok-state serve | worker | migrate | config`."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+import uvicorn
+from pydantic import SecretStr, ValidationError
+
+from potok_state.settings import Settings
+from potok_state.states.machines import MachineDefinitionError
+from potok_state.storage.migrate import upgrade_to_head
+
+
+def _load_settings() -> Settings:
+    try:
+        return Settings()
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in error['loc']) or 'settings'}: {error['msg']}"
+            for error in exc.errors()
+        )
+        sys.exit(f"potok-state: invalid configuration: {problems}")
+
+
+def serve(args: argparse.Namespace) -> None:
+    settings = _load_settings()
+    from potok_state.app import SchemaNotCurrent, create_app
+
+    try:
+        app = create_app(settings)
+    except MachineDefinitionError as exc:
+        sys.exit(f"potok-state: invalid state machine table: {exc}")
+    try:
+        uvicorn.run(
+            app,
+            host=args.host or settings.host,
+            port=args.port or settings.port,
+            log_config=None,
+            access_log=False,
+            proxy_headers=True,
+            timeout_graceful_shutdown=30,
+        )
+    except SchemaNotCurrent as exc:
+        sys.exit(f"potok-state: {exc}")
+
+
+def migrate(_: argparse.Namespace) -> None:
+    settings = _load_settings()
+    upgrade_to_head(settings.database_url)
+    print(f"potok-state: database schema is up to date ({_safe_url(settings.database_url)})")
+
+
+def _safe_url(url: str) -> str:
+    from sqlalchemy.engine import make_url
+
+    return make_url(url).render_as_string(hide_password=True)
+
+
+def _masked(value: object) -> object:
+    if isinstance(value, SecretStr):
+        return "********" if value.get_secret_value() else ""
+    if isinstance(value, dict):
+        return {key: _masked(item) for key, item in value.items()}
+    return value
+
+
+def show_config(_: argparse.Namespace) -> None:
+    settings = _load_settings()
+    effective = _masked(settings.model_dump())
+    assert isinstance(effective, dict)
+    effective["database_url"] = _safe_url(settings.database_url)
+    print(json.dumps(effective, indent=2, default=str))
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="potok-state", description="Potok State Service")
+    commands = parser.add_subparsers(dest="command", required=True)
+    serve_cmd = commands.add_parser("serve", help="run the HTTP service")
+    serve_cmd.add_argument("--host", help="bind address (default: HOST or 0.0.0.0)")
+    serve_cmd.add_argument("--port", type=int, help="port (default: PORT or 3002)")
+    serve_cmd.set_defaults(handler=serve)
+    commands.add_parser("migrate", help="upgrade the database schema").set_defaults(handler=migrate)
+    commands.add_parser("config", help="print the effective settings, secrets masked").set_defaults(
+        handler=show_config
+    )
+    args = parser.parse_args(argv)
+    args.handler(args)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,153 @@
+"""One error hierarchy and one renderer for the error body of DESIGN.md §7."""
+
+from __future__ import annotations
+
+from http import HTTPStatus
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, JsonValue
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from potok_state.logging import current_request_id
+
+
+class ServiceError(Exception):
+    """Base of every error the service answers on purpose."""
+
+    status_code: int = 500
+    code: str = "internal_error"
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        details: dict[str, JsonValue] | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.details = details or {}
+        self.headers = headers
+
+
+class BadRequest(ServiceError):
+    status_code = 400
+    code = "bad_request"
+
+
+class Unauthorized(ServiceError):
+    status_code = 401
+    code = "unauthorized"
+
+
+class NotFound(ServiceError):
+    status_code = 404
+    code = "not_found"
+
+
+class Conflict(ServiceError):
+    status_code = 409
+    code = "conflict"
+
+
+class PreconditionFailed(ServiceError):
+    status_code = 412
+    code = "precondition_failed"
+
+
+class PayloadTooLarge(ServiceError):
+    status_code = 413
+    code = "payload_too_large"
+
+
+class InvalidInput(ServiceError):
+    status_code = 422
+    code = "validation_error"
+
+
+class TooManyRequests(ServiceError):
+    status_code = 429
+    code = "rate_limited"
+
+
+class Unavailable(ServiceError):
+    status_code = 503
+    code = "unavailable"
+
+
+class ErrorBody(BaseModel):
+    """The one error shape of every endpoint."""
+
+    statusCode: int
+    error: str
+    code: str
+    message: str
+    details: dict[str, JsonValue] = {}
+    requestId: str | None = None
+
+
+def error_response(
+    status_code: int,
+    code: str,
+    message: str,
+    details: dict[str, JsonValue] | None = None,
+    headers: dict[str, str] | None = None,
+) -> JSONResponse:
+    body = ErrorBody(
+        statusCode=status_code,
+        error=HTTPStatus(status_code).phrase,
+        code=code,
+        message=message,
+        details=details or {},
+        requestId=current_request_id(),
+    )
+    return JSONResponse(body.model_dump(), status_code=status_code, headers=headers)
+
+
+def error_responses(*errors: type[ServiceError]) -> dict[int | str, dict[str, object]]:
+    """OpenAPI `responses=` entry declaring the error body for each status."""
+    statuses = sorted({e.status_code for e in errors} | {401, 422})
+    return {
+        status: {"model": ErrorBody, "description": HTTPStatus(status).phrase}
+        for status in statuses
+    }
+
+
+_HTTP_CODES = {
+    400: "bad_request",
+    401: "unauthorized",
+    403: "forbidden",
+    404: "not_found",
+    405: "method_not_allowed",
+    406: "not_acceptable",
+    413: "payload_too_large",
+    415: "unsupported_media_type",
+}
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(ServiceError)
+    async def _service_error(_: Request, exc: ServiceError) -> JSONResponse:
+        return error_response(exc.status_code, exc.code, exc.message, exc.details, exc.headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:
+        problems: list[JsonValue] = [
+            {
+                "location": [str(part) for part in err.get("loc", ())],
+                "message": str(err.get("msg", "")),
+                "type": str(err.get("type", "")),
+            }
+            for err in exc.errors()
+        ]
+        return error_response(
+            422, "validation_error", "The request is not valid.", {"errors": problems}
+        )
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+        code = _HTTP_CODES.get(exc.status_code, "http_error")
+        message = exc.detail if isinstance(exc.detail, str) else HTTPStatus(exc.status_code).phrase
+        return error_response(exc.status_code, code, message, headers=exc.headers)

@@ -1,0 +1,32 @@
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Query, Request, Response
+
+from potok_state.auth import Actor
+from potok_state.errors import error_responses
+from potok_state.events.schemas import ChangePage
+from potok_state.events.service import ChangeFeed
+
+router = APIRouter(prefix="/api/v1", tags=["events"])
+
+
+def change_feed(request: Request) -> ChangeFeed:
+    feed: ChangeFeed = request.app.state.change_feed
+    return feed
+
+
+@router.get(
+    "/changes",
+    response_model=ChangePage,
+    summary="The global change feed, oldest first, after a revision",
+    responses=error_responses(),
+)
+async def list_changes(
+    feed: Annotated[ChangeFeed, Depends(change_feed)],
+    _: Actor,
+    after: Annotated[int, Query(ge=0, le=2**62, description="Revision cursor.")] = 0,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+) -> Response:
+    return Response(await feed.page(after, limit), media_type="application/json")

@@ -1,0 +1,78 @@
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from fastapi import APIRouter, Depends, Request, Response
+from pydantic import BaseModel
+
+from potok_state.health.service import HealthService
+
+router = APIRouter(tags=["health"])
+
+
+class DependencyHealth(BaseModel):
+    status: Literal["up", "down"]
+    latencyMs: float
+    error: str | None = None
+
+
+class Health(BaseModel):
+    status: Literal["ok", "degraded", "down"]
+    version: str
+    uptimeSeconds: float
+    checks: dict[str, DependencyHealth]
+
+
+class Liveness(BaseModel):
+    status: Literal["ok"]
+
+
+class Readiness(BaseModel):
+    ready: bool
+    storage: bool
+    redis: bool
+    externalDb: bool
+
+
+def health_service(request: Request) -> HealthService:
+    service: HealthService = request.app.state.health_service
+    return service
+
+
+Service = Annotated[HealthService, Depends(health_service)]
+
+
+@router.get("/health", response_model=Health, summary="Every dependency, with latency")
+async def health(service: Service, response: Response) -> Health:
+    storage = await service.check_storage()
+    checks = {
+        storage.name: DependencyHealth(
+            status="up" if storage.up else "down", latencyMs=storage.latency_ms, error=storage.error
+        )
+    }
+    if not storage.up:
+        response.status_code = 503
+    return Health(
+        status="ok" if storage.up else "down",
+        version=service.version,
+        uptimeSeconds=service.uptime_seconds(),
+        checks=checks,
+    )
+
+
+@router.get("/health/liveness", response_model=Liveness, summary="The process is up")
+async def liveness() -> Liveness:
+    return Liveness(status="ok")
+
+
+@router.get(
+    "/health/readiness",
+    response_model=Readiness,
+    summary="Ready to serve (503 when not)",
+    responses={503: {"model": Readiness, "description": "Not ready"}},
+)
+async def readiness(service: Service, response: Response) -> Readiness:
+    storage = await service.check_storage()
+    if not storage.up:
+        response.status_code = 503
+    return Readiness(ready=storage.up, storage=storage.up, redis=True, externalDb=True)

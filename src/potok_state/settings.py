@@ -1,0 +1,199 @@
+"""Service settings, read from the environment and `.env` (names as in DESIGN.md §7).
+
+Durations named `*_TIMEOUT` and `*_DELAY` are milliseconds, `*_TTL` are seconds,
+as in the original service.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from enum import StrEnum
+from functools import cached_property
+
+from pydantic import AliasChoices, BaseModel, Field, SecretStr, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+DEFAULT_SQLITE_URL = "sqlite+aiosqlite:///./data/potok-state.db"
+DEVELOPMENT_API_KEYS = "gateway:gateway-service-key"
+EXAMPLE_SECRETS = frozenset({"", "your-webhook-secret", "change-me", "development-secret"})
+
+
+class AppEnv(StrEnum):
+    DEVELOPMENT = "development"
+    TEST = "test"
+    PRODUCTION = "production"
+
+
+class LogFormat(StrEnum):
+    JSON = "json"
+    PRETTY = "pretty"
+
+
+class StorageBackend(StrEnum):
+    SQL = "sql"
+    EXTERNAL = "external"
+
+
+def _config(prefix: str = "") -> SettingsConfigDict:
+    return SettingsConfigDict(
+        env_prefix=prefix,
+        env_file=".env",
+        extra="ignore",
+        populate_by_name=True,
+        case_sensitive=False,
+    )
+
+
+class ApiKey(BaseModel):
+    name: str
+    key: SecretStr
+
+
+class WebhookSettings(BaseSettings):
+    model_config = _config("WEBHOOK_")
+
+    delivery_timeout: int = Field(30_000, ge=1, description="Per-attempt timeout, ms.")
+    max_retries: int = Field(3, ge=0, le=20, description="Retries after the first attempt.")
+    retry_delay: int = Field(5_000, ge=0, description="Backoff base, ms; doubles each retry.")
+    secret_key: SecretStr = Field(
+        SecretStr("development-secret"), description="Default signing secret."
+    )
+    max_consecutive_failures: int = Field(
+        10, ge=1, description="Failed attempts in a row that disable a subscription."
+    )
+    allow_private_targets: bool | None = Field(
+        None,
+        description="Allow private/loopback webhook URLs; defaults to true outside production.",
+    )
+
+
+class CacheSettings(BaseSettings):
+    model_config = _config("CACHE_")
+
+    state_ttl: int = Field(300, ge=1, description="TTL of one cached state, s.")
+    list_ttl: int = Field(60, ge=1, description="TTL of a cached query result, s.")
+
+
+class RedisTierSettings(BaseSettings):
+    host: str = Field("localhost", description="Redis host.")
+    port: int = Field(6379, ge=1, le=65535, description="Redis port.")
+    db: int = Field(0, ge=0, description="Redis database number.")
+    password: SecretStr | None = Field(None, description="Redis password.")
+
+
+class RedisLocalSettings(RedisTierSettings):
+    model_config = _config("REDIS_LOCAL_")
+
+    enabled: bool = Field(False, description="Use a local Redis cache tier.")
+
+
+class RedisGlobalSettings(RedisTierSettings):
+    model_config = _config("REDIS_GLOBAL_")
+
+    enabled: bool = Field(False, description="Use the global Redis tier shared by replicas.")
+    db: int = Field(1, ge=0, description="Redis database number.")
+
+
+class ThrottleSettings(BaseSettings):
+    model_config = _config("THROTTLE_")
+
+    limit: int = Field(1000, ge=0, description="Requests per API key per window; 0 disables.")
+    ttl: int = Field(60, ge=1, description="Rate-limit window, s.")
+
+
+class ExternalDbSettings(BaseSettings):
+    model_config = _config()
+
+    url: str | None = Field(
+        None, validation_alias="EXTERNAL_DB_URL", description="Potok Admin Service base URL."
+    )
+    api_key: SecretStr | None = Field(
+        None, validation_alias="EXTERNAL_DB_API_KEY", description="Admin Service API key."
+    )
+    connection_timeout: int = Field(
+        30_000, ge=1, validation_alias="DB_CONNECTION_TIMEOUT", description="Per-call timeout, ms."
+    )
+    retry_attempts: int = Field(
+        3, ge=0, validation_alias="DB_RETRY_ATTEMPTS", description="Retries on network/5xx errors."
+    )
+
+
+class Settings(BaseSettings):
+    model_config = _config()
+
+    app_env: AppEnv = Field(
+        AppEnv.DEVELOPMENT,
+        validation_alias=AliasChoices("APP_ENV", "NODE_ENV", "app_env"),
+        description="development, test or production.",
+    )
+    app_name: str = Field("potok-state-service", description="Service name in logs and health.")
+    port: int = Field(3002, ge=1, le=65535, description="HTTP port.")
+    host: str = Field("0.0.0.0", description="HTTP bind address.")
+    log_level: str = Field("info", description="debug, info, warning, error.")
+    log_format: LogFormat = Field(LogFormat.PRETTY, description="json or pretty.")
+    api_keys: SecretStr | None = Field(
+        None,
+        description="Comma-separated API keys, each `key` or `name:key`; the name is the actor.",
+    )
+    database_url: str = Field(DEFAULT_SQLITE_URL, description="SQLAlchemy async database URL.")
+    database_pool_size: int = Field(16, ge=1, description="Connections per process (PostgreSQL).")
+    storage_backend: StorageBackend = Field(StorageBackend.SQL, description="sql or external.")
+    state_machines_file: str | None = Field(
+        None, description="YAML file with transition tables that extend the built-in ones."
+    )
+    state_machines_strict: bool = Field(
+        False, description="Reject entity types that have no transition table."
+    )
+    metadata_max_bytes: int = Field(
+        65_536, ge=2, description="Largest serialized metadata object, bytes."
+    )
+    request_body_max_bytes: int = Field(
+        16 * 1024 * 1024, ge=1024, description="Largest request body, bytes (413 above)."
+    )
+    idempotency_ttl: int = Field(86_400, ge=1, description="How long an Idempotency-Key holds, s.")
+
+    webhooks: WebhookSettings = Field(default_factory=WebhookSettings)
+    cache: CacheSettings = Field(default_factory=CacheSettings)
+    redis_local: RedisLocalSettings = Field(default_factory=RedisLocalSettings)
+    redis_global: RedisGlobalSettings = Field(default_factory=RedisGlobalSettings)
+    throttle: ThrottleSettings = Field(default_factory=ThrottleSettings)
+    external_db: ExternalDbSettings = Field(default_factory=ExternalDbSettings)
+
+    @model_validator(mode="after")
+    def _production_needs_real_secrets(self) -> Settings:
+        if self.app_env is not AppEnv.PRODUCTION:
+            return self
+        if self.api_keys is None or not self.api_keys.get_secret_value().strip():
+            raise ValueError("API_KEYS must be set in production")
+        if self.api_keys.get_secret_value() == DEVELOPMENT_API_KEYS:
+            raise ValueError("API_KEYS must not be the development example key in production")
+        if self.webhooks.secret_key.get_secret_value() in EXAMPLE_SECRETS:
+            raise ValueError("WEBHOOK_SECRET_KEY must be set to a real secret in production")
+        return self
+
+    @property
+    def is_production(self) -> bool:
+        return self.app_env is AppEnv.PRODUCTION
+
+    @property
+    def is_sqlite(self) -> bool:
+        return self.database_url.startswith("sqlite")
+
+    @cached_property
+    def parsed_api_keys(self) -> tuple[ApiKey, ...]:
+        raw = self.api_keys.get_secret_value() if self.api_keys else DEVELOPMENT_API_KEYS
+        keys: list[ApiKey] = []
+        for item in (part.strip() for part in raw.split(",")):
+            if not item:
+                continue
+            name, sep, key = item.partition(":")
+            if not sep:
+                key = name
+                name = "key-" + hashlib.sha256(key.encode()).hexdigest()[:8]
+            keys.append(ApiKey(name=name.strip(), key=SecretStr(key.strip())))
+        return tuple(keys)
+
+    @property
+    def webhooks_allow_private_targets(self) -> bool:
+        allowed = self.webhooks.allow_private_targets
+        return (not self.is_production) if allowed is None else allowed

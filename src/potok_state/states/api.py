@@ -1,0 +1,291 @@
+"""States API routes (DESIGN.md §4). Parsing and status codes only; the rules
+live in `service.py`."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Literal
+
+from fastapi import APIRouter, Depends, Path, Query, Request, Response, status
+
+from potok_state.auth import Actor
+from potok_state.changes import Applied
+from potok_state.clock import as_utc
+from potok_state.errors import BadRequest, InvalidInput, error_responses
+from potok_state.http_headers import ExpectedVersion, Idempotency, etag
+from potok_state.states.errors import (
+    InvalidTransition,
+    MachineNotFound,
+    StateNotFound,
+    VersionMismatch,
+)
+from potok_state.states.schemas import (
+    ENTITY_ID_PATTERN,
+    ENTITY_TYPE_PATTERN,
+    STATUS_PATTERN,
+    BatchRequest,
+    BatchResult,
+    HistoryPage,
+    RecordStateRequest,
+    StateMachineView,
+    StatePage,
+    StateView,
+    UpdateStateRequest,
+)
+from potok_state.states.service import StateFilter, StateService
+
+router = APIRouter(prefix="/api/v1", tags=["states"])
+
+EntityPath = Annotated[str, Path(pattern=ENTITY_TYPE_PATTERN, description="Entity type.")]
+EntityIdPath = Annotated[str, Path(pattern=ENTITY_ID_PATTERN, description="Entity id.")]
+SortSpec = Literal[
+    "updatedAt",
+    "-updatedAt",
+    "createdAt",
+    "-createdAt",
+    "entityId",
+    "-entityId",
+    "status",
+    "-status",
+    "version",
+    "-version",
+]
+
+
+def state_service(request: Request) -> StateService:
+    service: StateService = request.app.state.state_service
+    return service
+
+
+Service = Annotated[StateService, Depends(state_service)]
+
+
+def _state_response(response: Response, applied: Applied[StateView]) -> StateView:
+    response.headers["ETag"] = etag(applied.outcome.version)
+    if applied.replayed:
+        response.headers["Idempotent-Replayed"] = "true"
+    return applied.outcome
+
+
+@router.post(
+    "/states/{entity}",
+    response_model=StateView,
+    summary="Record a state: create it, or apply a validated transition",
+    responses={
+        201: {"model": StateView, "description": "Created"},
+        **error_responses(InvalidTransition, BadRequest),
+    },
+)
+async def record_state(
+    entity: EntityPath,
+    body: RecordStateRequest,
+    response: Response,
+    service: Service,
+    actor: Actor,
+    idempotency: Idempotency,
+) -> StateView:
+    applied = await service.record_state(entity, body, actor=actor, idempotency=idempotency)
+    if applied.outcome.version == 1:
+        response.status_code = status.HTTP_201_CREATED
+    return _state_response(response, applied)
+
+
+@router.get(
+    "/states/{entity}",
+    response_model=StatePage,
+    summary="Query states of one entity type",
+    responses=error_responses(InvalidInput),
+)
+async def query_states(
+    request: Request,
+    entity: EntityPath,
+    service: Service,
+    _: Actor,
+    status_in: Annotated[
+        list[Annotated[str, Query(pattern=STATUS_PATTERN)]],
+        Query(alias="status", description="Repeat to match any of several statuses."),
+    ] = [],  # noqa: B006 - FastAPI copies query defaults
+    updated_after: Annotated[datetime | None, Query(alias="updatedAfter")] = None,
+    updated_before: Annotated[datetime | None, Query(alias="updatedBefore")] = None,
+    sort: SortSpec = "-updatedAt",
+    limit: Annotated[int, Query(ge=1, le=500)] = 50,
+    cursor: Annotated[str | None, Query(max_length=512)] = None,
+) -> StatePage:
+    """Filter by `status` (repeatable), `metadata.<key>=<value>` equality,
+    `updatedAfter`/`updatedBefore`; page with `cursor`."""
+    metadata_equals = {
+        name.removeprefix("metadata."): value
+        for name, value in request.query_params.items()
+        if name.startswith("metadata.")
+    }
+    query = StateFilter(
+        statuses=tuple(status_in),
+        metadata_equals=metadata_equals,
+        updated_after=as_utc(updated_after) if updated_after else None,
+        updated_before=as_utc(updated_before) if updated_before else None,
+        sort=sort,
+        limit=limit,
+        cursor=cursor,
+    )
+    return await service.query_states(entity, query)
+
+
+@router.post(
+    "/states/{entity}/batch",
+    response_model=BatchResult,
+    summary="Record up to 1000 states in one transaction",
+    responses=error_responses(InvalidTransition, BadRequest),
+)
+async def apply_batch(
+    entity: EntityPath,
+    body: BatchRequest,
+    response: Response,
+    service: Service,
+    actor: Actor,
+    idempotency: Idempotency,
+) -> BatchResult:
+    applied = await service.apply_batch(entity, body, actor=actor, idempotency=idempotency)
+    if applied.replayed:
+        response.headers["Idempotent-Replayed"] = "true"
+    return applied.outcome
+
+
+@router.get(
+    "/states/{entity}/{entity_id}",
+    response_model=StateView,
+    summary="One state, with its version as ETag",
+    responses=error_responses(StateNotFound),
+)
+async def get_state(
+    entity: EntityPath, entity_id: EntityIdPath, response: Response, service: Service, _: Actor
+) -> StateView:
+    state = await service.get_state(entity, entity_id)
+    response.headers["ETag"] = etag(state.version)
+    return state
+
+
+async def _update(
+    entity: str,
+    entity_id: str,
+    body: UpdateStateRequest,
+    response: Response,
+    service: StateService,
+    actor: str,
+    version: int | None,
+    idempotency: Idempotency,
+    *,
+    merge: bool,
+) -> StateView:
+    applied = await service.update_state(
+        entity,
+        entity_id,
+        body,
+        merge=merge,
+        actor=actor,
+        expected_version=version,
+        idempotency=idempotency,
+    )
+    return _state_response(response, applied)
+
+
+@router.put(
+    "/states/{entity}/{entity_id}",
+    response_model=StateView,
+    summary="Update a state; metadata, when given, replaces",
+    responses=error_responses(StateNotFound, InvalidTransition, VersionMismatch, BadRequest),
+)
+async def replace_state(
+    entity: EntityPath,
+    entity_id: EntityIdPath,
+    body: UpdateStateRequest,
+    response: Response,
+    service: Service,
+    actor: Actor,
+    version: ExpectedVersion,
+    idempotency: Idempotency,
+) -> StateView:
+    return await _update(
+        entity, entity_id, body, response, service, actor, version, idempotency, merge=False
+    )
+
+
+@router.patch(
+    "/states/{entity}/{entity_id}",
+    response_model=StateView,
+    summary="Update a state; metadata merges (JSON merge patch)",
+    responses=error_responses(StateNotFound, InvalidTransition, VersionMismatch, BadRequest),
+)
+async def patch_state(
+    entity: EntityPath,
+    entity_id: EntityIdPath,
+    body: UpdateStateRequest,
+    response: Response,
+    service: Service,
+    actor: Actor,
+    version: ExpectedVersion,
+    idempotency: Idempotency,
+) -> StateView:
+    return await _update(
+        entity, entity_id, body, response, service, actor, version, idempotency, merge=True
+    )
+
+
+@router.delete(
+    "/states/{entity}/{entity_id}",
+    status_code=status.HTTP_204_NO_CONTENT,
+    response_class=Response,
+    summary="Delete a state; its history is kept",
+    responses=error_responses(StateNotFound, VersionMismatch, BadRequest),
+)
+async def delete_state(
+    entity: EntityPath,
+    entity_id: EntityIdPath,
+    service: Service,
+    actor: Actor,
+    version: ExpectedVersion,
+    idempotency: Idempotency,
+) -> Response:
+    applied = await service.delete_state(
+        entity, entity_id, actor=actor, expected_version=version, idempotency=idempotency
+    )
+    headers = {"Idempotent-Replayed": "true"} if applied.replayed else None
+    return Response(status_code=status.HTTP_204_NO_CONTENT, headers=headers)
+
+
+@router.get(
+    "/states/{entity}/{entity_id}/history",
+    response_model=HistoryPage,
+    summary="Every change of one entity, oldest first",
+    responses=error_responses(StateNotFound, InvalidInput),
+)
+async def state_history(
+    entity: EntityPath,
+    entity_id: EntityIdPath,
+    service: Service,
+    _: Actor,
+    limit: Annotated[int, Query(ge=1, le=500)] = 50,
+    cursor: Annotated[str | None, Query(max_length=512)] = None,
+) -> HistoryPage:
+    return await service.history(entity, entity_id, limit=limit, cursor=cursor)
+
+
+@router.get(
+    "/state-machines",
+    response_model=list[StateMachineView],
+    tags=["state machines"],
+    summary="All transition tables",
+    responses=error_responses(),
+)
+async def list_state_machines(service: Service, _: Actor) -> list[StateMachineView]:
+    return service.state_machines()
+
+
+@router.get(
+    "/state-machines/{entity}",
+    response_model=StateMachineView,
+    tags=["state machines"],
+    summary="The transition table of one entity type",
+    responses=error_responses(MachineNotFound),
+)
+async def get_state_machine(entity: EntityPath, service: Service, _: Actor) -> StateMachineView:
+    return service.state_machine(entity)

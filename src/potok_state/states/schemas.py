@@ -1,0 +1,142 @@
+"""Wire models of the States API. Field names are the JSON names (camelCase)."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from pydantic import BaseModel, ConfigDict, Field, JsonValue, StringConstraints
+
+from potok_state.clock import Timestamp
+from potok_state.storage.port import HistoryRecord, StoredState
+
+ENTITY_TYPE_PATTERN = r"^[a-z][a-z0-9_-]{0,63}$"
+ENTITY_ID_PATTERN = r"^[A-Za-z0-9._:@-]{1,128}$"
+STATUS_PATTERN = r"^[a-z][a-z0-9_]{0,63}$"
+
+EntityType = Annotated[str, StringConstraints(pattern=ENTITY_TYPE_PATTERN)]
+EntityId = Annotated[str, StringConstraints(pattern=ENTITY_ID_PATTERN)]
+Status = Annotated[str, StringConstraints(pattern=STATUS_PATTERN)]
+Metadata = dict[str, JsonValue]
+Reason = Annotated[str, StringConstraints(max_length=1000)]
+
+
+class RequestModel(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class RecordStateRequest(RequestModel):
+    entityId: EntityId
+    status: Status
+    metadata: Metadata | None = Field(
+        None, description="Replaces the metadata when given; kept when omitted."
+    )
+    reason: Reason | None = None
+
+
+class UpdateStateRequest(RequestModel):
+    status: Status | None = None
+    metadata: Metadata | None = None
+    reason: Reason | None = None
+
+
+class StateView(BaseModel):
+    entity: str
+    entityId: str
+    status: str
+    metadata: Metadata
+    version: int
+    revision: int
+    createdAt: Timestamp
+    updatedAt: Timestamp
+
+    @classmethod
+    def of(cls, state: StoredState) -> StateView:
+        return cls(
+            entity=state.entity,
+            entityId=state.entity_id,
+            status=state.status,
+            metadata=state.metadata,
+            version=state.version,
+            revision=state.revision,
+            createdAt=state.created_at,
+            updatedAt=state.updated_at,
+        )
+
+
+class StatePage(BaseModel):
+    items: list[StateView]
+    nextCursor: str | None = Field(None, description="Pass as `cursor` for the next page.")
+
+
+class HistoryEntry(BaseModel):
+    revision: int
+    version: int
+    event: str
+    previousStatus: str | None
+    newStatus: str | None
+    metadata: Metadata
+    reason: str | None
+    actor: str
+    changedAt: Timestamp
+
+    @classmethod
+    def of(cls, record: HistoryRecord) -> HistoryEntry:
+        return cls(
+            revision=record.revision,
+            version=record.version,
+            event=record.event,
+            previousStatus=record.previous_status,
+            newStatus=record.new_status,
+            metadata=record.metadata,
+            reason=record.reason,
+            actor=record.actor,
+            changedAt=record.changed_at,
+        )
+
+
+class HistoryPage(BaseModel):
+    items: list[HistoryEntry]
+    nextCursor: str | None = None
+
+
+class BatchItem(RequestModel):
+    entityId: EntityId
+    status: Status
+    metadata: Metadata | None = None
+    reason: Reason | None = None
+    expectedVersion: int | None = Field(None, ge=1, le=2_147_483_647)
+
+
+class BatchRequest(RequestModel):
+    items: list[BatchItem] = Field(min_length=1, max_length=1000)
+    atomic: bool = Field(True, description="All-or-nothing when true; per-item results when false.")
+
+
+class ItemError(BaseModel):
+    statusCode: int
+    code: str
+    message: str
+    details: dict[str, JsonValue] = {}
+
+
+class BatchItemResult(BaseModel):
+    index: int
+    entityId: str
+    ok: bool
+    state: StateView | None = None
+    error: ItemError | None = None
+
+
+class BatchResult(BaseModel):
+    atomic: bool
+    succeeded: int
+    failed: int
+    items: list[BatchItemResult]
+
+
+class StateMachineView(BaseModel):
+    entity: str
+    statuses: list[str]
+    initial: list[str]
+    final: list[str]
+    transitions: dict[str, list[str]]

@@ -1,0 +1,612 @@
+"""State rules: validated transitions, versions, batch, queries (DESIGN.md §2–§4).
+
+Every change is a pure decision over the current states, applied by the store
+in one transaction (see `storage.port`). Nothing here knows about HTTP.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+
+import orjson
+from pydantic import BaseModel
+
+from potok_state.changes import Applied, IdempotencyKey, apply_change
+from potok_state.errors import ServiceError
+from potok_state.states.errors import (
+    BatchInvalid,
+    BatchRejected,
+    EmptyUpdate,
+    InvalidQuery,
+    InvalidTransition,
+    MachineNotFound,
+    MetadataTooLarge,
+    StateNotFound,
+    UnknownEntityType,
+    UnknownStatus,
+    VersionMismatch,
+)
+from potok_state.states.machines import MachineRegistry, StateMachine
+from potok_state.states.schemas import (
+    BatchItemResult,
+    BatchRequest,
+    BatchResult,
+    HistoryEntry,
+    HistoryPage,
+    ItemError,
+    Metadata,
+    RecordStateRequest,
+    StateMachineView,
+    StatePage,
+    StateView,
+    UpdateStateRequest,
+)
+from potok_state.storage.port import (
+    AppliedChange,
+    Decide,
+    EventType,
+    JsonObject,
+    Mutation,
+    SortField,
+    StateChange,
+    StateQuery,
+    StateStore,
+    StoredState,
+)
+
+METADATA_KEY_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_-")
+
+
+class Deleted(BaseModel):
+    entity: str
+    entityId: str
+    version: int
+    revision: int
+
+
+@dataclass(frozen=True, slots=True)
+class StateFilter:
+    statuses: tuple[str, ...] = ()
+    metadata_equals: Mapping[str, str] | None = None
+    updated_after: datetime | None = None
+    updated_before: datetime | None = None
+    sort: str = "-updatedAt"
+    limit: int = 50
+    cursor: str | None = None
+
+
+class StateService:
+    def __init__(
+        self,
+        store: StateStore,
+        machines: MachineRegistry,
+        *,
+        metadata_max_bytes: int,
+        idempotency_ttl: int,
+    ) -> None:
+        self.store = store
+        self.machines = machines
+        self.metadata_max_bytes = metadata_max_bytes
+        self.idempotency_ttl = idempotency_ttl
+
+    # -- writes -------------------------------------------------------------------
+
+    async def record_state(
+        self,
+        entity: str,
+        request: RecordStateRequest,
+        *,
+        actor: str,
+        idempotency: IdempotencyKey | None = None,
+    ) -> Applied[StateView]:
+        """Create the state, or apply a validated transition when it exists."""
+        self._check_entity_type(entity)
+        if request.metadata is not None:
+            self._check_metadata_size(request.metadata)
+
+        def decide(current: Mapping[str, StoredState]) -> list[Mutation]:
+            return [
+                self._transition(
+                    entity,
+                    request.entityId,
+                    current.get(request.entityId),
+                    status=request.status,
+                    metadata=request.metadata,
+                    reason=request.reason,
+                    actor=actor,
+                )
+            ]
+
+        return await self._apply(entity, request.entityId, decide, actor, idempotency)
+
+    async def update_state(
+        self,
+        entity: str,
+        entity_id: str,
+        request: UpdateStateRequest,
+        *,
+        merge: bool,
+        actor: str,
+        expected_version: int | None = None,
+        idempotency: IdempotencyKey | None = None,
+    ) -> Applied[StateView]:
+        """Change an existing state; metadata replaces (PUT) or merges (PATCH)."""
+        if request.status is None and request.metadata is None:
+            raise EmptyUpdate("Give a new status, new metadata, or both.")
+        if request.metadata is not None and not merge:
+            self._check_metadata_size(request.metadata)
+
+        def decide(current: Mapping[str, StoredState]) -> list[Mutation]:
+            existing = current.get(entity_id)
+            if existing is None:
+                raise StateNotFound(f"No {entity} with id {entity_id!r}.")
+            _check_version(existing, expected_version)
+            metadata = request.metadata
+            if metadata is not None and merge:
+                metadata = merge_patch(existing.metadata, metadata)
+                self._check_metadata_size(metadata)
+            return [
+                self._transition(
+                    entity,
+                    entity_id,
+                    existing,
+                    status=request.status or existing.status,
+                    metadata=metadata,
+                    reason=request.reason,
+                    actor=actor,
+                )
+            ]
+
+        return await self._apply(entity, entity_id, decide, actor, idempotency)
+
+    async def delete_state(
+        self,
+        entity: str,
+        entity_id: str,
+        *,
+        actor: str,
+        expected_version: int | None = None,
+        idempotency: IdempotencyKey | None = None,
+    ) -> Applied[Deleted]:
+        def decide(current: Mapping[str, StoredState]) -> list[Mutation]:
+            existing = current.get(entity_id)
+            if existing is None:
+                raise StateNotFound(f"No {entity} with id {entity_id!r}.")
+            _check_version(existing, expected_version)
+            return [
+                StateChange(
+                    entity=entity,
+                    entity_id=entity_id,
+                    event=EventType.DELETED,
+                    status=None,
+                    previous_status=existing.status,
+                    metadata=existing.metadata,
+                    version=existing.version + 1,
+                    reason=None,
+                    actor=actor,
+                )
+            ]
+
+        def respond(applied: Sequence[AppliedChange]) -> Deleted:
+            change = applied[0]
+            assert isinstance(change.mutation, StateChange)
+            return Deleted(
+                entity=entity,
+                entityId=entity_id,
+                version=change.mutation.version,
+                revision=change.revision,
+            )
+
+        return await apply_change(
+            self.store,
+            targets=[(entity, entity_id)],
+            decide=decide,
+            respond=respond,
+            outcome_type=Deleted,
+            actor=actor,
+            idempotency=idempotency,
+            ttl_seconds=self.idempotency_ttl,
+        )
+
+    async def apply_batch(
+        self,
+        entity: str,
+        batch: BatchRequest,
+        *,
+        actor: str,
+        idempotency: IdempotencyKey | None = None,
+    ) -> Applied[BatchResult]:
+        """Apply many records in one transaction: all-or-nothing when atomic,
+        otherwise every valid item is written and each failure is reported."""
+        self._check_entity_type(entity)
+        failures: dict[int, ServiceError] = {}
+        succeeded: list[int] = []
+
+        def decide(current: Mapping[str, StoredState]) -> list[Mutation]:
+            failures.clear()
+            succeeded.clear()
+            working = dict(current)
+            mutations: list[Mutation] = []
+            for index, item in enumerate(batch.items):
+                try:
+                    existing = working.get(item.entityId)
+                    if item.metadata is not None:
+                        self._check_metadata_size(item.metadata)
+                    if item.expectedVersion is not None:
+                        if existing is None:
+                            raise StateNotFound(f"No {entity} with id {item.entityId!r}.")
+                        _check_version(existing, item.expectedVersion)
+                    change = self._transition(
+                        entity,
+                        item.entityId,
+                        existing,
+                        status=item.status,
+                        metadata=item.metadata,
+                        reason=item.reason,
+                        actor=actor,
+                    )
+                except ServiceError as error:
+                    failures[index] = error
+                    continue
+                succeeded.append(index)
+                mutations.append(change)
+                working[item.entityId] = _preview(change, existing)
+            if failures and batch.atomic:
+                raise _batch_failure(batch, failures)
+            return mutations
+
+        def respond(applied: Sequence[AppliedChange]) -> BatchResult:
+            states = iter(applied)
+            results: list[BatchItemResult] = []
+            for index, item in enumerate(batch.items):
+                error = failures.get(index)
+                if error is None:
+                    state = next(states).state
+                    assert state is not None
+                    results.append(
+                        BatchItemResult(
+                            index=index, entityId=item.entityId, ok=True, state=StateView.of(state)
+                        )
+                    )
+                else:
+                    results.append(
+                        BatchItemResult(
+                            index=index, entityId=item.entityId, ok=False, error=_item_error(error)
+                        )
+                    )
+            return BatchResult(
+                atomic=batch.atomic,
+                succeeded=len(succeeded),
+                failed=len(failures),
+                items=results,
+            )
+
+        return await apply_change(
+            self.store,
+            targets=[(entity, item.entityId) for item in batch.items],
+            decide=decide,
+            respond=respond,
+            outcome_type=BatchResult,
+            actor=actor,
+            idempotency=idempotency,
+            ttl_seconds=self.idempotency_ttl,
+        )
+
+    async def _apply(
+        self,
+        entity: str,
+        entity_id: str,
+        decide: Decide,
+        actor: str,
+        idempotency: IdempotencyKey | None,
+    ) -> Applied[StateView]:
+        return await apply_change(
+            self.store,
+            targets=[(entity, entity_id)],
+            decide=decide,
+            respond=_state_of_single_change,
+            outcome_type=StateView,
+            actor=actor,
+            idempotency=idempotency,
+            ttl_seconds=self.idempotency_ttl,
+        )
+
+    def _transition(
+        self,
+        entity: str,
+        entity_id: str,
+        existing: StoredState | None,
+        *,
+        status: str,
+        metadata: JsonObject | None,
+        reason: str | None,
+        actor: str,
+    ) -> StateChange:
+        machine = self.machines.get(entity)
+        if machine is not None and status not in machine.statuses:
+            raise UnknownStatus(
+                f"{status!r} is not a status of {entity}.",
+                details={"status": status, "statuses": list(machine.statuses)},
+            )
+        if existing is None:
+            if machine is not None and not machine.allows_initial(status):
+                raise InvalidTransition(
+                    f"A new {entity} cannot start as {status!r}.",
+                    details={
+                        "entity": entity,
+                        "entityId": entity_id,
+                        "currentStatus": None,
+                        "requestedStatus": status,
+                        "allowed": list(machine.initial),
+                    },
+                )
+            return StateChange(
+                entity=entity,
+                entity_id=entity_id,
+                event=EventType.CREATED,
+                status=status,
+                previous_status=None,
+                metadata=metadata if metadata is not None else {},
+                version=1,
+                reason=reason,
+                actor=actor,
+            )
+        if machine is not None and not machine.allows(existing.status, status):
+            raise InvalidTransition(
+                f"{entity} {entity_id!r} cannot go from {existing.status!r} to {status!r}.",
+                details={
+                    "entity": entity,
+                    "entityId": entity_id,
+                    "currentStatus": existing.status,
+                    "requestedStatus": status,
+                    "allowed": list(machine.allowed_from(existing.status)),
+                },
+            )
+        return StateChange(
+            entity=entity,
+            entity_id=entity_id,
+            event=EventType.UPDATED,
+            status=status,
+            previous_status=existing.status,
+            metadata=metadata if metadata is not None else existing.metadata,
+            version=existing.version + 1,
+            reason=reason,
+            actor=actor,
+            created_at=existing.created_at,
+        )
+
+    def _check_entity_type(self, entity: str) -> None:
+        if self.machines.strict and self.machines.get(entity) is None:
+            raise UnknownEntityType(
+                f"Entity type {entity!r} has no transition table (STATE_MACHINES_STRICT is on).",
+                details={"entity": entity},
+            )
+
+    def _check_metadata_size(self, metadata: Metadata) -> None:
+        size = len(orjson.dumps(metadata))
+        if size > self.metadata_max_bytes:
+            raise MetadataTooLarge(
+                f"metadata is {size} bytes; the limit is {self.metadata_max_bytes}.",
+                details={"size": size, "limit": self.metadata_max_bytes},
+            )
+
+    # -- reads --------------------------------------------------------------------
+
+    async def get_state(self, entity: str, entity_id: str) -> StateView:
+        state = await self.store.get_state(entity, entity_id)
+        if state is None:
+            raise StateNotFound(f"No {entity} with id {entity_id!r}.")
+        return StateView.of(state)
+
+    async def query_states(self, entity: str, query: StateFilter) -> StatePage:
+        descending = query.sort.startswith("-")
+        try:
+            sort = SortField(query.sort.removeprefix("-"))
+        except ValueError:
+            raise InvalidQuery(
+                f"Cannot sort by {query.sort!r}.",
+                details={"sortable": [f"{s.value}" for s in SortField]},
+            ) from None
+        metadata_equals: dict[str, tuple[str, ...]] = {}
+        for key, value in (query.metadata_equals or {}).items():
+            if not key or len(key) > 64 or not set(key) <= METADATA_KEY_CHARS:
+                raise InvalidQuery(
+                    f"metadata.{key} is not a filter: keys are 1-64 of [A-Za-z0-9_-].",
+                    details={"key": key},
+                )
+            metadata_equals[key] = _json_text_candidates(value)
+        after_key = None
+        if query.cursor is not None:
+            after_key = _decode_state_cursor(query.cursor, query.sort)
+        rows = await self.store.query_states(
+            StateQuery(
+                entity=entity,
+                statuses=query.statuses,
+                metadata_equals=metadata_equals,
+                updated_after=query.updated_after,
+                updated_before=query.updated_before,
+                sort=sort,
+                descending=descending,
+                after_key=after_key,
+                limit=query.limit + 1,
+            )
+        )
+        items = rows[: query.limit]
+        next_cursor = None
+        if len(rows) > query.limit:
+            next_cursor = _encode_state_cursor(items[-1], sort, query.sort)
+        return StatePage(items=[StateView.of(state) for state in items], nextCursor=next_cursor)
+
+    async def history(
+        self, entity: str, entity_id: str, *, limit: int, cursor: str | None
+    ) -> HistoryPage:
+        after = _decode_revision_cursor(cursor) if cursor else 0
+        records = await self.store.history(entity, entity_id, after, limit + 1)
+        if not records and cursor is None:
+            raise StateNotFound(f"No {entity} with id {entity_id!r} has any history.")
+        items = records[:limit]
+        next_cursor = _encode_revision_cursor(items[-1].revision) if len(records) > limit else None
+        return HistoryPage(items=[HistoryEntry.of(r) for r in items], nextCursor=next_cursor)
+
+    def state_machines(self) -> list[StateMachineView]:
+        return [_machine_view(machine) for machine in self.machines.all()]
+
+    def state_machine(self, entity: str) -> StateMachineView:
+        machine = self.machines.get(entity)
+        if machine is None:
+            raise MachineNotFound(
+                f"Entity type {entity!r} has no transition table; it accepts any status."
+            )
+        return _machine_view(machine)
+
+
+def _state_of_single_change(applied: Sequence[AppliedChange]) -> StateView:
+    state = applied[0].state
+    assert state is not None
+    return StateView.of(state)
+
+
+def merge_patch(target: JsonObject, patch: JsonObject) -> JsonObject:
+    """RFC 7396 JSON merge patch: objects merge recursively, null removes a key."""
+    merged = dict(target)
+    for key, value in patch.items():
+        if value is None:
+            merged.pop(key, None)
+        elif isinstance(value, dict) and isinstance(merged.get(key), dict):
+            base = merged[key]
+            assert isinstance(base, dict)
+            merged[key] = merge_patch(base, value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def _check_version(existing: StoredState, expected: int | None) -> None:
+    if expected is not None and existing.version != expected:
+        raise VersionMismatch(
+            f"{existing.entity} {existing.entity_id!r} is at version {existing.version}, "
+            f"not {expected}.",
+            details={"currentVersion": existing.version, "expectedVersion": expected},
+        )
+
+
+def _preview(change: StateChange, existing: StoredState | None) -> StoredState:
+    """The state a batch item leaves behind, so a later item for the same id
+    is validated against it."""
+    assert change.status is not None
+    return StoredState(
+        entity=change.entity,
+        entity_id=change.entity_id,
+        status=change.status,
+        metadata=change.metadata,
+        version=change.version,
+        revision=existing.revision if existing else 0,
+        created_at=change.created_at or (existing.created_at if existing else datetime.min),
+        updated_at=existing.updated_at if existing else datetime.min,
+    )
+
+
+def _item_error(error: ServiceError) -> ItemError:
+    return ItemError(
+        statusCode=error.status_code, code=error.code, message=error.message, details=error.details
+    )
+
+
+def _batch_failure(batch: BatchRequest, failures: Mapping[int, ServiceError]) -> ServiceError:
+    listed = [
+        {
+            "index": index,
+            "entityId": batch.items[index].entityId,
+            **_item_error(error).model_dump(),
+        }
+        for index, error in sorted(failures.items())
+    ]
+    invalid = any(error.status_code == 422 for error in failures.values())
+    error_type = BatchInvalid if invalid else BatchRejected
+    return error_type(
+        f"{len(failures)} of {len(batch.items)} items failed; nothing was written.",
+        details={"failures": listed},  # type: ignore[dict-item]
+    )
+
+
+def _json_text_candidates(value: str) -> tuple[str, ...]:
+    """A query value matches a metadata string equal to it, or a number, boolean
+    or null whose JSON text it is (`?metadata.retries=3` matches 3 and "3")."""
+    candidates = [orjson.dumps(value).decode()]
+    try:
+        parsed = orjson.loads(value)
+    except orjson.JSONDecodeError:
+        return tuple(candidates)
+    if parsed is None or isinstance(parsed, bool | int | float):
+        candidates.append(value)
+    return tuple(candidates)
+
+
+def _b64(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+def _unb64(text: str) -> bytes:
+    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+
+
+def _encode_state_cursor(state: StoredState, sort: SortField, sort_spec: str) -> str:
+    value: str | int
+    match sort:
+        case SortField.ENTITY_ID:
+            value = state.entity_id
+        case SortField.CREATED_AT:
+            value = state.created_at.isoformat()
+        case SortField.UPDATED_AT:
+            value = state.revision
+        case SortField.STATUS:
+            value = state.status
+        case SortField.VERSION:
+            value = state.version
+    return _b64(orjson.dumps([sort_spec, value, state.entity_id]))
+
+
+def _decode_state_cursor(cursor: str, sort_spec: str) -> tuple[str | int | datetime, str]:
+    try:
+        spec, value, entity_id = orjson.loads(_unb64(cursor))
+        if spec != sort_spec:
+            raise InvalidQuery(
+                "This cursor belongs to a query with another sort order.",
+                details={"cursorSort": str(spec), "sort": sort_spec},
+            )
+        if not isinstance(entity_id, str) or not isinstance(value, str | int):
+            raise ValueError(cursor)
+        if sort_spec.removeprefix("-") == SortField.CREATED_AT:
+            assert isinstance(value, str)
+            return datetime.fromisoformat(value), entity_id
+        return value, entity_id
+    except (ValueError, TypeError, AssertionError, binascii.Error, orjson.JSONDecodeError):
+        raise InvalidQuery("The cursor is not valid.", details={"cursor": cursor}) from None
+
+
+def _encode_revision_cursor(revision: int) -> str:
+    return _b64(str(revision).encode())
+
+
+def _decode_revision_cursor(cursor: str) -> int:
+    try:
+        revision = int(_unb64(cursor).decode())
+    except (ValueError, UnicodeDecodeError, binascii.Error):
+        raise InvalidQuery("The cursor is not valid.", details={"cursor": cursor}) from None
+    if revision < 0:
+        raise InvalidQuery("The cursor is not valid.", details={"cursor": cursor})
+    return revision
+
+
+def _machine_view(machine: StateMachine) -> StateMachineView:
+    return StateMachineView(
+        entity=machine.entity,
+        statuses=list(machine.statuses),
+        initial=list(machine.initial),
+        final=list(machine.final),
+        transitions={source: list(targets) for source, targets in machine.transitions.items()},
+    )

@@ -1,0 +1,176 @@
+"""The storage port: the one small interface the services use, implemented by the
+SQL backend (SQLite/PostgreSQL) and the external Admin Service backend.
+
+A change is applied by `StateStore.apply`: the store loads the current states of
+the named entities (locked against concurrent writers), hands them to the
+service's pure `decide` function, and writes what it returns (states, history,
+outbox, idempotency record) in one transaction with fresh revisions. Rules live
+in `decide`; atomicity and ordering live in the store.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from enum import StrEnum
+from typing import Protocol
+
+from pydantic import JsonValue
+
+JsonObject = dict[str, JsonValue]
+
+
+class EventType(StrEnum):
+    CREATED = "entity.created"
+    UPDATED = "entity.updated"
+    DELETED = "entity.deleted"
+
+
+@dataclass(frozen=True, slots=True)
+class StoredState:
+    entity: str
+    entity_id: str
+    status: str
+    metadata: JsonObject
+    version: int
+    revision: int
+    created_at: datetime
+    updated_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class HistoryRecord:
+    revision: int
+    entity: str
+    entity_id: str
+    version: int
+    event: str
+    previous_status: str | None
+    new_status: str | None
+    metadata: JsonObject
+    reason: str | None
+    actor: str
+    changed_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class EventRecord:
+    """One outbox row: a change as the outside world sees it."""
+
+    revision: int
+    event_id: str
+    event: str
+    entity: str | None
+    entity_id: str | None
+    data: str
+    created_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class StateChange:
+    """A decided change of one entity; `status` is None for a deletion."""
+
+    entity: str
+    entity_id: str
+    event: EventType
+    status: str | None
+    previous_status: str | None
+    metadata: JsonObject
+    version: int
+    reason: str | None
+    actor: str
+    created_at: datetime | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class CustomEvent:
+    event: str
+    data: JsonObject
+    actor: str
+
+
+Mutation = StateChange | CustomEvent
+
+
+@dataclass(frozen=True, slots=True)
+class AppliedChange:
+    mutation: Mutation
+    revision: int
+    event_id: str
+    timestamp: datetime
+    state: StoredState | None = None
+
+
+Decide = Callable[[Mapping[str, StoredState]], Sequence[Mutation]]
+EventData = Callable[[Mutation], str]
+
+
+@dataclass(frozen=True, slots=True)
+class IdempotencyRecord:
+    fingerprint: str
+    outcome: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class IdempotencyWrite:
+    """Stored with the change, in the same transaction, so a retried request
+    replays exactly what the first one did."""
+
+    scope: str
+    fingerprint: str
+    encode: Callable[[Sequence[AppliedChange]], bytes]
+    expired_before: datetime
+
+
+class SortField(StrEnum):
+    ENTITY_ID = "entityId"
+    CREATED_AT = "createdAt"
+    UPDATED_AT = "updatedAt"
+    STATUS = "status"
+    VERSION = "version"
+
+
+@dataclass(frozen=True, slots=True)
+class StateQuery:
+    entity: str
+    statuses: tuple[str, ...] = ()
+    metadata_equals: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    updated_after: datetime | None = None
+    updated_before: datetime | None = None
+    sort: SortField = SortField.UPDATED_AT
+    descending: bool = True
+    after_key: tuple[str | int, str] | None = None
+    limit: int = 50
+
+
+class IdempotencyConflict(Exception):
+    """Another request with the same idempotency key committed first."""
+
+
+class StateStore(Protocol):
+    async def apply(
+        self,
+        entity_ids: Sequence[tuple[str, str]],
+        decide: Decide,
+        event_data: EventData,
+        idempotency: IdempotencyWrite | None = None,
+    ) -> list[AppliedChange]: ...
+
+    async def get_state(self, entity: str, entity_id: str) -> StoredState | None: ...
+
+    async def query_states(self, query: StateQuery) -> list[StoredState]: ...
+
+    async def history(
+        self, entity: str, entity_id: str, after_revision: int, limit: int
+    ) -> list[HistoryRecord]: ...
+
+    async def changes(self, after_revision: int, limit: int) -> list[EventRecord]: ...
+
+    async def idempotency_record(
+        self, scope: str, not_before: datetime
+    ) -> IdempotencyRecord | None: ...
+
+    async def ping(self) -> None: ...
+
+    async def close(self) -> None: ...

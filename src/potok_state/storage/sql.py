@@ -1,0 +1,468 @@
+"""The SQL backend of the storage port, for SQLite (embedded) and PostgreSQL.
+
+Writers are serialized so that revisions commit in order: on PostgreSQL by the
+row lock of `revision_counter`, taken as late as possible in each transaction;
+on SQLite by routing every write through one connection (SQLite has one writer
+anyway, and queuing in-process is cheaper than its busy loop). Reads use their
+own connections and never wait for writers (WAL on SQLite, MVCC on PostgreSQL).
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Mapping, Sequence
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import orjson
+from sqlalchemy import (
+    ColumnElement,
+    Row,
+    String,
+    Text,
+    and_,
+    bindparam,
+    cast,
+    delete,
+    event,
+    func,
+    insert,
+    literal,
+    or_,
+    select,
+    text,
+    tuple_,
+    update,
+)
+from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import DBAPIError, IntegrityError
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+
+from potok_state.clock import as_utc, utc_now
+from potok_state.storage.port import (
+    AppliedChange,
+    CustomEvent,
+    Decide,
+    EventData,
+    EventRecord,
+    HistoryRecord,
+    IdempotencyConflict,
+    IdempotencyRecord,
+    IdempotencyWrite,
+    SortField,
+    StateChange,
+    StateQuery,
+    StoredState,
+)
+from potok_state.storage.tables import (
+    idempotency_keys,
+    outbox,
+    revision_counter,
+    state_history,
+    states,
+)
+
+_RETRYABLE_SQLSTATES = frozenset({"40001", "40P01"})
+_MAX_ATTEMPTS = 8
+
+_SORT_COLUMNS = {
+    SortField.ENTITY_ID: states.c.entity_id,
+    SortField.CREATED_AT: states.c.created_at,
+    SortField.UPDATED_AT: states.c.revision,
+    SortField.STATUS: states.c.status,
+    SortField.VERSION: states.c.version,
+}
+
+
+def _json_dumps(value: object) -> str:
+    return orjson.dumps(value).decode()
+
+
+def create_engine(url: str, *, pool_size: int, echo: bool = False) -> AsyncEngine:
+    parsed = make_url(url)
+    if parsed.get_backend_name() == "sqlite":
+        database = parsed.database
+        if database and database != ":memory:":
+            Path(database).parent.mkdir(parents=True, exist_ok=True)
+        engine = create_async_engine(
+            url,
+            echo=echo,
+            pool_size=pool_size,
+            max_overflow=0,
+            json_serializer=_json_dumps,
+            json_deserializer=orjson.loads,
+        )
+
+        @event.listens_for(engine.sync_engine, "connect")
+        def _sqlite_pragmas(dbapi_connection: Any, _: Any) -> None:
+            cursor = dbapi_connection.cursor()
+            cursor.execute("PRAGMA journal_mode=WAL")
+            cursor.execute("PRAGMA synchronous=NORMAL")
+            cursor.execute("PRAGMA busy_timeout=10000")
+            cursor.execute("PRAGMA foreign_keys=ON")
+            cursor.close()
+
+        return engine
+    return create_async_engine(
+        url,
+        echo=echo,
+        pool_size=pool_size,
+        max_overflow=0,
+        pool_pre_ping=True,
+        json_serializer=_json_dumps,
+        json_deserializer=orjson.loads,
+    )
+
+
+def _state_from_row(row: Row[Any]) -> StoredState:
+    return StoredState(
+        entity=row.entity_type,
+        entity_id=row.entity_id,
+        status=row.status,
+        metadata=row.metadata,
+        version=row.version,
+        revision=row.revision,
+        created_at=as_utc(row.created_at),
+        updated_at=as_utc(row.updated_at),
+    )
+
+
+class SqlStateStore:
+    def __init__(self, url: str, *, pool_size: int = 16) -> None:
+        self.url = url
+        self.is_sqlite = make_url(url).get_backend_name() == "sqlite"
+        if self.is_sqlite:
+            self._writer = create_engine(url, pool_size=1)
+            self._reader = create_engine(url, pool_size=max(2, min(pool_size, 8)))
+        else:
+            self._writer = create_engine(url, pool_size=pool_size)
+            self._reader = self._writer
+
+    @property
+    def engine(self) -> AsyncEngine:
+        return self._writer
+
+    async def close(self) -> None:
+        await self._writer.dispose()
+        if self._reader is not self._writer:
+            await self._reader.dispose()
+
+    async def ping(self) -> None:
+        async with self._reader.connect() as conn:
+            await conn.execute(text("SELECT 1"))
+
+    # -- writes -------------------------------------------------------------------
+
+    async def apply(
+        self,
+        entity_ids: Sequence[tuple[str, str]],
+        decide: Decide,
+        event_data: EventData,
+        idempotency: IdempotencyWrite | None = None,
+    ) -> list[AppliedChange]:
+        for attempt in range(1, _MAX_ATTEMPTS + 1):
+            try:
+                async with self._writer.begin() as conn:
+                    return await self._apply_once(conn, entity_ids, decide, event_data, idempotency)
+            except IntegrityError:
+                # Two transactions created the same entity (or stored the same
+                # idempotency key) at once; the retry sees the winner's row.
+                if idempotency is not None and await self._idempotency_taken(idempotency.scope):
+                    raise IdempotencyConflict(idempotency.scope) from None
+                if attempt == _MAX_ATTEMPTS:
+                    raise
+            except DBAPIError as exc:
+                if _sqlstate(exc) not in _RETRYABLE_SQLSTATES or attempt == _MAX_ATTEMPTS:
+                    raise
+        raise AssertionError("unreachable")
+
+    async def _apply_once(
+        self,
+        conn: AsyncConnection,
+        entity_ids: Sequence[tuple[str, str]],
+        decide: Decide,
+        event_data: EventData,
+        idempotency: IdempotencyWrite | None,
+    ) -> list[AppliedChange]:
+        current = await self._lock_states(conn, entity_ids)
+        mutations = decide(current)
+        if not mutations:
+            return []
+        now = utc_now()
+        last = await conn.scalar(
+            update(revision_counter)
+            .where(revision_counter.c.id == 1)
+            .values(value=revision_counter.c.value + len(mutations))
+            .returning(revision_counter.c.value)
+        )
+        assert last is not None, "revision_counter is missing its row; run migrations"
+        first = last - len(mutations) + 1
+
+        applied: list[AppliedChange] = []
+        final: dict[tuple[str, str], StoredState | None] = {}
+        history_rows: list[dict[str, object]] = []
+        outbox_rows: list[dict[str, object]] = []
+        for revision, mutation in enumerate(mutations, start=first):
+            event_id = "evt_" + uuid.uuid4().hex
+            state: StoredState | None = None
+            if isinstance(mutation, StateChange):
+                key = (mutation.entity, mutation.entity_id)
+                if mutation.status is not None:
+                    state = StoredState(
+                        entity=mutation.entity,
+                        entity_id=mutation.entity_id,
+                        status=mutation.status,
+                        metadata=mutation.metadata,
+                        version=mutation.version,
+                        revision=revision,
+                        created_at=mutation.created_at or now,
+                        updated_at=now,
+                    )
+                final[key] = state
+                history_rows.append(
+                    {
+                        "revision": revision,
+                        "entity_type": mutation.entity,
+                        "entity_id": mutation.entity_id,
+                        "version": mutation.version,
+                        "event": mutation.event.value,
+                        "previous_status": mutation.previous_status,
+                        "new_status": mutation.status,
+                        "metadata": mutation.metadata,
+                        "reason": mutation.reason,
+                        "actor": mutation.actor,
+                        "changed_at": now,
+                    }
+                )
+                entity: str | None = mutation.entity
+                entity_id: str | None = mutation.entity_id
+                event_name: str = mutation.event.value
+            else:
+                assert isinstance(mutation, CustomEvent)
+                entity = entity_id = None
+                event_name = mutation.event
+            outbox_rows.append(
+                {
+                    "revision": revision,
+                    "event_id": event_id,
+                    "event": event_name,
+                    "entity_type": entity,
+                    "entity_id": entity_id,
+                    "data": event_data(mutation),
+                    "created_at": now,
+                }
+            )
+            applied.append(AppliedChange(mutation, revision, event_id, now, state))
+
+        # State rows first, then history, then outbox: a failure anywhere after
+        # the state write rolls all of it back.
+        await self._write_states(conn, current, final)
+        if history_rows:
+            await conn.execute(insert(state_history), history_rows)
+        await conn.execute(insert(outbox), outbox_rows)
+        if idempotency is not None:
+            await conn.execute(
+                delete(idempotency_keys).where(
+                    idempotency_keys.c.scope == idempotency.scope,
+                    idempotency_keys.c.created_at < idempotency.expired_before,
+                )
+            )
+            await conn.execute(
+                insert(idempotency_keys).values(
+                    scope=idempotency.scope,
+                    fingerprint=idempotency.fingerprint,
+                    outcome=idempotency.encode(applied),
+                    created_at=now,
+                )
+            )
+        return applied
+
+    async def _lock_states(
+        self, conn: AsyncConnection, entity_ids: Sequence[tuple[str, str]]
+    ) -> dict[str, StoredState]:
+        if not entity_ids:
+            return {}
+        by_type: dict[str, list[str]] = {}
+        for entity, entity_id in entity_ids:
+            by_type.setdefault(entity, []).append(entity_id)
+        condition = or_(
+            *(
+                and_(states.c.entity_type == entity, states.c.entity_id.in_(ids))
+                for entity, ids in by_type.items()
+            )
+        )
+        query = select(states).where(condition).order_by(states.c.entity_type, states.c.entity_id)
+        if not self.is_sqlite:
+            query = query.with_for_update()
+        rows = (await conn.execute(query)).all()
+        return {row.entity_id: _state_from_row(row) for row in rows}
+
+    async def _write_states(
+        self,
+        conn: AsyncConnection,
+        before: Mapping[str, StoredState],
+        after: Mapping[tuple[str, str], StoredState | None],
+    ) -> None:
+        inserts: list[dict[str, object]] = []
+        updates: list[dict[str, object]] = []
+        deletes: list[dict[str, object]] = []
+        for (entity, entity_id), state in after.items():
+            existed = entity_id in before and before[entity_id].entity == entity
+            if state is None:
+                if existed:
+                    deletes.append({"b_type": entity, "b_id": entity_id})
+            elif existed:
+                updates.append(
+                    {
+                        "b_type": entity,
+                        "b_id": entity_id,
+                        "status": state.status,
+                        "metadata": state.metadata,
+                        "version": state.version,
+                        "revision": state.revision,
+                        "created_at": state.created_at,
+                        "updated_at": state.updated_at,
+                    }
+                )
+            else:
+                inserts.append(
+                    {
+                        "entity_type": entity,
+                        "entity_id": entity_id,
+                        "status": state.status,
+                        "metadata": state.metadata,
+                        "version": state.version,
+                        "revision": state.revision,
+                        "created_at": state.created_at,
+                        "updated_at": state.updated_at,
+                    }
+                )
+        match_row = and_(
+            states.c.entity_type == bindparam("b_type"), states.c.entity_id == bindparam("b_id")
+        )
+        if deletes:
+            await conn.execute(delete(states).where(match_row), deletes)
+        if updates:
+            await conn.execute(update(states).where(match_row), updates)
+        if inserts:
+            await conn.execute(insert(states), inserts)
+
+    async def _idempotency_taken(self, scope: str) -> bool:
+        async with self._writer.connect() as conn:
+            found = await conn.scalar(select(func.count()).where(idempotency_keys.c.scope == scope))
+        return bool(found)
+
+    # -- reads --------------------------------------------------------------------
+
+    async def get_state(self, entity: str, entity_id: str) -> StoredState | None:
+        async with self._reader.connect() as conn:
+            row = (
+                await conn.execute(
+                    select(states).where(
+                        states.c.entity_type == entity, states.c.entity_id == entity_id
+                    )
+                )
+            ).first()
+        return None if row is None else _state_from_row(row)
+
+    async def query_states(self, query: StateQuery) -> list[StoredState]:
+        sort_column = _SORT_COLUMNS[query.sort]
+        conditions: list[ColumnElement[bool]] = [states.c.entity_type == query.entity]
+        if query.statuses:
+            conditions.append(states.c.status.in_(query.statuses))
+        for key, candidates in query.metadata_equals.items():
+            conditions.append(self._metadata_text(key).in_(candidates))
+        if query.updated_after is not None:
+            conditions.append(states.c.updated_at > query.updated_after)
+        if query.updated_before is not None:
+            conditions.append(states.c.updated_at < query.updated_before)
+        if query.after_key is not None:
+            position = tuple_(sort_column, states.c.entity_id)
+            bound = tuple_(*query.after_key)
+            conditions.append(position < bound if query.descending else position > bound)
+        order = (
+            (sort_column.desc(), states.c.entity_id.desc())
+            if query.descending
+            else (sort_column.asc(), states.c.entity_id.asc())
+        )
+        statement = select(states).where(*conditions).order_by(*order).limit(query.limit)
+        async with self._reader.connect() as conn:
+            rows = (await conn.execute(statement)).all()
+        return [_state_from_row(row) for row in rows]
+
+    def _metadata_text(self, key: str) -> ColumnElement[str]:
+        """The JSON text of one top-level metadata value (`"high"`, `5`, `true`)."""
+        if self.is_sqlite:
+            return states.c.metadata.op("->", return_type=Text)(literal(f'$."{key}"', String))
+        return cast(states.c.metadata.op("->", return_type=JSONB)(literal(key, String)), Text)
+
+    async def history(
+        self, entity: str, entity_id: str, after_revision: int, limit: int
+    ) -> list[HistoryRecord]:
+        statement = (
+            select(state_history)
+            .where(
+                state_history.c.entity_type == entity,
+                state_history.c.entity_id == entity_id,
+                state_history.c.revision > after_revision,
+            )
+            .order_by(state_history.c.revision)
+            .limit(limit)
+        )
+        async with self._reader.connect() as conn:
+            rows = (await conn.execute(statement)).all()
+        return [
+            HistoryRecord(
+                revision=row.revision,
+                entity=row.entity_type,
+                entity_id=row.entity_id,
+                version=row.version,
+                event=row.event,
+                previous_status=row.previous_status,
+                new_status=row.new_status,
+                metadata=row.metadata,
+                reason=row.reason,
+                actor=row.actor,
+                changed_at=as_utc(row.changed_at),
+            )
+            for row in rows
+        ]
+
+    async def changes(self, after_revision: int, limit: int) -> list[EventRecord]:
+        statement = (
+            select(outbox)
+            .where(outbox.c.revision > after_revision)
+            .order_by(outbox.c.revision)
+            .limit(limit)
+        )
+        async with self._reader.connect() as conn:
+            rows = (await conn.execute(statement)).all()
+        return [
+            EventRecord(
+                revision=row.revision,
+                event_id=row.event_id,
+                event=row.event,
+                entity=row.entity_type,
+                entity_id=row.entity_id,
+                data=row.data,
+                created_at=as_utc(row.created_at),
+            )
+            for row in rows
+        ]
+
+    async def idempotency_record(
+        self, scope: str, not_before: datetime
+    ) -> IdempotencyRecord | None:
+        statement = select(idempotency_keys.c.fingerprint, idempotency_keys.c.outcome).where(
+            idempotency_keys.c.scope == scope, idempotency_keys.c.created_at >= not_before
+        )
+        async with self._reader.connect() as conn:
+            row = (await conn.execute(statement)).first()
+        return None if row is None else IdempotencyRecord(row.fingerprint, bytes(row.outcome))
+
+
+def _sqlstate(exc: DBAPIError) -> str | None:
+    original = exc.orig
+    return getattr(original, "sqlstate", None) or getattr(original, "pgcode", None)
