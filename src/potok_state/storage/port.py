@@ -140,7 +140,7 @@ class StateQuery:
     updated_before: datetime | None = None
     sort: SortField = SortField.UPDATED_AT
     descending: bool = True
-    after_key: tuple[str | int, str] | None = None
+    after_key: tuple[str | int | datetime, str] | None = None
     limit: int = 50
 
 
