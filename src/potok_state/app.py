@@ -18,6 +18,7 @@ from potok_state.events.service import ChangeFeed
 from potok_state.health.api import router as health_router
 from potok_state.health.service import HealthService
 from potok_state.logging import configure_logging
+from potok_state.metrics import Metrics
 from potok_state.request_context import RequestContextMiddleware
 from potok_state.settings import Settings
 from potok_state.states.api import router as states_router
@@ -76,6 +77,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         openapi_url=docs.OPENAPI_PATH,
     )
     app.state.settings = settings
+    app.state.metrics = Metrics()
     app.state.api_keys = ApiKeyRing(settings.parsed_api_keys)
     app.state.store = store
     app.state.state_service = StateService(
