@@ -74,13 +74,15 @@ def postgres_url() -> Iterator[str]:
 
 
 async def reset_postgres(url: str) -> None:
+    counters = {"revision_counter": "value", "webhook_dispatch_cursor": "revision"}
     tables = ", ".join(
-        f'"{table.name}"' for table in metadata.sorted_tables if table.name != "revision_counter"
+        f'"{table.name}"' for table in metadata.sorted_tables if table.name not in counters
     )
     connection = await asyncpg.connect(asyncpg_dsn(url))
     try:
-        await connection.execute(f"TRUNCATE {tables}")
-        await connection.execute("UPDATE revision_counter SET value = 0")
+        await connection.execute(f"TRUNCATE {tables} RESTART IDENTITY")
+        for table, column in counters.items():
+            await connection.execute(f"UPDATE {table} SET {column} = 0")
     finally:
         await connection.close()
 

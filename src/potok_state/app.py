@@ -3,18 +3,20 @@
 from __future__ import annotations
 
 import asyncio
+import signal
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from importlib.metadata import version
 
 import structlog
 from fastapi import FastAPI
+from sqlalchemy.engine import make_url
 
 from potok_state import docs
 from potok_state.auth import ApiKeyRing
 from potok_state.errors import install_error_handlers
 from potok_state.events.api import router as events_router
-from potok_state.events.service import ChangeFeed
+from potok_state.events.service import ChangeFeed, EventPublisher
 from potok_state.health.api import router as health_router
 from potok_state.health.service import HealthService
 from potok_state.logging import configure_logging
@@ -26,6 +28,10 @@ from potok_state.states.machines import load_machines
 from potok_state.states.service import StateService
 from potok_state.storage.migrate import current_revision, head_revision, upgrade_to_head
 from potok_state.storage.sql import SqlStateStore
+from potok_state.webhooks.api import router as webhooks_router
+from potok_state.webhooks.delivery import DeliveryWorker
+from potok_state.webhooks.repository import WebhookRepository
+from potok_state.webhooks.service import WebhookService
 
 log = structlog.get_logger(__name__)
 
@@ -50,19 +56,56 @@ async def prepare_schema(store: SqlStateStore) -> None:
         )
 
 
+def postgres_dsn(store: SqlStateStore) -> str | None:
+    """A plain libpq DSN for LISTEN connections, or None on SQLite."""
+    if store.is_sqlite:
+        return None
+    return make_url(store.url).set(drivername="postgresql").render_as_string(hide_password=False)
+
+
+def create_delivery_worker(
+    settings: Settings, repository: WebhookRepository, metrics: Metrics
+) -> DeliveryWorker:
+    return DeliveryWorker(
+        repository,
+        settings.webhooks,
+        metrics,
+        allow_private=settings.webhooks_allow_private_targets,
+        concurrency=settings.webhooks.worker_concurrency,
+        postgres_dsn=postgres_dsn(repository.store),
+    )
+
+
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or Settings()
     configure_logging(settings.log_level, settings.log_format)
     machines = load_machines(settings.state_machines_file, strict=settings.state_machines_strict)
     store = SqlStateStore(settings.database_url, pool_size=settings.database_pool_size)
+    metrics = Metrics()
+    webhook_repository = WebhookRepository(store)
+    webhook_service = WebhookService(
+        webhook_repository,
+        settings.webhooks,
+        allow_private=settings.webhooks_allow_private_targets,
+    )
+    worker = (
+        create_delivery_worker(settings, webhook_repository, metrics)
+        if settings.webhooks.embedded_worker
+        else None
+    )
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         await prepare_schema(store)
+        if worker is not None:
+            await worker.start()
         log.info("service.started", app=settings.app_name, env=settings.app_env.value)
         try:
             yield
         finally:
+            if worker is not None:
+                await worker.stop()
+            await webhook_service.close()
             await store.close()
             log.info("service.stopped")
 
@@ -77,7 +120,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         openapi_url=docs.OPENAPI_PATH,
     )
     app.state.settings = settings
-    app.state.metrics = Metrics()
+    app.state.metrics = metrics
     app.state.api_keys = ApiKeyRing(settings.parsed_api_keys)
     app.state.store = store
     app.state.state_service = StateService(
@@ -87,6 +130,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         idempotency_ttl=settings.idempotency_ttl,
     )
     app.state.change_feed = ChangeFeed(store)
+    app.state.event_publisher = EventPublisher(
+        store,
+        data_max_bytes=settings.metadata_max_bytes,
+        idempotency_ttl=settings.idempotency_ttl,
+    )
+    app.state.webhook_service = webhook_service
+    app.state.delivery_worker = worker
     app.state.health_service = HealthService(store, version=VERSION)
 
     install_error_handlers(app)
@@ -94,6 +144,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(health_router)
     app.include_router(states_router)
     app.include_router(events_router)
+    app.include_router(webhooks_router)
     docs.install_api_docs(app)
     return app
 
@@ -101,3 +152,20 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 def app_from_environment() -> FastAPI:
     """Factory for `uvicorn --factory`: settings from the environment and `.env`."""
     return create_app(Settings())
+
+
+async def run_worker(settings: Settings) -> None:
+    """`potok-state worker`: delivery only, until SIGTERM or SIGINT; in-flight
+    attempts finish before it exits."""
+    configure_logging(settings.log_level, settings.log_format)
+    store = SqlStateStore(settings.database_url, pool_size=settings.database_pool_size)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    try:
+        await prepare_schema(store)
+        worker = create_delivery_worker(settings, WebhookRepository(store), Metrics())
+        await worker.run_until(stop)
+    finally:
+        await store.close()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import sys
 
@@ -47,6 +48,17 @@ def serve(args: argparse.Namespace) -> None:
         sys.exit(f"potok-state: {exc}")
 
 
+def worker(_: argparse.Namespace) -> None:
+    """Run only the webhook delivery worker until SIGTERM/SIGINT."""
+    settings = _load_settings()
+    from potok_state.app import SchemaNotCurrent, run_worker
+
+    try:
+        asyncio.run(run_worker(settings))
+    except SchemaNotCurrent as exc:
+        sys.exit(f"potok-state: {exc}")
+
+
 def migrate(_: argparse.Namespace) -> None:
     settings = _load_settings()
     upgrade_to_head(settings.database_url)
@@ -82,6 +94,7 @@ def main(argv: list[str] | None = None) -> None:
     serve_cmd.add_argument("--host", help="bind address (default: HOST or 0.0.0.0)")
     serve_cmd.add_argument("--port", type=int, help="port (default: PORT or 3002)")
     serve_cmd.set_defaults(handler=serve)
+    commands.add_parser("worker", help="run a webhook delivery worker").set_defaults(handler=worker)
     commands.add_parser("migrate", help="upgrade the database schema").set_defaults(handler=migrate)
     commands.add_parser("config", help="print the effective settings, secrets masked").set_defaults(
         handler=show_config

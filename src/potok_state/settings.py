@@ -65,6 +65,14 @@ class WebhookSettings(BaseSettings):
         None,
         description="Allow private/loopback webhook URLs; defaults to true outside production.",
     )
+    embedded_worker: bool = Field(
+        True,
+        description="Run the delivery worker inside `serve`; turn off when running "
+        "separate `potok-state worker` processes.",
+    )
+    worker_concurrency: int = Field(
+        64, ge=1, le=1000, description="Delivery attempts in flight per worker process."
+    )
 
 
 class CacheSettings(BaseSettings):
@@ -72,6 +80,12 @@ class CacheSettings(BaseSettings):
 
     state_ttl: int = Field(300, ge=1, description="TTL of one cached state, s.")
     list_ttl: int = Field(60, ge=1, description="TTL of a cached query result, s.")
+    timeout: int = Field(
+        50, ge=1, description="Per-command Redis timeout of a cache tier, ms; slower is a failure."
+    )
+    retry_delay: int = Field(
+        1_000, ge=1, description="How long a failed cache tier is skipped before it is retried, ms."
+    )
 
 
 class RedisTierSettings(BaseSettings):

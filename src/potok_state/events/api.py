@@ -2,12 +2,13 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Query, Request, Response
+from fastapi import APIRouter, Depends, Query, Request, Response, status
 
 from potok_state.auth import Actor
 from potok_state.errors import error_responses
-from potok_state.events.schemas import ChangePage
-from potok_state.events.service import ChangeFeed
+from potok_state.events.schemas import ChangePage, Event, PublishEvent
+from potok_state.events.service import ChangeFeed, EventDataTooLarge, EventPublisher
+from potok_state.http_headers import Idempotency
 
 router = APIRouter(prefix="/api/v1", tags=["events"])
 
@@ -15,6 +16,11 @@ router = APIRouter(prefix="/api/v1", tags=["events"])
 def change_feed(request: Request) -> ChangeFeed:
     feed: ChangeFeed = request.app.state.change_feed
     return feed
+
+
+def event_publisher(request: Request) -> EventPublisher:
+    publisher: EventPublisher = request.app.state.event_publisher
+    return publisher
 
 
 @router.get(
@@ -30,3 +36,23 @@ async def list_changes(
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
 ) -> Response:
     return Response(await feed.page(after, limit), media_type="application/json")
+
+
+@router.post(
+    "/events",
+    response_model=Event,
+    status_code=status.HTTP_201_CREATED,
+    summary="Publish a custom event to subscribers and the change feed",
+    responses=error_responses(EventDataTooLarge),
+)
+async def publish_event(
+    body: PublishEvent,
+    response: Response,
+    publisher: Annotated[EventPublisher, Depends(event_publisher)],
+    actor: Actor,
+    idempotency: Idempotency,
+) -> Event:
+    applied = await publisher.publish(body, actor=actor, idempotency=idempotency)
+    if applied.replayed:
+        response.headers["Idempotent-Replayed"] = "true"
+    return applied.outcome

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from pydantic import BaseModel, JsonValue
+from typing import Annotated
+
+from pydantic import BaseModel, ConfigDict, Field, JsonValue, StringConstraints
 
 from potok_state.clock import Timestamp
 
@@ -18,3 +20,12 @@ class Event(BaseModel):
 class ChangePage(BaseModel):
     items: list[Event]
     nextAfter: int
+
+
+class PublishEvent(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    type: Annotated[str, StringConstraints(pattern=r"^custom\.[a-z0-9][a-z0-9_.-]{0,99}$")] = Field(
+        description='"custom.event" or "custom.<name>".'
+    )
+    data: dict[str, JsonValue] = Field(default_factory=dict)

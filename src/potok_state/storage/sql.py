@@ -63,7 +63,9 @@ from potok_state.storage.tables import (
     state_history,
     states,
 )
+from potok_state.wakeup import Wakeup
 
+OUTBOX_CHANNEL = "potok_outbox"
 _RETRYABLE_SQLSTATES = frozenset({"40001", "40P01"})
 _MAX_ATTEMPTS = 8
 
@@ -139,10 +141,18 @@ class SqlStateStore:
         else:
             self._writer = create_engine(url, pool_size=pool_size)
             self._reader = self._writer
+        # Set after every committed change; the webhook worker in this process
+        # waits on it (other processes are woken by NOTIFY on PostgreSQL).
+        self.changes_committed = Wakeup()
 
     @property
     def engine(self) -> AsyncEngine:
+        """The engine for writes (on SQLite, the single writer connection)."""
         return self._writer
+
+    @property
+    def reader(self) -> AsyncEngine:
+        return self._reader
 
     async def close(self) -> None:
         await self._writer.dispose()
@@ -165,7 +175,12 @@ class SqlStateStore:
         for attempt in range(1, _MAX_ATTEMPTS + 1):
             try:
                 async with self._writer.begin() as conn:
-                    return await self._apply_once(conn, entity_ids, decide, event_data, idempotency)
+                    applied = await self._apply_once(
+                        conn, entity_ids, decide, event_data, idempotency
+                    )
+                if applied:
+                    self.changes_committed.notify()
+                return applied
             except IntegrityError:
                 # Two transactions created the same entity (or stored the same
                 # idempotency key) at once; the retry sees the winner's row.
@@ -255,6 +270,8 @@ class SqlStateStore:
                 }
             )
             applied.append(AppliedChange(mutation, revision, event_id, now, state))
+        if not self.is_sqlite:
+            await conn.execute(select(func.pg_notify(OUTBOX_CHANNEL, str(last))))
 
         # State rows first, then history, then outbox: a failure anywhere after
         # the state write rolls all of it back.

@@ -6,6 +6,7 @@ from __future__ import annotations
 from sqlalchemy import (
     JSON,
     BigInteger,
+    Boolean,
     Column,
     DateTime,
     Index,
@@ -22,6 +23,8 @@ metadata = MetaData()
 
 JsonDocument = JSON().with_variant(JSONB(), "postgresql")
 Timestamp = DateTime(timezone=True)
+# BIGINT identity on PostgreSQL; SQLite autoincrements only an INTEGER primary key.
+Serial = BigInteger().with_variant(Integer, "sqlite")
 
 states = Table(
     "states",
@@ -92,4 +95,72 @@ idempotency_keys = Table(
     Column("outcome", LargeBinary, nullable=False),
     Column("created_at", Timestamp, nullable=False),
     Index("ix_idempotency_keys_created", "created_at"),
+)
+
+webhook_subscriptions = Table(
+    "webhook_subscriptions",
+    metadata,
+    Column("id", String(40), primary_key=True),
+    Column("url", Text, nullable=False),
+    Column("events", JSON, nullable=False),
+    Column("entity_types", JSON),
+    Column("secret", Text, nullable=False),
+    Column("description", Text),
+    Column("active", Boolean, nullable=False),
+    Column("consecutive_failures", Integer, nullable=False),
+    Column("disabled_reason", Text),
+    Column("last_delivery_at", Timestamp),
+    Column("last_error", Text),
+    # Events with a revision above this one are delivered; a subscription never
+    # receives what happened before it existed (use replay for that).
+    Column("after_revision", BigInteger, nullable=False),
+    Column("created_at", Timestamp, nullable=False),
+    Column("updated_at", Timestamp, nullable=False),
+)
+
+webhook_deliveries = Table(
+    "webhook_deliveries",
+    metadata,
+    Column("id", Serial, primary_key=True, autoincrement=True),
+    Column("subscription_id", String(40), nullable=False),
+    Column("revision", BigInteger, nullable=False),
+    Column("event_id", String(64), nullable=False),
+    Column("event", String(128), nullable=False),
+    # Deliveries that share an ordering key reach the subscriber one at a time,
+    # in id order: the entity for entity events, the event id otherwise.
+    Column("ordering_key", String(200), nullable=False),
+    Column("status", String(16), nullable=False),
+    Column("attempts", Integer, nullable=False),
+    Column("attempt_limit", Integer, nullable=False),
+    Column("next_attempt_at", Timestamp, nullable=False),
+    Column("locked_until", Timestamp),
+    Column("last_status_code", Integer),
+    Column("last_error", Text),
+    Column("created_at", Timestamp, nullable=False),
+    Column("updated_at", Timestamp, nullable=False),
+    Index("ix_webhook_deliveries_due", "status", "next_attempt_at"),
+    Index("ix_webhook_deliveries_order", "subscription_id", "ordering_key", "status", "id"),
+    Index("ix_webhook_deliveries_subscription", "subscription_id", "id"),
+)
+
+webhook_attempts = Table(
+    "webhook_attempts",
+    metadata,
+    Column("id", Serial, primary_key=True, autoincrement=True),
+    Column("delivery_id", BigInteger, nullable=False),
+    Column("attempt", Integer, nullable=False),
+    Column("started_at", Timestamp, nullable=False),
+    Column("duration_ms", Integer, nullable=False),
+    Column("status_code", Integer),
+    Column("error", Text),
+    Column("succeeded", Boolean, nullable=False),
+    Index("ix_webhook_attempts_delivery", "delivery_id", "attempt"),
+)
+
+# One row: the last outbox revision turned into deliveries.
+webhook_dispatch_cursor = Table(
+    "webhook_dispatch_cursor",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=False),
+    Column("revision", BigInteger, nullable=False),
 )

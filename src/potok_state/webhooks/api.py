@@ -1,0 +1,152 @@
+"""Webhooks API routes (DESIGN.md §4 "Events and webhooks")."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Path, Query, Request, Response, status
+
+from potok_state.auth import Actor
+from potok_state.errors import error_responses
+from potok_state.webhooks.schemas import (
+    Delivery,
+    DeliveryPage,
+    ReplayRequest,
+    ReplayResult,
+    Subscription,
+    SubscriptionCreate,
+    SubscriptionCreated,
+    SubscriptionPatch,
+    TestResult,
+)
+from potok_state.webhooks.service import (
+    DeliveryNotFailed,
+    DeliveryNotFound,
+    SubscriptionNotFound,
+    WebhookService,
+)
+from potok_state.webhooks.targets import InvalidWebhookUrl
+
+router = APIRouter(prefix="/api/v1/webhooks", tags=["webhooks"])
+
+SubscriptionId = Annotated[str, Path(pattern=r"^sub_[0-9a-f]{24}$", description="Subscription id.")]
+
+
+def webhook_service(request: Request) -> WebhookService:
+    service: WebhookService = request.app.state.webhook_service
+    return service
+
+
+Service = Annotated[WebhookService, Depends(webhook_service)]
+
+
+@router.post(
+    "/subscriptions",
+    response_model=SubscriptionCreated,
+    status_code=status.HTTP_201_CREATED,
+    summary="Subscribe a URL to events; the secret is shown only here",
+    responses=error_responses(InvalidWebhookUrl),
+)
+async def create_subscription(
+    body: SubscriptionCreate, service: Service, _: Actor
+) -> SubscriptionCreated:
+    return await service.create_subscription(body)
+
+
+@router.get(
+    "/subscriptions",
+    response_model=list[Subscription],
+    summary="All subscriptions (secrets are never shown again)",
+    responses=error_responses(),
+)
+async def list_subscriptions(service: Service, _: Actor) -> list[Subscription]:
+    return await service.list_subscriptions()
+
+
+@router.get(
+    "/subscriptions/{subscription_id}",
+    response_model=Subscription,
+    summary="One subscription with its delivery status",
+    responses=error_responses(SubscriptionNotFound),
+)
+async def get_subscription(
+    subscription_id: SubscriptionId, service: Service, _: Actor
+) -> Subscription:
+    return await service.get_subscription(subscription_id)
+
+
+@router.patch(
+    "/subscriptions/{subscription_id}",
+    response_model=Subscription,
+    summary="Change url, events, description or entity types; re-enable with active: true",
+    responses=error_responses(SubscriptionNotFound, InvalidWebhookUrl),
+)
+async def update_subscription(
+    subscription_id: SubscriptionId, body: SubscriptionPatch, service: Service, _: Actor
+) -> Subscription:
+    return await service.update_subscription(subscription_id, body)
+
+
+@router.delete(
+    "/subscriptions/{subscription_id}",
+    status_code=status.HTTP_204_NO_CONTENT,
+    response_class=Response,
+    summary="Delete a subscription and its delivery log",
+    responses=error_responses(SubscriptionNotFound),
+)
+async def delete_subscription(
+    subscription_id: SubscriptionId, service: Service, _: Actor
+) -> Response:
+    await service.delete_subscription(subscription_id)
+    return Response(status_code=status.HTTP_204_NO_CONTENT)
+
+
+@router.get(
+    "/subscriptions/{subscription_id}/deliveries",
+    response_model=DeliveryPage,
+    summary="The delivery log, newest first, with every attempt",
+    responses=error_responses(SubscriptionNotFound),
+)
+async def list_deliveries(
+    subscription_id: SubscriptionId,
+    service: Service,
+    _: Actor,
+    limit: Annotated[int, Query(ge=1, le=500)] = 50,
+    before: Annotated[int | None, Query(ge=1, le=2**62, description="Older than this id.")] = None,
+) -> DeliveryPage:
+    return await service.deliveries(subscription_id, before=before, limit=limit)
+
+
+@router.post(
+    "/deliveries/{delivery_id}/retry",
+    response_model=Delivery,
+    summary="Send a failed delivery again",
+    responses=error_responses(DeliveryNotFound, DeliveryNotFailed),
+)
+async def retry_delivery(
+    delivery_id: Annotated[int, Path(ge=1, le=2**62)], service: Service, _: Actor
+) -> Delivery:
+    return await service.retry_delivery(delivery_id)
+
+
+@router.post(
+    "/subscriptions/{subscription_id}/replay",
+    response_model=ReplayResult,
+    status_code=status.HTTP_202_ACCEPTED,
+    summary="Send again what the subscription matched from a revision or a time",
+    responses=error_responses(SubscriptionNotFound),
+)
+async def replay(
+    subscription_id: SubscriptionId, body: ReplayRequest, service: Service, _: Actor
+) -> ReplayResult:
+    return await service.replay(subscription_id, body)
+
+
+@router.post(
+    "/subscriptions/{subscription_id}/test",
+    response_model=TestResult,
+    summary="Send a webhook.test ping now and report the receiver's answer",
+    responses=error_responses(SubscriptionNotFound),
+)
+async def send_test(subscription_id: SubscriptionId, service: Service, _: Actor) -> TestResult:
+    return await service.send_test(subscription_id)

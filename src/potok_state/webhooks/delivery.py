@@ -1,0 +1,337 @@
+"""The delivery worker (DESIGN.md §4 "Delivery rules").
+
+Two loops share one process:
+* dispatch: reads the outbox after the dispatch cursor and turns each event
+  into one delivery row per matching active subscription (one transaction, so
+  an event is dispatched exactly once even with many workers);
+* deliver: leases due deliveries (see `repository.claim_due` for the ordering
+  rule), sends each with its signatures, and records the attempt and its
+  consequences (retry with backoff, Retry-After, 410, auto-disable).
+
+Both loops sleep until woken: by a commit in this process, by PostgreSQL
+NOTIFY from other processes, or by a finished attempt; a slow poll is only the
+safety net. In-flight attempts finish on shutdown; a killed worker's leases run
+out and the deliveries are sent again (at-least-once).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import time
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from email.utils import parsedate_to_datetime
+
+import aiohttp
+import asyncpg
+import structlog
+
+from potok_state.clock import utc_now
+from potok_state.events.payload import event_body
+from potok_state.metrics import Metrics
+from potok_state.settings import WebhookSettings
+from potok_state.storage.sql import OUTBOX_CHANNEL
+from potok_state.webhooks.repository import (
+    DELIVERIES_CHANNEL,
+    SUCCEEDED,
+    AttemptResult,
+    ClaimedDelivery,
+    WebhookRepository,
+)
+from potok_state.webhooks.signing import signature_headers
+from potok_state.webhooks.targets import PublicOnlyResolver
+
+log = structlog.get_logger("potok_state.webhooks")
+
+POLL_SECONDS = 1.0
+LEASE_MARGIN = timedelta(seconds=10)
+MAX_RETRY_AFTER_SECONDS = 3600
+ERROR_TEXT_LIMIT = 300
+
+
+@dataclass(frozen=True, slots=True)
+class SendOutcome:
+    started_at: datetime
+    duration_ms: int
+    status_code: int | None
+    error: str | None
+    retry_after_seconds: float | None
+
+    @property
+    def succeeded(self) -> bool:
+        return self.status_code is not None and 200 <= self.status_code < 300
+
+
+class WebhookSender:
+    """The one outbound HTTP client for webhooks (aiohttp: measured far faster
+    than httpx under many concurrent deliveries, see bench/REPORT.md)."""
+
+    def __init__(self, *, timeout_ms: int, allow_private: bool, connections: int) -> None:
+        self.timeout = aiohttp.ClientTimeout(total=timeout_ms / 1000)
+        self.allow_private = allow_private
+        self.connections = connections
+        self._session: aiohttp.ClientSession | None = None
+
+    def _client(self) -> aiohttp.ClientSession:
+        if self._session is None or self._session.closed:
+            connector = aiohttp.TCPConnector(
+                limit=self.connections,
+                ttl_dns_cache=60,
+                resolver=None if self.allow_private else PublicOnlyResolver(),
+            )
+            self._session = aiohttp.ClientSession(
+                connector=connector,
+                timeout=self.timeout,
+                headers={"User-Agent": "Potok-State-Webhooks/1"},
+            )
+        return self._session
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+
+    async def send(self, url: str, body: bytes, headers: dict[str, str]) -> SendOutcome:
+        started_at = utc_now()
+        started = time.perf_counter()
+        status: int | None = None
+        error: str | None = None
+        retry_after: float | None = None
+        try:
+            async with self._client().post(
+                url, data=body, headers=headers, allow_redirects=False
+            ) as response:
+                status = response.status
+                if not 200 <= status < 300:
+                    text = (await response.content.read(ERROR_TEXT_LIMIT)).decode(errors="replace")
+                    error = f"HTTP {status}" + (f": {text}" if text else "")
+                if status in (429, 503):
+                    retry_after = parse_retry_after(response.headers.get("Retry-After"))
+        except TimeoutError:
+            error = f"timed out after {self.timeout.total:g} s"
+        except (aiohttp.ClientError, OSError) as exc:
+            error = f"{type(exc).__name__}: {exc}"[:ERROR_TEXT_LIMIT]
+        duration_ms = round((time.perf_counter() - started) * 1000)
+        return SendOutcome(started_at, duration_ms, status, error, retry_after)
+
+
+def parse_retry_after(value: str | None) -> float | None:
+    if not value:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return min(float(value), MAX_RETRY_AFTER_SECONDS)
+    try:
+        when = parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    seconds = (when - utc_now()).total_seconds()
+    return min(max(seconds, 0.0), MAX_RETRY_AFTER_SECONDS)
+
+
+class DeliveryWorker:
+    def __init__(
+        self,
+        repository: WebhookRepository,
+        settings: WebhookSettings,
+        metrics: Metrics,
+        *,
+        allow_private: bool,
+        concurrency: int = 64,
+        per_subscription: int = 8,
+        postgres_dsn: str | None = None,
+    ) -> None:
+        self.repository = repository
+        self.settings = settings
+        self.metrics = metrics
+        self.concurrency = concurrency
+        self.per_subscription = per_subscription
+        self.postgres_dsn = postgres_dsn
+        self.sender = WebhookSender(
+            timeout_ms=settings.delivery_timeout,
+            allow_private=allow_private,
+            connections=concurrency,
+        )
+        self.lease = timedelta(milliseconds=settings.delivery_timeout) + LEASE_MARGIN
+        self._outbox = repository.store.changes_committed
+        self._due = repository.deliveries_ready
+        self._in_flight: dict[int, asyncio.Task[None]] = {}
+        self._per_subscription: dict[str, int] = {}
+        self._loops: list[asyncio.Task[None]] = []
+        self._stopping = asyncio.Event()
+
+    async def start(self) -> None:
+        self._stopping.clear()
+        self._loops = [
+            asyncio.create_task(self._dispatch_loop(), name="webhook-dispatch"),
+            asyncio.create_task(self._deliver_loop(), name="webhook-deliver"),
+        ]
+        if self.postgres_dsn is not None:
+            self._loops.append(asyncio.create_task(self._listen_loop(), name="webhook-listen"))
+        log.info("webhook.worker.started", concurrency=self.concurrency)
+
+    async def stop(self) -> None:
+        """Stop claiming, let in-flight attempts finish (their timeout bounds
+        the wait), then close the HTTP client."""
+        self._stopping.set()
+        self._outbox.notify()
+        self._due.notify()
+        for task in self._loops:
+            task.cancel()
+        await asyncio.gather(*self._loops, return_exceptions=True)
+        if self._in_flight:
+            await asyncio.wait(
+                list(self._in_flight.values()), timeout=self.sender.timeout.total or 30
+            )
+        await self.sender.close()
+        log.info("webhook.worker.stopped")
+
+    async def run_until(self, stop: asyncio.Event) -> None:
+        await self.start()
+        try:
+            await stop.wait()
+        finally:
+            await self.stop()
+
+    # -- dispatch -----------------------------------------------------------------
+
+    async def _dispatch_loop(self) -> None:
+        while not self._stopping.is_set():
+            try:
+                dispatched = await self.repository.dispatch(self.attempt_limit)
+                self.metrics.outbox_lag.set(await self.repository.outbox_lag())
+            except Exception:
+                log.exception("webhook.dispatch.failed")
+                dispatched = 0
+                await asyncio.sleep(POLL_SECONDS)
+            if dispatched:
+                self._due.notify()
+                continue
+            await self._outbox.wait(POLL_SECONDS)
+
+    @property
+    def attempt_limit(self) -> int:
+        return 1 + self.settings.max_retries
+
+    # -- delivery -----------------------------------------------------------------
+
+    async def _deliver_loop(self) -> None:
+        while not self._stopping.is_set():
+            free = self.concurrency - len(self._in_flight)
+            claimed: list[ClaimedDelivery] = []
+            if free > 0:
+                saturated = [
+                    sub
+                    for sub, count in self._per_subscription.items()
+                    if count >= self.per_subscription
+                ]
+                try:
+                    claimed = await self.repository.claim_due(
+                        limit=free, lease=self.lease, skip_subscriptions=saturated
+                    )
+                except Exception:
+                    log.exception("webhook.claim.failed")
+                    await asyncio.sleep(POLL_SECONDS)
+                    continue
+            for delivery in claimed:
+                self._per_subscription[delivery.subscription_id] = (
+                    self._per_subscription.get(delivery.subscription_id, 0) + 1
+                )
+                task = asyncio.create_task(self._attempt(delivery))
+                self._in_flight[delivery.id] = task
+                task.add_done_callback(functools.partial(self._finished, delivery))
+            if claimed and len(claimed) == free:
+                continue
+            await self._due.wait(POLL_SECONDS)
+
+    def _finished(self, delivery: ClaimedDelivery, _: asyncio.Task[None]) -> None:
+        self._in_flight.pop(delivery.id, None)
+        remaining = self._per_subscription.get(delivery.subscription_id, 1) - 1
+        if remaining > 0:
+            self._per_subscription[delivery.subscription_id] = remaining
+        else:
+            self._per_subscription.pop(delivery.subscription_id, None)
+        # A slot is free, and the next event of the same entity may be due now.
+        self._due.notify()
+
+    async def _attempt(self, delivery: ClaimedDelivery) -> None:
+        body = event_body(delivery.event)
+        headers = signature_headers(
+            delivery.secret,
+            event_id=delivery.event.event_id,
+            event=delivery.event.event,
+            body=body,
+            attempt=delivery.attempt,
+            timestamp=int(time.time()),
+        )
+        outcome = await self.sender.send(delivery.url, body, headers)
+        delay = self.settings.retry_delay / 1000 * 2 ** (delivery.attempt - 1)
+        if outcome.retry_after_seconds is not None:
+            delay = max(delay, outcome.retry_after_seconds)
+        result = AttemptResult(
+            delivery_id=delivery.id,
+            subscription_id=delivery.subscription_id,
+            attempt=delivery.attempt,
+            attempt_limit=delivery.attempt_limit,
+            started_at=outcome.started_at,
+            duration_ms=outcome.duration_ms,
+            status_code=outcome.status_code,
+            error=outcome.error,
+            succeeded=outcome.succeeded,
+            gone=outcome.status_code == 410,
+            retry_at=utc_now() + timedelta(seconds=delay),
+        )
+        try:
+            status = await self.repository.record_attempt(
+                result, max_consecutive_failures=self.settings.max_consecutive_failures
+            )
+        except Exception:
+            # The lease runs out and the delivery is sent again: at-least-once.
+            log.exception("webhook.attempt.record_failed", deliveryId=delivery.id)
+            return
+        outcome_label = (
+            "succeeded"
+            if status == SUCCEEDED
+            else ("retrying" if status == "pending" else "failed")
+        )
+        self.metrics.deliveries.labels(outcome=outcome_label).inc()
+        self.metrics.delivery_latency.observe(outcome.duration_ms / 1000)
+        log.info(
+            "webhook.attempt",
+            deliveryId=delivery.id,
+            subscriptionId=delivery.subscription_id,
+            eventType=delivery.event.event,
+            revision=delivery.event.revision,
+            attempt=delivery.attempt,
+            statusCode=outcome.status_code,
+            durationMs=outcome.duration_ms,
+            outcome=outcome_label,
+            error=outcome.error,
+        )
+        if status == "pending":
+            asyncio.get_running_loop().call_later(delay, self._due.notify)
+
+    # -- cross-process wake-ups (PostgreSQL) ------------------------------------
+
+    async def _listen_loop(self) -> None:
+        assert self.postgres_dsn is not None
+        while not self._stopping.is_set():
+            try:
+                connection = await asyncpg.connect(self.postgres_dsn)
+            except (OSError, asyncpg.PostgresError):
+                log.warning("webhook.listen.connect_failed")
+                await asyncio.sleep(POLL_SECONDS)
+                continue
+            try:
+                await connection.add_listener(OUTBOX_CHANNEL, lambda *_: self._outbox.notify())
+                await connection.add_listener(DELIVERIES_CHANNEL, lambda *_: self._due.notify())
+                # Anything committed before LISTEN took effect is picked up now.
+                self._outbox.notify()
+                self._due.notify()
+                lost = asyncio.Event()
+                connection.add_termination_listener(lambda *_, lost=lost: lost.set())
+                await lost.wait()  # stop() cancels this task
+            finally:
+                with contextlib.suppress(Exception):
+                    await connection.close()
