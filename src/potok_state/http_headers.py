@@ -32,7 +32,7 @@ async def idempotency_key(
     return IdempotencyKey(key=key, fingerprint=digest.hexdigest())
 
 
-def expected_version(
+async def expected_version(
     if_match: Annotated[
         str | None,
         Header(

@@ -8,17 +8,18 @@ from potok_state.auth import Actor
 from potok_state.errors import error_responses
 from potok_state.events.schemas import ChangePage, Event, PublishEvent
 from potok_state.events.service import ChangeFeed, EventDataTooLarge, EventPublisher
+from potok_state.http_body import JsonBodyRoute
 from potok_state.http_headers import Idempotency
 
-router = APIRouter(prefix="/api/v1", tags=["events"])
+router = APIRouter(prefix="/api/v1", tags=["events"], route_class=JsonBodyRoute)
 
 
-def change_feed(request: Request) -> ChangeFeed:
+async def change_feed(request: Request) -> ChangeFeed:
     feed: ChangeFeed = request.app.state.change_feed
     return feed
 
 
-def event_publisher(request: Request) -> EventPublisher:
+async def event_publisher(request: Request) -> EventPublisher:
     publisher: EventPublisher = request.app.state.event_publisher
     return publisher
 

@@ -23,6 +23,10 @@ class EventDataTooLarge(InvalidInput):
     code = "event_data_too_large"
 
 
+class InvalidEventData(InvalidInput):
+    code = "invalid_event_data"
+
+
 class ChangeFeed:
     def __init__(self, store: StateStore) -> None:
         self.store = store
@@ -45,7 +49,11 @@ class EventPublisher:
         self, request: PublishEvent, *, actor: str, idempotency: IdempotencyKey | None = None
     ) -> Applied[Event]:
         """Record a custom event in the outbox, with its own revision."""
-        size = len(orjson.dumps(request.data))
+        try:
+            size = len(orjson.dumps(request.data))
+        except orjson.JSONEncodeError as exc:
+            # Integers beyond 64 bits or nesting deeper than 254 levels.
+            raise InvalidEventData(f"data cannot be stored: {exc}.") from None
         if size > self.data_max_bytes:
             raise EventDataTooLarge(
                 f"data is {size} bytes; the limit is {self.data_max_bytes}.",

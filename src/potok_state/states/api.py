@@ -12,6 +12,7 @@ from potok_state.auth import Actor
 from potok_state.changes import Applied
 from potok_state.clock import as_utc
 from potok_state.errors import BadRequest, InvalidInput, error_responses
+from potok_state.http_body import JsonBodyRoute
 from potok_state.http_headers import ExpectedVersion, Idempotency, etag
 from potok_state.states.errors import (
     InvalidTransition,
@@ -34,7 +35,7 @@ from potok_state.states.schemas import (
 )
 from potok_state.states.service import StateFilter, StateService
 
-router = APIRouter(prefix="/api/v1", tags=["states"])
+router = APIRouter(prefix="/api/v1", tags=["states"], route_class=JsonBodyRoute)
 
 EntityPath = Annotated[str, Path(pattern=ENTITY_TYPE_PATTERN, description="Entity type.")]
 EntityIdPath = Annotated[str, Path(pattern=ENTITY_ID_PATTERN, description="Entity id.")]
@@ -52,7 +53,7 @@ SortSpec = Literal[
 ]
 
 
-def state_service(request: Request) -> StateService:
+async def state_service(request: Request) -> StateService:
     service: StateService = request.app.state.state_service
     return service
 

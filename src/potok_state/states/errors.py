@@ -31,6 +31,10 @@ class MetadataTooLarge(InvalidInput):
     code = "metadata_too_large"
 
 
+class InvalidMetadata(InvalidInput):
+    code = "invalid_metadata"
+
+
 class InvalidQuery(InvalidInput):
     code = "invalid_query"
 

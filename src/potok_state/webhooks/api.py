@@ -8,6 +8,7 @@ from fastapi import APIRouter, Depends, Path, Query, Request, Response, status
 
 from potok_state.auth import Actor
 from potok_state.errors import error_responses
+from potok_state.http_body import JsonBodyRoute
 from potok_state.webhooks.schemas import (
     Delivery,
     DeliveryPage,
@@ -27,12 +28,12 @@ from potok_state.webhooks.service import (
 )
 from potok_state.webhooks.targets import InvalidWebhookUrl
 
-router = APIRouter(prefix="/api/v1/webhooks", tags=["webhooks"])
+router = APIRouter(prefix="/api/v1/webhooks", tags=["webhooks"], route_class=JsonBodyRoute)
 
 SubscriptionId = Annotated[str, Path(pattern=r"^sub_[0-9a-f]{24}$", description="Subscription id.")]
 
 
-def webhook_service(request: Request) -> WebhookService:
+async def webhook_service(request: Request) -> WebhookService:
     service: WebhookService = request.app.state.webhook_service
     return service
 
