@@ -34,7 +34,7 @@ class Readiness(BaseModel):
     externalDb: bool
 
 
-def health_service(request: Request) -> HealthService:
+async def health_service(request: Request) -> HealthService:
     service: HealthService = request.app.state.health_service
     return service
 
@@ -45,15 +45,22 @@ Service = Annotated[HealthService, Depends(health_service)]
 @router.get("/health", response_model=Health, summary="Every dependency, with latency")
 async def health(service: Service, response: Response) -> Health:
     storage = await service.check_storage()
+    caches = await service.check_cache()
     checks = {
-        storage.name: DependencyHealth(
-            status="up" if storage.up else "down", latencyMs=storage.latency_ms, error=storage.error
+        check.name: DependencyHealth(
+            status="up" if check.up else "down", latencyMs=check.latency_ms, error=check.error
         )
+        for check in (storage, *caches)
     }
     if not storage.up:
         response.status_code = 503
+    overall: Literal["ok", "degraded", "down"] = "ok"
+    if not storage.up:
+        overall = "down"
+    elif not all(check.up for check in caches):
+        overall = "degraded"
     return Health(
-        status="ok" if storage.up else "down",
+        status=overall,
         version=service.version,
         uptimeSeconds=service.uptime_seconds(),
         checks=checks,
@@ -73,6 +80,8 @@ async def liveness() -> Liveness:
 )
 async def readiness(service: Service, response: Response) -> Readiness:
     storage = await service.check_storage()
+    redis = all(check.up for check in await service.check_cache())
     if not storage.up:
         response.status_code = 503
-    return Readiness(ready=storage.up, storage=storage.up, redis=True, externalDb=True)
+    # A cache tier being down is "degraded", never "not ready" (DESIGN.md §7).
+    return Readiness(ready=storage.up, storage=storage.up, redis=redis, externalDb=True)

@@ -15,12 +15,16 @@ from datetime import datetime
 import orjson
 from pydantic import BaseModel
 
+from potok_state.cache import StateWrite, TieredCache, list_fingerprint
 from potok_state.changes import Applied, IdempotencyKey, apply_change
+from potok_state.clock import as_utc
 from potok_state.errors import ServiceError
+from potok_state.metrics import Metrics
 from potok_state.states.errors import (
     BatchInvalid,
     BatchRejected,
     EmptyUpdate,
+    InvalidMetadata,
     InvalidQuery,
     InvalidTransition,
     MachineNotFound,
@@ -87,11 +91,15 @@ class StateService:
         *,
         metadata_max_bytes: int,
         idempotency_ttl: int,
+        cache: TieredCache | None = None,
+        metrics: Metrics | None = None,
     ) -> None:
         self.store = store
         self.machines = machines
         self.metadata_max_bytes = metadata_max_bytes
         self.idempotency_ttl = idempotency_ttl
+        self.cache = cache
+        self.metrics = metrics
 
     # -- writes -------------------------------------------------------------------
 
@@ -201,7 +209,7 @@ class StateService:
                 revision=change.revision,
             )
 
-        return await apply_change(
+        applied = await apply_change(
             self.store,
             targets=[(entity, entity_id)],
             decide=decide,
@@ -210,7 +218,12 @@ class StateService:
             actor=actor,
             idempotency=idempotency,
             ttl_seconds=self.idempotency_ttl,
+            metrics=self.metrics,
         )
+        if self.cache is not None and not applied.replayed:
+            gone = applied.outcome
+            await self.cache.changed([StateWrite(entity, entity_id, gone.revision, b"")])
+        return applied
 
     async def apply_batch(
         self,
@@ -285,7 +298,7 @@ class StateService:
                 items=results,
             )
 
-        return await apply_change(
+        applied = await apply_change(
             self.store,
             targets=[(entity, item.entityId) for item in batch.items],
             decide=decide,
@@ -294,7 +307,13 @@ class StateService:
             actor=actor,
             idempotency=idempotency,
             ttl_seconds=self.idempotency_ttl,
+            metrics=self.metrics,
         )
+        if not applied.replayed:
+            await self._invalidate(
+                [item.state for item in applied.outcome.items if item.state is not None]
+            )
+        return applied
 
     async def _apply(
         self,
@@ -304,7 +323,7 @@ class StateService:
         actor: str,
         idempotency: IdempotencyKey | None,
     ) -> Applied[StateView]:
-        return await apply_change(
+        applied = await apply_change(
             self.store,
             targets=[(entity, entity_id)],
             decide=decide,
@@ -313,6 +332,21 @@ class StateService:
             actor=actor,
             idempotency=idempotency,
             ttl_seconds=self.idempotency_ttl,
+            metrics=self.metrics,
+        )
+        if not applied.replayed:
+            await self._invalidate([applied.outcome])
+        return applied
+
+    async def _invalidate(self, states: Sequence[StateView]) -> None:
+        """After commit, before answering: the writer then reads its own write."""
+        if self.cache is None or not states:
+            return
+        await self.cache.changed(
+            [
+                StateWrite(state.entity, state.entityId, state.revision, _encoded(state))
+                for state in states
+            ]
         )
 
     def _transition(
@@ -387,7 +421,13 @@ class StateService:
             )
 
     def _check_metadata_size(self, metadata: Metadata) -> None:
-        size = len(orjson.dumps(metadata))
+        try:
+            # Encoded one level down, as the outbox stores it inside the event's
+            # `data`: nesting orjson cannot write (over 254 levels) is refused
+            # here rather than failing inside the transaction as a 500.
+            size = len(orjson.dumps([metadata])) - 2
+        except orjson.JSONEncodeError as exc:
+            raise InvalidMetadata(f"metadata cannot be stored: {exc}.") from None
         if size > self.metadata_max_bytes:
             raise MetadataTooLarge(
                 f"metadata is {size} bytes; the limit is {self.metadata_max_bytes}.",
@@ -397,10 +437,22 @@ class StateService:
     # -- reads --------------------------------------------------------------------
 
     async def get_state(self, entity: str, entity_id: str) -> StateView:
+        if self.cache is None:
+            state = await self.store.get_state(entity, entity_id)
+            if state is None:
+                raise StateNotFound(f"No {entity} with id {entity_id!r}.")
+            return StateView.of(state)
+        lookup = await self.cache.get_state(entity, entity_id)
+        if lookup.body is not None:
+            if not lookup.body:  # cached deletion
+                raise StateNotFound(f"No {entity} with id {entity_id!r}.")
+            return StateView.model_validate_json(lookup.body)
         state = await self.store.get_state(entity, entity_id)
         if state is None:
             raise StateNotFound(f"No {entity} with id {entity_id!r}.")
-        return StateView.of(state)
+        view = StateView.of(state)
+        await self.cache.fill_state(lookup, view.revision, _encoded(view))
+        return view
 
     async def query_states(self, entity: str, query: StateFilter) -> StatePage:
         descending = query.sort.startswith("-")
@@ -422,6 +474,11 @@ class StateService:
         after_key = None
         if query.cursor is not None:
             after_key = _decode_state_cursor(query.cursor, query.sort)
+        lookup = None
+        if self.cache is not None:
+            lookup = await self.cache.get_list(entity, _query_fingerprint(query))
+            if lookup is not None and lookup.body is not None:
+                return StatePage.model_validate_json(lookup.body)
         rows = await self.store.query_states(
             StateQuery(
                 entity=entity,
@@ -439,7 +496,10 @@ class StateService:
         next_cursor = None
         if len(rows) > query.limit:
             next_cursor = _encode_state_cursor(items[-1], sort, query.sort)
-        return StatePage(items=[StateView.of(state) for state in items], nextCursor=next_cursor)
+        page = StatePage(items=[StateView.of(state) for state in items], nextCursor=next_cursor)
+        if self.cache is not None and lookup is not None:
+            await self.cache.fill_list(lookup, page.model_dump_json().encode())
+        return page
 
     async def history(
         self, entity: str, entity_id: str, *, limit: int, cursor: str | None
@@ -462,6 +522,25 @@ class StateService:
                 f"Entity type {entity!r} has no transition table; it accepts any status."
             )
         return _machine_view(machine)
+
+
+def _encoded(state: StateView) -> bytes:
+    return state.model_dump_json().encode()
+
+
+def _query_fingerprint(query: StateFilter) -> str:
+    """Equal for queries that mean the same (status order and repeats do not matter)."""
+    return list_fingerprint(
+        [
+            sorted(set(query.statuses)),
+            sorted((query.metadata_equals or {}).items()),
+            query.updated_after.isoformat() if query.updated_after else None,
+            query.updated_before.isoformat() if query.updated_before else None,
+            query.sort,
+            query.limit,
+            query.cursor,
+        ]
+    )
 
 
 def _state_of_single_change(applied: Sequence[AppliedChange]) -> StateView:
@@ -578,13 +657,25 @@ def _decode_state_cursor(cursor: str, sort_spec: str) -> tuple[str | int | datet
                 "This cursor belongs to a query with another sort order.",
                 details={"cursorSort": str(spec), "sort": sort_spec},
             )
-        if not isinstance(entity_id, str) or not isinstance(value, str | int):
+        if not isinstance(entity_id, str):
             raise ValueError(cursor)
-        if sort_spec.removeprefix("-") == SortField.CREATED_AT:
-            assert isinstance(value, str)
-            return datetime.fromisoformat(value), entity_id
-        return value, entity_id
-    except (ValueError, TypeError, AssertionError, binascii.Error, orjson.JSONDecodeError):
+        # The value is bound against the sort column, so its type and range must
+        # fit that column: a mismatch is bad input, not a database error.
+        match SortField(sort_spec.removeprefix("-")):
+            case SortField.UPDATED_AT | SortField.VERSION as field:
+                limit = 2**63 if field is SortField.UPDATED_AT else 2**31
+                if type(value) is not int or not 0 <= value < limit:
+                    raise ValueError(cursor)
+                return value, entity_id
+            case SortField.CREATED_AT:
+                if not isinstance(value, str):
+                    raise ValueError(cursor)
+                return as_utc(datetime.fromisoformat(value)), entity_id
+            case _:
+                if not isinstance(value, str):
+                    raise ValueError(cursor)
+                return value, entity_id
+    except (ValueError, TypeError, binascii.Error, orjson.JSONDecodeError):
         raise InvalidQuery("The cursor is not valid.", details={"cursor": cursor}) from None
 
 
@@ -597,7 +688,8 @@ def _decode_revision_cursor(cursor: str) -> int:
         revision = int(_unb64(cursor).decode())
     except (ValueError, UnicodeDecodeError, binascii.Error):
         raise InvalidQuery("The cursor is not valid.", details={"cursor": cursor}) from None
-    if revision < 0:
+    # Revisions are BIGINT; a larger number would fail in the driver, not here.
+    if not 0 <= revision < 2**63:
         raise InvalidQuery("The cursor is not valid.", details={"cursor": cursor})
     return revision
 
