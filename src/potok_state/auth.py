@@ -1,4 +1,5 @@
-"""`x-api-key` authentication. The key's name is the actor recorded on changes."""
+"""`x-api-key` authentication. The key's name is the actor recorded on changes and
+the subject of rate limiting (`throttle.py`)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from fastapi.security import APIKeyHeader
 
 from potok_state.errors import Unauthorized
 from potok_state.settings import ApiKey
+from potok_state.throttle import Throttle
 
 api_key_header = APIKeyHeader(
     name="x-api-key", auto_error=False, description="One of the keys in API_KEYS."
@@ -41,6 +43,8 @@ async def require_actor(
     if actor is None:
         raise Unauthorized("Unknown API key.")
     request.state.actor = actor
+    throttle: Throttle = request.app.state.throttle
+    await throttle.admit(actor)
     return actor
 
 

@@ -18,6 +18,7 @@ from pydantic import BaseModel
 from potok_state.clock import utc_now
 from potok_state.errors import InvalidInput
 from potok_state.events.payload import event_data
+from potok_state.metrics import Metrics
 from potok_state.storage.port import (
     AppliedChange,
     Decide,
@@ -60,11 +61,13 @@ async def apply_change(
     actor: str,
     idempotency: IdempotencyKey | None,
     ttl_seconds: int,
+    metrics: Metrics | None = None,
 ) -> Applied[Outcome]:
-    """Apply one change through the store, honouring an idempotency key."""
+    """Apply one change through the store, honouring an idempotency key. A
+    replayed outcome is neither logged nor counted again."""
     if idempotency is None:
         applied = await store.apply(targets, decide, event_data)
-        _log_applied(applied)
+        _log_applied(applied, metrics)
         return Applied(respond(applied), replayed=False)
 
     scope = f"{actor}:{idempotency.key}"
@@ -85,14 +88,18 @@ async def apply_change(
         if winner is None:
             raise
         return Applied(_replay(winner, idempotency, outcome_type), replayed=True)
-    _log_applied(applied)
+    _log_applied(applied, metrics)
     return Applied(respond(applied), replayed=False)
 
 
-def _log_applied(applied: Sequence[AppliedChange]) -> None:
+def _log_applied(applied: Sequence[AppliedChange], metrics: Metrics | None) -> None:
     for change in applied:
         mutation = change.mutation
         if isinstance(mutation, StateChange):
+            if metrics is not None:
+                metrics.transitions.labels(
+                    mutation.entity, mutation.event.value, mutation.status or ""
+                ).inc()
             log.info(
                 mutation.event.value,
                 entityType=mutation.entity,

@@ -3,7 +3,18 @@ features that count things; `/metrics` renders it."""
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from fastapi import APIRouter, Request, Response
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
+
+UNMATCHED_ROUTE = "<unmatched>"
+KNOWN_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
@@ -49,7 +60,8 @@ class Metrics:
         )
         self.cache_requests = Counter(
             "potok_cache_requests_total",
-            "Cache lookups by tier (local, global) and result (hit, miss, error).",
+            "Cache lookups by tier (local, global) and result (hit, miss, error, "
+            "skipped: the tier's circuit is open).",
             ["tier", "result"],
             registry=self.registry,
         )
@@ -58,3 +70,39 @@ class Metrics:
             "Connected watch (SSE) clients.",
             registry=self.registry,
         )
+        self._http_children: dict[tuple[str, str, int], tuple[Counter, Histogram]] = {}
+
+    def observe_request(self, route: str, method: str, status: int, seconds: float) -> None:
+        """Count one HTTP request. `route` is the route template, never the raw
+        path, so the label set stays bounded. Children are cached: `labels()`
+        costs a lock and a dict lookup per call, this costs one dict lookup."""
+        if method not in KNOWN_METHODS:
+            method = "OTHER"
+        key = (route, method, status)
+        children = self._http_children.get(key)
+        if children is None:
+            children = (
+                self.http_requests.labels(route, method, str(status)),
+                self.http_latency.labels(route, method),
+            )
+            self._http_children[key] = children
+        counter, histogram = children
+        counter.inc()
+        histogram.observe(seconds)
+
+    def exposition(self) -> bytes:
+        return generate_latest(self.registry)
+
+
+router = APIRouter(tags=["operations"])
+
+
+@router.get(
+    "/metrics",
+    summary="Prometheus metrics (text exposition format)",
+    response_class=Response,
+    responses={200: {"content": {CONTENT_TYPE_LATEST: {}}, "description": "Metrics"}},
+)
+async def metrics(request: Request) -> Response:
+    registry: Metrics = request.app.state.metrics
+    return Response(registry.exposition(), media_type=CONTENT_TYPE_LATEST)

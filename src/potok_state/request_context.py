@@ -1,5 +1,6 @@
 """Per-request context: the request id (echoed as `X-Request-Id`, bound into every
-log line), one access log line per request, and the last-resort 500 renderer.
+log line), one access log line and one metrics observation per request, and the
+last-resort 500 renderer.
 
 The 500 is rendered here rather than by Starlette's outermost error middleware so
 that it still carries the request id header and body field.
@@ -16,6 +17,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from potok_state.errors import error_response
 from potok_state.logging import bind_request_id
+from potok_state.metrics import UNMATCHED_ROUTE, Metrics
 
 _VALID_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:@/+=-]{1,128}$")
 
@@ -23,8 +25,9 @@ log = structlog.get_logger("potok_state.http")
 
 
 class RequestContextMiddleware:
-    def __init__(self, app: ASGIApp) -> None:
+    def __init__(self, app: ASGIApp, metrics: Metrics | None = None) -> None:
         self.app = app
+        self.metrics = metrics
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -55,14 +58,19 @@ class RequestContextMiddleware:
             response = error_response(500, "internal_error", "An unexpected error occurred.")
             await response(scope, receive, send_with_id)
         finally:
-            route = scope.get("route")
+            seconds = time.perf_counter() - started
+            route = getattr(scope.get("route"), "path", None)
+            if self.metrics is not None:
+                self.metrics.observe_request(
+                    route or UNMATCHED_ROUTE, scope["method"], status, seconds
+                )
             log.info(
                 "http.request",
                 method=scope["method"],
                 path=scope["path"],
-                route=getattr(route, "path", None),
+                route=route,
                 status=status,
-                duration_ms=round((time.perf_counter() - started) * 1000, 2),
+                duration_ms=round(seconds * 1000, 2),
             )
 
 

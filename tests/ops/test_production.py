@@ -1,0 +1,160 @@
+"""Production mode refuses example or missing secrets at startup, naming the
+setting; secrets never reach `potok-state config` output or the logs."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+from pydantic import ValidationError
+from sqlalchemy.engine import make_url
+
+from potok_state.settings import Settings
+from tests.webhooks.hub import POTOK_STATE, http_service, remote_client
+from tests.webhooks.receivers import free_port
+
+REAL_WEBHOOK_SECRET = "whsec-ops-test-0c5a1d9e"
+SECRETS = {
+    "API_KEYS": "ops:sekret-api-key-7f3e2b",
+    "WEBHOOK_SECRET_KEY": REAL_WEBHOOK_SECRET,
+    "REDIS_LOCAL_PASSWORD": "sekret-redis-local-91a2",
+    "REDIS_GLOBAL_PASSWORD": "sekret-redis-global-4d5c",
+    "EXTERNAL_DB_API_KEY": "sekret-admin-service-8e7f",
+}
+SECRET_VALUES = [
+    "sekret-api-key-7f3e2b",
+    REAL_WEBHOOK_SECRET,
+    "sekret-redis-local-91a2",
+    "sekret-redis-global-4d5c",
+    "sekret-admin-service-8e7f",
+]
+DB_PASSWORD = "sekret-db-password-2b6a"
+
+
+def run_cli(*args: str, env: dict[str, str], cwd: Path) -> subprocess.CompletedProcess[str]:
+    """`potok-state …` with only `env` (plus PATH/HOME) and no `.env` to read."""
+    base = {name: os.environ[name] for name in ("PATH", "HOME", "LANG") if name in os.environ}
+    return subprocess.run(
+        [str(POTOK_STATE), *args],
+        env={**base, **env},
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+@pytest.mark.parametrize(
+    ("configured", "named"),
+    [
+        ({"APP_ENV": "production", "WEBHOOK_SECRET_KEY": REAL_WEBHOOK_SECRET}, "API_KEYS"),
+        ({"NODE_ENV": "production", "WEBHOOK_SECRET_KEY": REAL_WEBHOOK_SECRET}, "API_KEYS"),
+        (
+            {"APP_ENV": "production", "API_KEYS": " ", "WEBHOOK_SECRET_KEY": REAL_WEBHOOK_SECRET},
+            "API_KEYS",
+        ),
+        (
+            {
+                "APP_ENV": "production",
+                "API_KEYS": "gateway:gateway-service-key",
+                "WEBHOOK_SECRET_KEY": REAL_WEBHOOK_SECRET,
+            },
+            "API_KEYS",
+        ),
+        ({"APP_ENV": "production", "API_KEYS": "ops:real-key"}, "WEBHOOK_SECRET_KEY"),
+        (
+            {
+                "NODE_ENV": "production",
+                "API_KEYS": "ops:real-key",
+                "WEBHOOK_SECRET_KEY": "change-me",
+            },
+            "WEBHOOK_SECRET_KEY",
+        ),
+    ],
+)
+def test_production_refuses_to_start(
+    tmp_path: Path, configured: dict[str, str], named: str
+) -> None:
+    env = {"DATABASE_URL": f"sqlite+aiosqlite:///{tmp_path}/db", **configured}
+    result = run_cli("serve", "--port", str(free_port()), env=env, cwd=tmp_path)
+    assert result.returncode != 0
+    assert named in result.stderr, result.stderr
+    assert "Traceback" not in result.stderr
+    assert not (tmp_path / "db").exists()  # refused before touching anything
+
+
+def test_production_starts_with_real_secrets(tmp_path: Path) -> None:
+    env = {"APP_ENV": "production", "DATABASE_URL": f"sqlite+aiosqlite:///{tmp_path}/db", **SECRETS}
+    result = run_cli("config", env=env, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["app_env"] == "production"
+
+
+def test_settings_refusal_names_the_setting() -> None:
+    with pytest.raises(ValidationError, match="API_KEYS"):
+        Settings.model_validate({"app_env": "production"})
+
+
+def test_config_output_masks_every_secret(tmp_path: Path) -> None:
+    env = {
+        **SECRETS,
+        "DATABASE_URL": f"postgresql+asyncpg://potok:{DB_PASSWORD}@127.0.0.1:5432/potok",
+        "REDIS_GLOBAL_ENABLED": "true",
+    }
+    result = run_cli("config", env=env, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    output = result.stdout + result.stderr
+    for secret in [*SECRET_VALUES, DB_PASSWORD]:
+        assert secret not in output
+    effective = json.loads(result.stdout)
+    assert effective["api_keys"] == "********"
+    assert effective["webhooks"]["secret_key"] == "********"
+    assert effective["redis_global"]["password"] == "********"
+    assert effective["external_db"]["api_key"] == "********"
+    assert effective["database_url"] == "postgresql+asyncpg://potok:***@127.0.0.1:5432/potok"
+
+
+async def test_no_secret_in_the_logs_of_a_running_service(
+    tmp_path: Path, postgres_url: str
+) -> None:
+    """Production mode, debug logging, PostgreSQL with a password in its URL,
+    right and wrong keys, a webhook secret: none of them is ever logged."""
+    # PostgreSQL trusts local connections, so the password is carried but unused.
+    database_url = make_url(postgres_url).set(password=DB_PASSWORD)
+    env = {
+        **SECRETS,
+        "APP_ENV": "production",
+        "DATABASE_URL": database_url.render_as_string(hide_password=False),
+        "LOG_LEVEL": "debug",
+        "LOG_FORMAT": "json",
+    }
+    subscription_secret = "whsec_sekret-subscription-5c4b"
+    port = free_port()
+    async with http_service(port, env, tmp_path) as server, remote_client(port) as client:
+        client.headers["x-api-key"] = "sekret-api-key-7f3e2b"
+        recorded = await client.post(
+            "/api/v1/states/task", json={"entityId": "secret-1", "status": "created"}
+        )
+        assert recorded.status_code in (200, 201), recorded.text
+        subscribed = await client.post(
+            "/api/v1/webhooks/subscriptions",
+            json={
+                "url": "https://hooks.example.com/potok",
+                "events": ["*"],
+                "secret": subscription_secret,
+            },
+        )
+        assert subscribed.status_code == 201, subscribed.text
+        wrong = await client.get(
+            "/api/v1/states/task/secret-1", headers={"x-api-key": "sekret-api-key-7f3e2b!"}
+        )
+        assert wrong.status_code == 401
+        assert (await client.get("/health")).status_code == 200
+    log = server.log
+    assert '"event": "http.request"' in log or '"event":"http.request"' in log
+    for secret in [*SECRET_VALUES, DB_PASSWORD, subscription_secret]:
+        assert secret not in log, secret
