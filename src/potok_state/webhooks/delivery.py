@@ -35,6 +35,7 @@ from potok_state.settings import WebhookSettings
 from potok_state.storage.sql import OUTBOX_CHANNEL
 from potok_state.webhooks.repository import (
     DELIVERIES_CHANNEL,
+    DISPATCH_BATCH,
     SUCCEEDED,
     AttemptResult,
     ClaimedDelivery,
@@ -199,14 +200,16 @@ class DeliveryWorker:
     async def _dispatch_loop(self) -> None:
         while not self._stopping.is_set():
             try:
-                dispatched = await self.repository.dispatch(self.attempt_limit)
-                self.metrics.outbox_lag.set(await self.repository.outbox_lag())
+                events, created = await self.repository.dispatch(self.attempt_limit)
+                caught_up = events < DISPATCH_BATCH
+                self.metrics.outbox_lag.set(0 if caught_up else await self.repository.outbox_lag())
             except Exception:
                 log.exception("webhook.dispatch.failed")
-                dispatched = 0
                 await asyncio.sleep(POLL_SECONDS)
-            if dispatched:
+                continue
+            if created:
                 self._due.notify()
+            if not caught_up:
                 continue
             await self._outbox.wait(POLL_SECONDS)
 

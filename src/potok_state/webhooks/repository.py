@@ -15,7 +15,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import Row, delete, exists, func, insert, select, update
-from sqlalchemy.ext.asyncio import AsyncConnection
+from sqlalchemy.engine import Connection
 
 from potok_state.clock import as_utc, utc_now
 from potok_state.storage.port import EventRecord
@@ -35,6 +35,7 @@ PENDING = "pending"
 SUCCEEDED = "succeeded"
 FAILED = "failed"
 DISPATCH_BATCH = 500
+LAST_DELIVERY_RESOLUTION = timedelta(seconds=1)
 
 subs = webhook_subscriptions
 deliveries = webhook_deliveries
@@ -152,18 +153,17 @@ class WebhookRepository:
         # process; other processes hear NOTIFY on DELIVERIES_CHANNEL.
         self.deliveries_ready = Wakeup()
 
-    async def _announce_deliveries(self, conn: AsyncConnection) -> None:
+    def _announce_deliveries(self, conn: Connection) -> None:
         if not self.is_sqlite:
-            await conn.execute(select(func.pg_notify(DELIVERIES_CHANNEL, "")))
+            conn.execute(select(func.pg_notify(DELIVERIES_CHANNEL, "")))
 
     # -- subscriptions ------------------------------------------------------------
 
     async def create_subscription(self, values: dict[str, object]) -> SubscriptionRow:
         now = utc_now()
-        async with self.store.engine.begin() as conn:
-            head = await conn.scalar(
-                select(revision_counter.c.value).where(revision_counter.c.id == 1)
-            )
+
+        def work(conn: Connection) -> Row[Any]:
+            head = conn.scalar(select(revision_counter.c.value).where(revision_counter.c.id == 1))
             row = {
                 **values,
                 "active": True,
@@ -172,43 +172,45 @@ class WebhookRepository:
                 "created_at": now,
                 "updated_at": now,
             }
-            await conn.execute(insert(subs).values(row))
-            created = (await conn.execute(select(subs).where(subs.c.id == values["id"]))).one()
-        return _subscription(created)
+            conn.execute(insert(subs).values(row))
+            return conn.execute(select(subs).where(subs.c.id == values["id"])).one()
+
+        return _subscription(await self.store.write(work))
 
     async def list_subscriptions(self) -> list[SubscriptionRow]:
-        async with self.store.reader.connect() as conn:
-            rows = (await conn.execute(select(subs).order_by(subs.c.created_at, subs.c.id))).all()
+        statement = select(subs).order_by(subs.c.created_at, subs.c.id)
+        rows = await self.store.read(lambda conn: conn.execute(statement).all())
         return [_subscription(row) for row in rows]
 
     async def get_subscription(self, subscription_id: str) -> SubscriptionRow | None:
-        async with self.store.reader.connect() as conn:
-            row = (await conn.execute(select(subs).where(subs.c.id == subscription_id))).first()
+        statement = select(subs).where(subs.c.id == subscription_id)
+        row = await self.store.read(lambda conn: conn.execute(statement).first())
         return None if row is None else _subscription(row)
 
     async def update_subscription(
         self, subscription_id: str, values: dict[str, object]
     ) -> SubscriptionRow | None:
-        async with self.store.engine.begin() as conn:
-            result = await conn.execute(
+        def work(conn: Connection) -> Row[Any] | None:
+            result = conn.execute(
                 update(subs)
                 .where(subs.c.id == subscription_id)
                 .values(**values, updated_at=utc_now())
             )
             if result.rowcount == 0:
                 return None
-            row = (await conn.execute(select(subs).where(subs.c.id == subscription_id))).one()
-        return _subscription(row)
+            return conn.execute(select(subs).where(subs.c.id == subscription_id)).one()
+
+        row = await self.store.write(work)
+        return None if row is None else _subscription(row)
 
     async def delete_subscription(self, subscription_id: str) -> bool:
-        async with self.store.engine.begin() as conn:
+        def work(conn: Connection) -> bool:
             owned = select(deliveries.c.id).where(deliveries.c.subscription_id == subscription_id)
-            await conn.execute(delete(attempts).where(attempts.c.delivery_id.in_(owned)))
-            await conn.execute(
-                delete(deliveries).where(deliveries.c.subscription_id == subscription_id)
-            )
-            result = await conn.execute(delete(subs).where(subs.c.id == subscription_id))
-        return bool(result.rowcount)
+            conn.execute(delete(attempts).where(attempts.c.delivery_id.in_(owned)))
+            conn.execute(delete(deliveries).where(deliveries.c.subscription_id == subscription_id))
+            return bool(conn.execute(delete(subs).where(subs.c.id == subscription_id)).rowcount)
+
+        return await self.store.write(work)
 
     # -- delivery log -------------------------------------------------------------
 
@@ -219,24 +221,21 @@ class WebhookRepository:
         if before is not None:
             query = query.where(deliveries.c.id < before)
         query = query.order_by(deliveries.c.id.desc()).limit(limit)
-        async with self.store.reader.connect() as conn:
-            rows = (await conn.execute(query)).all()
-            return await self._with_attempts(conn, rows)
+        return await self.store.read(
+            lambda conn: self._with_attempts(conn, conn.execute(query).all())
+        )
 
     async def get_delivery(self, delivery_id: int) -> DeliveryRow | None:
-        async with self.store.reader.connect() as conn:
-            rows = (
-                await conn.execute(select(deliveries).where(deliveries.c.id == delivery_id))
-            ).all()
-            found = await self._with_attempts(conn, rows)
+        statement = select(deliveries).where(deliveries.c.id == delivery_id)
+        found = await self.store.read(
+            lambda conn: self._with_attempts(conn, conn.execute(statement).all())
+        )
         return found[0] if found else None
 
-    async def _with_attempts(
-        self, conn: AsyncConnection, rows: Sequence[Row[Any]]
-    ) -> list[DeliveryRow]:
+    def _with_attempts(self, conn: Connection, rows: Sequence[Row[Any]]) -> list[DeliveryRow]:
         logs: dict[int, list[AttemptRow]] = {row.id: [] for row in rows}
         if logs:
-            attempt_rows = await conn.execute(
+            attempt_rows = conn.execute(
                 select(attempts)
                 .where(attempts.c.delivery_id.in_(list(logs)))
                 .order_by(attempts.c.delivery_id, attempts.c.attempt, attempts.c.id)
@@ -275,8 +274,9 @@ class WebhookRepository:
     async def retry_delivery(self, delivery_id: int, extra_attempts: int) -> bool:
         """Put a failed delivery back in the queue with a fresh retry budget."""
         now = utc_now()
-        async with self.store.engine.begin() as conn:
-            result = await conn.execute(
+
+        def work(conn: Connection) -> bool:
+            result = conn.execute(
                 update(deliveries)
                 .where(deliveries.c.id == delivery_id, deliveries.c.status == FAILED)
                 .values(
@@ -287,9 +287,12 @@ class WebhookRepository:
                     updated_at=now,
                 )
             )
-            await self._announce_deliveries(conn)
+            self._announce_deliveries(conn)
+            return bool(result.rowcount)
+
+        retried = await self.store.write(work)
         self.deliveries_ready.notify()
-        return bool(result.rowcount)
+        return retried
 
     async def replay(
         self,
@@ -307,47 +310,51 @@ class WebhookRepository:
         if since is not None:
             query = query.where(outbox.c.created_at >= since)
         now = utc_now()
-        async with self.store.engine.begin() as conn:
-            records = (await conn.execute(query)).all()
+
+        def work(conn: Connection) -> tuple[int, int | None, int | None]:
+            records = conn.execute(query).all()
             rows = [
                 _delivery_values(subscription.id, record, attempt_limit, now)
                 for record in records
                 if subscription.matches(record.event, record.entity_type)
             ]
             if rows:
-                await conn.execute(insert(deliveries), rows)
-                await self._announce_deliveries(conn)
+                conn.execute(insert(deliveries), rows)
+                self._announce_deliveries(conn)
+            first = records[0].revision if records else None
+            last = records[-1].revision if records else None
+            return len(rows), first, last
+
+        replayed = await self.store.write(work)
         self.deliveries_ready.notify()
-        first = records[0].revision if records else None
-        last = records[-1].revision if records else None
-        return len(rows), first, last
+        return replayed
 
     # -- the worker's side ----------------------------------------------------------
 
-    async def dispatch(self, attempt_limit: int) -> int:
-        """Turn the next outbox events into deliveries for the active
-        subscriptions that match them; returns how many events were read."""
+    async def dispatch(self, attempt_limit: int) -> tuple[int, int]:
+        """Turn the next outbox events (at most DISPATCH_BATCH) into deliveries
+        for the active subscriptions that match them; returns how many events
+        were read and how many deliveries were created."""
         now = utc_now()
-        async with self.store.engine.begin() as conn:
+
+        def work(conn: Connection) -> tuple[int, int]:
             cursor_query = select(webhook_dispatch_cursor.c.revision).where(
                 webhook_dispatch_cursor.c.id == 1
             )
             if not self.is_sqlite:
                 cursor_query = cursor_query.with_for_update()
-            cursor = await conn.scalar(cursor_query) or 0
-            records = (
-                await conn.execute(
-                    select(outbox)
-                    .where(outbox.c.revision > cursor)
-                    .order_by(outbox.c.revision)
-                    .limit(DISPATCH_BATCH)
-                )
+            cursor = conn.scalar(cursor_query) or 0
+            records = conn.execute(
+                select(outbox)
+                .where(outbox.c.revision > cursor)
+                .order_by(outbox.c.revision)
+                .limit(DISPATCH_BATCH)
             ).all()
             if not records:
-                return 0
+                return 0, 0
             active = [
                 _subscription(row)
-                for row in await conn.execute(select(subs).where(subs.c.active.is_(True)))
+                for row in conn.execute(select(subs).where(subs.c.active.is_(True))).all()
             ]
             rows = [
                 _delivery_values(subscription.id, record, attempt_limit, now)
@@ -357,20 +364,24 @@ class WebhookRepository:
                 and subscription.matches(record.event, record.entity_type)
             ]
             if rows:
-                await conn.execute(insert(deliveries), rows)
-                await self._announce_deliveries(conn)
-            await conn.execute(
+                conn.execute(insert(deliveries), rows)
+                self._announce_deliveries(conn)
+            conn.execute(
                 update(webhook_dispatch_cursor)
                 .where(webhook_dispatch_cursor.c.id == 1)
                 .values(revision=records[-1].revision)
             )
-        return len(records)
+            return len(records), len(rows)
+
+        return await self.store.write(work)
 
     async def outbox_lag(self) -> int:
-        async with self.store.reader.connect() as conn:
-            head = await conn.scalar(select(revision_counter.c.value))
-            cursor = await conn.scalar(select(webhook_dispatch_cursor.c.revision))
-        return max(0, (head or 0) - (cursor or 0))
+        def work(conn: Connection) -> int:
+            head = conn.scalar(select(revision_counter.c.value))
+            cursor = conn.scalar(select(webhook_dispatch_cursor.c.revision))
+            return max(0, (head or 0) - (cursor or 0))
+
+        return await self.store.read(work)
 
     async def claim_due(
         self, *, limit: int, lease: timedelta, skip_subscriptions: Sequence[str]
@@ -386,6 +397,8 @@ class WebhookRepository:
             .where(
                 deliveries.c.status == PENDING,
                 deliveries.c.next_attempt_at <= now,
+                # A subscription disabled through the API pauses its deliveries.
+                exists().where(subs.c.id == deliveries.c.subscription_id, subs.c.active.is_(True)),
                 (deliveries.c.locked_until.is_(None)) | (deliveries.c.locked_until < now),
                 ~exists().where(
                     earlier.c.subscription_id == deliveries.c.subscription_id,
@@ -401,30 +414,31 @@ class WebhookRepository:
             candidates = candidates.where(deliveries.c.subscription_id.not_in(skip_subscriptions))
         if not self.is_sqlite:
             candidates = candidates.with_for_update(skip_locked=True, of=deliveries)
-        async with self.store.engine.begin() as conn:
-            ids = list((await conn.scalars(candidates)).all())
+
+        def work(conn: Connection) -> Sequence[Row[Any]]:
+            ids = list(conn.scalars(candidates).all())
             if not ids:
                 return []
-            await conn.execute(
+            conn.execute(
                 update(deliveries).where(deliveries.c.id.in_(ids)).values(locked_until=now + lease)
             )
-            rows = (
-                await conn.execute(
-                    select(
-                        deliveries.c.id,
-                        deliveries.c.subscription_id,
-                        deliveries.c.attempts,
-                        deliveries.c.attempt_limit,
-                        subs.c.url,
-                        subs.c.secret,
-                        outbox,
-                    )
-                    .join(subs, subs.c.id == deliveries.c.subscription_id)
-                    .join(outbox, outbox.c.revision == deliveries.c.revision)
-                    .where(deliveries.c.id.in_(ids))
-                    .order_by(deliveries.c.id)
+            return conn.execute(
+                select(
+                    deliveries.c.id,
+                    deliveries.c.subscription_id,
+                    deliveries.c.attempts,
+                    deliveries.c.attempt_limit,
+                    subs.c.url,
+                    subs.c.secret,
+                    outbox,
                 )
+                .join(subs, subs.c.id == deliveries.c.subscription_id)
+                .join(outbox, outbox.c.revision == deliveries.c.revision)
+                .where(deliveries.c.id.in_(ids))
+                .order_by(deliveries.c.id)
             ).all()
+
+        rows = await self.store.write(work)
         return [
             ClaimedDelivery(
                 id=row.id,
@@ -450,8 +464,9 @@ class WebhookRepository:
         """Store one attempt and its consequences in one transaction; returns
         the delivery's new status."""
         now = utc_now()
-        async with self.store.engine.begin() as conn:
-            await conn.execute(
+
+        def work(conn: Connection) -> str:
+            conn.execute(
                 insert(attempts).values(
                     delivery_id=result.delivery_id,
                     attempt=result.attempt,
@@ -465,7 +480,7 @@ class WebhookRepository:
             this_delivery = deliveries.c.id == result.delivery_id
             this_subscription = subs.c.id == result.subscription_id
             if result.succeeded:
-                await conn.execute(
+                conn.execute(
                     update(deliveries)
                     .where(this_delivery)
                     .values(
@@ -477,14 +492,23 @@ class WebhookRepository:
                         updated_at=now,
                     )
                 )
-                await conn.execute(
+                # Successes of one subscription would all queue on its row lock
+                # across workers; the row is only written when it says
+                # something new (a failure streak ended, or a stale timestamp).
+                conn.execute(
                     update(subs)
-                    .where(this_subscription)
+                    .where(
+                        this_subscription,
+                        (subs.c.consecutive_failures != 0)
+                        | subs.c.last_error.is_not(None)
+                        | subs.c.last_delivery_at.is_(None)
+                        | (subs.c.last_delivery_at < now - LAST_DELIVERY_RESOLUTION),
+                    )
                     .values(consecutive_failures=0, last_delivery_at=now, last_error=None)
                 )
                 return SUCCEEDED
 
-            failures = await conn.scalar(
+            counted = conn.execute(
                 update(subs)
                 .where(this_subscription)
                 .values(
@@ -492,16 +516,23 @@ class WebhookRepository:
                     last_delivery_at=now,
                     last_error=result.error,
                 )
-                .returning(subs.c.consecutive_failures)
-            )
+                .returning(subs.c.consecutive_failures, subs.c.active)
+            ).first()
             disable_reason = None
             if result.gone:
                 disable_reason = "the receiver answered 410 Gone"
-            elif failures is not None and failures >= max_consecutive_failures:
-                disable_reason = f"{failures} failed attempts in a row"
+            elif (
+                counted is not None
+                and counted.active
+                and counted.consecutive_failures >= max_consecutive_failures
+            ):
+                disable_reason = f"{counted.consecutive_failures} failed attempts in a row"
             exhausted = result.attempt >= result.attempt_limit
-            status = FAILED if exhausted or disable_reason else PENDING
-            await conn.execute(
+            # An attempt that was in flight when its subscription was disabled
+            # (or deleted) is not retried.
+            retired = counted is None or not counted.active
+            status = FAILED if exhausted or disable_reason or retired else PENDING
+            conn.execute(
                 update(deliveries)
                 .where(this_delivery)
                 .values(
@@ -515,12 +546,12 @@ class WebhookRepository:
                 )
             )
             if disable_reason is not None:
-                await conn.execute(
+                conn.execute(
                     update(subs)
                     .where(this_subscription)
                     .values(active=False, disabled_reason=disable_reason, updated_at=now)
                 )
-                await conn.execute(
+                conn.execute(
                     update(deliveries)
                     .where(
                         deliveries.c.subscription_id == result.subscription_id,
@@ -534,6 +565,8 @@ class WebhookRepository:
                     )
                 )
             return status
+
+        return await self.store.write(work)
 
 
 def _delivery_values(

@@ -7,7 +7,7 @@ import time
 
 import orjson
 
-from potok_state.clock import utc_now
+from potok_state.clock import as_utc, utc_now
 from potok_state.errors import Conflict, NotFound
 from potok_state.events.payload import event_body
 from potok_state.settings import WebhookSettings
@@ -147,7 +147,8 @@ class WebhookService:
         scheduled, first, last = await self.repository.replay(
             subscription,
             from_revision=request.fromRevision,
-            since=request.since,
+            # UTC first: SQLite compares stored timestamps as text.
+            since=None if request.since is None else as_utc(request.since),
             attempt_limit=1 + self.settings.max_retries,
             max_events=MAX_REPLAY_EVENTS,
         )

@@ -31,8 +31,10 @@ def generate_secret() -> str:
 
 def standard_key(secret: str) -> bytes:
     if secret.startswith(SECRET_PREFIX):
+        encoded = secret.removeprefix(SECRET_PREFIX)
         try:
-            return base64.b64decode(secret.removeprefix(SECRET_PREFIX), validate=True)
+            # Padding is optional, as in the Standard Webhooks libraries.
+            return base64.b64decode(encoded + "=" * (-len(encoded) % 4), validate=True)
         except binascii.Error:
             pass
     return secret.encode()
