@@ -11,9 +11,12 @@ from importlib.metadata import version
 import structlog
 from fastapi import FastAPI
 from sqlalchemy.engine import make_url
+from starlette.middleware.gzip import GZipMiddleware
 
 from potok_state import docs
 from potok_state.auth import ApiKeyRing
+from potok_state.body_limit import RequestBodyLimitMiddleware
+from potok_state.cache import TieredCache
 from potok_state.errors import install_error_handlers
 from potok_state.events.api import router as events_router
 from potok_state.events.service import ChangeFeed, EventPublisher
@@ -21,13 +24,16 @@ from potok_state.health.api import router as health_router
 from potok_state.health.service import HealthService
 from potok_state.logging import configure_logging
 from potok_state.metrics import Metrics
+from potok_state.metrics import router as metrics_router
 from potok_state.request_context import RequestContextMiddleware
-from potok_state.settings import Settings
+from potok_state.security_headers import SecurityHeadersMiddleware
+from potok_state.settings import Settings, StorageBackend
 from potok_state.states.api import router as states_router
 from potok_state.states.machines import load_machines
 from potok_state.states.service import StateService
 from potok_state.storage.migrate import current_revision, head_revision, upgrade_to_head
 from potok_state.storage.sql import SqlStateStore
+from potok_state.throttle import Throttle
 from potok_state.webhooks.api import router as webhooks_router
 from potok_state.webhooks.delivery import DeliveryWorker
 from potok_state.webhooks.repository import WebhookRepository
@@ -36,9 +42,14 @@ from potok_state.webhooks.service import WebhookService
 log = structlog.get_logger(__name__)
 
 VERSION = version("potok-state")
+GZIP_MINIMUM_BYTES = 1024
 
 
 class SchemaNotCurrent(RuntimeError):
+    pass
+
+
+class UnsupportedConfiguration(RuntimeError):
     pass
 
 
@@ -48,7 +59,7 @@ async def prepare_schema(store: SqlStateStore) -> None:
     if store.is_sqlite:
         await asyncio.to_thread(upgrade_to_head, store.url)
         return
-    current, head = await current_revision(store.engine), head_revision()
+    current, head = await store.read(current_revision), head_revision()
     if current != head:
         raise SchemaNotCurrent(
             f"the database schema is at revision {current}, this release needs {head}: "
@@ -79,9 +90,16 @@ def create_delivery_worker(
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or Settings()
     configure_logging(settings.log_level, settings.log_format)
+    if settings.storage_backend is StorageBackend.EXTERNAL:
+        raise UnsupportedConfiguration(
+            "STORAGE_BACKEND=external (the Admin Service REST backend) is not available in "
+            "this release; use STORAGE_BACKEND=sql with DATABASE_URL"
+        )
     machines = load_machines(settings.state_machines_file, strict=settings.state_machines_strict)
     store = SqlStateStore(settings.database_url, pool_size=settings.database_pool_size)
     metrics = Metrics()
+    cache = TieredCache.from_settings(settings, metrics)
+    throttle = Throttle.from_settings(settings.throttle, settings.redis_global)
     webhook_repository = WebhookRepository(store)
     webhook_service = WebhookService(
         webhook_repository,
@@ -97,6 +115,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         await prepare_schema(store)
+        if cache is not None:
+            await cache.start()
         if worker is not None:
             await worker.start()
         log.info("service.started", app=settings.app_name, env=settings.app_env.value)
@@ -106,6 +126,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             if worker is not None:
                 await worker.stop()
             await webhook_service.close()
+            await throttle.close()
+            if cache is not None:
+                await cache.close()
             await store.close()
             log.info("service.stopped")
 
@@ -122,12 +145,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.settings = settings
     app.state.metrics = metrics
     app.state.api_keys = ApiKeyRing(settings.parsed_api_keys)
+    app.state.throttle = throttle
     app.state.store = store
     app.state.state_service = StateService(
         store,
         machines,
         metadata_max_bytes=settings.metadata_max_bytes,
         idempotency_ttl=settings.idempotency_ttl,
+        cache=cache,
+        metrics=metrics,
     )
     app.state.change_feed = ChangeFeed(store)
     app.state.event_publisher = EventPublisher(
@@ -137,10 +163,16 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.state.webhook_service = webhook_service
     app.state.delivery_worker = worker
-    app.state.health_service = HealthService(store, version=VERSION)
+    app.state.cache = cache
+    app.state.health_service = HealthService(store, version=VERSION, cache=cache)
 
     install_error_handlers(app)
-    app.add_middleware(RequestContextMiddleware)
+    # Outermost last: headers and the request id reach every response, 413s included.
+    app.add_middleware(RequestBodyLimitMiddleware, max_bytes=settings.request_body_max_bytes)
+    app.add_middleware(GZipMiddleware, minimum_size=GZIP_MINIMUM_BYTES, compresslevel=6)
+    app.add_middleware(RequestContextMiddleware, metrics=metrics)
+    app.add_middleware(SecurityHeadersMiddleware)
+    app.include_router(metrics_router)
     app.include_router(health_router)
     app.include_router(states_router)
     app.include_router(events_router)

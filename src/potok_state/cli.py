@@ -28,12 +28,14 @@ def _load_settings() -> Settings:
 
 def serve(args: argparse.Namespace) -> None:
     settings = _load_settings()
-    from potok_state.app import SchemaNotCurrent, create_app
+    from potok_state.app import SchemaNotCurrent, UnsupportedConfiguration, create_app
 
     try:
         app = create_app(settings)
     except MachineDefinitionError as exc:
         sys.exit(f"potok-state: invalid state machine table: {exc}")
+    except UnsupportedConfiguration as exc:
+        sys.exit(f"potok-state: {exc}")
     try:
         uvicorn.run(
             app,

@@ -1,19 +1,26 @@
 """The SQL backend of the storage port, for SQLite (embedded) and PostgreSQL.
 
+Each operation is one plain function over a SQLAlchemy `Connection`, run whole:
+* on PostgreSQL over asyncpg (`AsyncConnection.run_sync`, no threads);
+* on SQLite with the stdlib driver in a thread: every write transaction on one
+  dedicated writer thread (`BEGIN IMMEDIATE`), reads on a small reader pool
+  (WAL). One thread hop per operation, not one per statement, which is what
+  made aiosqlite the bottleneck (bench/REPORT.md).
+
 Writers are serialized so that revisions commit in order: on PostgreSQL by the
 row lock of `revision_counter`, taken as late as possible in each transaction;
-on SQLite by routing every write through one connection (SQLite has one writer
-anyway, and queuing in-process is cheaper than its busy loop). Reads use their
-own connections and never wait for writers (WAL on SQLite, MVCC on PostgreSQL).
+on SQLite by the single writer thread. Reads never wait for writers.
 """
 
 from __future__ import annotations
 
+import asyncio
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import orjson
 from sqlalchemy import (
@@ -35,10 +42,11 @@ from sqlalchemy import (
     tuple_,
     update,
 )
+from sqlalchemy import create_engine as create_sync_engine
 from sqlalchemy.dialects.postgresql import JSONB
-from sqlalchemy.engine import make_url
+from sqlalchemy.engine import Connection, Engine, make_url
 from sqlalchemy.exc import DBAPIError, IntegrityError
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from potok_state.clock import as_utc, utc_now
 from potok_state.storage.port import (
@@ -65,6 +73,7 @@ from potok_state.storage.tables import (
 )
 from potok_state.wakeup import Wakeup
 
+T = TypeVar("T")
 OUTBOX_CHANNEL = "potok_outbox"
 _RETRYABLE_SQLSTATES = frozenset({"40001", "40P01"})
 _MAX_ATTEMPTS = 8
@@ -82,12 +91,26 @@ def _json_dumps(value: object) -> str:
     return orjson.dumps(value).decode()
 
 
+def _sqlite_file(url: str) -> str:
+    database = make_url(url).database
+    if database and database != ":memory:":
+        Path(database).parent.mkdir(parents=True, exist_ok=True)
+    return str(database)
+
+
+def _set_pragmas(dbapi_connection: Any) -> None:
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA synchronous=NORMAL")
+    cursor.execute("PRAGMA busy_timeout=10000")
+    cursor.execute("PRAGMA foreign_keys=ON")
+    cursor.close()
+
+
 def create_engine(url: str, *, pool_size: int, echo: bool = False) -> AsyncEngine:
-    parsed = make_url(url)
-    if parsed.get_backend_name() == "sqlite":
-        database = parsed.database
-        if database and database != ":memory:":
-            Path(database).parent.mkdir(parents=True, exist_ok=True)
+    """An async engine for DATABASE_URL (asyncpg, or aiosqlite for migrations)."""
+    if make_url(url).get_backend_name() == "sqlite":
+        _sqlite_file(url)
         engine = create_async_engine(
             url,
             echo=echo,
@@ -98,13 +121,8 @@ def create_engine(url: str, *, pool_size: int, echo: bool = False) -> AsyncEngin
         )
 
         @event.listens_for(engine.sync_engine, "connect")
-        def _sqlite_pragmas(dbapi_connection: Any, _: Any) -> None:
-            cursor = dbapi_connection.cursor()
-            cursor.execute("PRAGMA journal_mode=WAL")
-            cursor.execute("PRAGMA synchronous=NORMAL")
-            cursor.execute("PRAGMA busy_timeout=10000")
-            cursor.execute("PRAGMA foreign_keys=ON")
-            cursor.close()
+        def _on_connect(dbapi_connection: Any, _: Any) -> None:
+            _set_pragmas(dbapi_connection)
 
         return engine
     return create_async_engine(
@@ -116,6 +134,36 @@ def create_engine(url: str, *, pool_size: int, echo: bool = False) -> AsyncEngin
         json_serializer=_json_dumps,
         json_deserializer=orjson.loads,
     )
+
+
+def create_sqlite_engine(url: str, *, pool_size: int, writer: bool) -> Engine:
+    """A stdlib-sqlite3 engine for one side: the writer begins every transaction
+    with BEGIN IMMEDIATE (the write lock up front, so a read-validate-write can
+    not interleave with another process); readers run in autocommit."""
+    file = _sqlite_file(url)
+    engine = create_sync_engine(
+        f"sqlite:///{file}",
+        pool_size=pool_size,
+        max_overflow=0,
+        connect_args={"check_same_thread": False},
+        json_serializer=_json_dumps,
+        json_deserializer=orjson.loads,
+        isolation_level=None if writer else "AUTOCOMMIT",
+    )
+
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_connection: Any, _: Any) -> None:
+        _set_pragmas(dbapi_connection)
+        # Transactions are begun explicitly below, not by the driver.
+        dbapi_connection.isolation_level = None
+
+    if writer:
+
+        @event.listens_for(engine, "begin")
+        def _begin_immediate(connection: Connection) -> None:
+            connection.exec_driver_sql("BEGIN IMMEDIATE")
+
+    return engine
 
 
 def _state_from_row(row: Row[Any]) -> StoredState:
@@ -135,33 +183,69 @@ class SqlStateStore:
     def __init__(self, url: str, *, pool_size: int = 16) -> None:
         self.url = url
         self.is_sqlite = make_url(url).get_backend_name() == "sqlite"
-        if self.is_sqlite:
-            self._writer = create_engine(url, pool_size=1)
-            self._reader = create_engine(url, pool_size=max(2, min(pool_size, 8)))
-        else:
-            self._writer = create_engine(url, pool_size=pool_size)
-            self._reader = self._writer
         # Set after every committed change; the webhook worker in this process
         # waits on it (other processes are woken by NOTIFY on PostgreSQL).
         self.changes_committed = Wakeup()
+        self._async_engine: AsyncEngine | None = None
+        if self.is_sqlite:
+            readers = max(2, min(pool_size, 8))
+            # One more reader connection is kept for point reads on the loop.
+            self._write_engine = create_sqlite_engine(url, pool_size=1, writer=True)
+            self._loop_connection: Connection | None = None
+            self._read_engine = create_sqlite_engine(url, pool_size=readers + 1, writer=False)
+            self._write_thread = ThreadPoolExecutor(1, thread_name_prefix="potok-sqlite-write")
+            self._read_threads = ThreadPoolExecutor(readers, thread_name_prefix="potok-sqlite-read")
+        else:
+            self._async_engine = create_engine(url, pool_size=pool_size)
 
-    @property
-    def engine(self) -> AsyncEngine:
-        """The engine for writes (on SQLite, the single writer connection)."""
-        return self._writer
+    async def write(self, work: Callable[[Connection], T]) -> T:
+        """Run `work` in one transaction; it commits when `work` returns."""
+        if self._async_engine is None:
+            loop = asyncio.get_running_loop()
+            return await loop.run_in_executor(self._write_thread, self._in_transaction, work)
+        async with self._async_engine.begin() as conn:
+            return await conn.run_sync(work)
 
-    @property
-    def reader(self) -> AsyncEngine:
-        return self._reader
+    async def read(self, work: Callable[[Connection], T]) -> T:
+        """Run `work` on a read connection (no transaction is held open)."""
+        if self._async_engine is None:
+            loop = asyncio.get_running_loop()
+            return await loop.run_in_executor(self._read_threads, self._on_reader, work)
+        async with self._async_engine.connect() as conn:
+            return await conn.run_sync(work)
+
+    async def read_point(self, work: Callable[[Connection], T]) -> T:
+        """A read by primary key. On SQLite it runs on the event loop's own
+        connection: such a lookup takes microseconds, less than a thread hop,
+        and WAL readers never wait for the writer."""
+        if self._async_engine is None:
+            if self._loop_connection is None:
+                self._loop_connection = self._read_engine.connect()
+            return work(self._loop_connection)
+        return await self.read(work)
+
+    def _in_transaction(self, work: Callable[[Connection], T]) -> T:
+        with self._write_engine.begin() as conn:
+            return work(conn)
+
+    def _on_reader(self, work: Callable[[Connection], T]) -> T:
+        with self._read_engine.connect() as conn:
+            return work(conn)
 
     async def close(self) -> None:
-        await self._writer.dispose()
-        if self._reader is not self._writer:
-            await self._reader.dispose()
+        if self._async_engine is not None:
+            await self._async_engine.dispose()
+            return
+        if self._loop_connection is not None:
+            self._loop_connection.close()
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(self._write_thread, self._write_engine.dispose)
+        await loop.run_in_executor(self._read_threads, self._read_engine.dispose)
+        self._write_thread.shutdown()
+        self._read_threads.shutdown()
 
     async def ping(self) -> None:
-        async with self._reader.connect() as conn:
-            await conn.execute(text("SELECT 1"))
+        await self.read(lambda conn: conn.execute(text("SELECT 1")).all())
 
     # -- writes -------------------------------------------------------------------
 
@@ -174,10 +258,9 @@ class SqlStateStore:
     ) -> list[AppliedChange]:
         for attempt in range(1, _MAX_ATTEMPTS + 1):
             try:
-                async with self._writer.begin() as conn:
-                    applied = await self._apply_once(
-                        conn, entity_ids, decide, event_data, idempotency
-                    )
+                applied = await self.write(
+                    lambda conn: self._apply_once(conn, entity_ids, decide, event_data, idempotency)
+                )
                 if applied:
                     self.changes_committed.notify()
                 return applied
@@ -193,26 +276,28 @@ class SqlStateStore:
                     raise
         raise AssertionError("unreachable")
 
-    async def _apply_once(
+    def _apply_once(
         self,
-        conn: AsyncConnection,
+        conn: Connection,
         entity_ids: Sequence[tuple[str, str]],
         decide: Decide,
         event_data: EventData,
         idempotency: IdempotencyWrite | None,
     ) -> list[AppliedChange]:
-        current = await self._lock_states(conn, entity_ids)
+        current = self._lock_states(conn, entity_ids)
         mutations = decide(current)
         if not mutations:
             return []
-        now = utc_now()
-        last = await conn.scalar(
+        last = conn.scalar(
             update(revision_counter)
             .where(revision_counter.c.id == 1)
             .values(value=revision_counter.c.value + len(mutations))
             .returning(revision_counter.c.value)
         )
         assert last is not None, "revision_counter is missing its row; run migrations"
+        # Read the clock only while holding the counter's row lock, so that time
+        # never runs backwards along revisions (`updatedAfter`, feed timestamps).
+        now = utc_now()
         first = last - len(mutations) + 1
 
         applied: list[AppliedChange] = []
@@ -225,6 +310,9 @@ class SqlStateStore:
             if isinstance(mutation, StateChange):
                 key = (mutation.entity, mutation.entity_id)
                 if mutation.status is not None:
+                    # An update keeps the creation time of the state it updates,
+                    # also when a batch created that state earlier in this transaction.
+                    earlier = final.get(key)
                     state = StoredState(
                         entity=mutation.entity,
                         entity_id=mutation.entity_id,
@@ -232,7 +320,7 @@ class SqlStateStore:
                         metadata=mutation.metadata,
                         version=mutation.version,
                         revision=revision,
-                        created_at=mutation.created_at or now,
+                        created_at=earlier.created_at if earlier else mutation.created_at or now,
                         updated_at=now,
                     )
                 final[key] = state
@@ -271,22 +359,22 @@ class SqlStateStore:
             )
             applied.append(AppliedChange(mutation, revision, event_id, now, state))
         if not self.is_sqlite:
-            await conn.execute(select(func.pg_notify(OUTBOX_CHANNEL, str(last))))
+            conn.execute(select(func.pg_notify(OUTBOX_CHANNEL, str(last))))
 
         # State rows first, then history, then outbox: a failure anywhere after
         # the state write rolls all of it back.
-        await self._write_states(conn, current, final)
+        self._write_states(conn, current, final)
         if history_rows:
-            await conn.execute(insert(state_history), history_rows)
-        await conn.execute(insert(outbox), outbox_rows)
+            conn.execute(insert(state_history), history_rows)
+        conn.execute(insert(outbox), outbox_rows)
         if idempotency is not None:
-            await conn.execute(
+            conn.execute(
                 delete(idempotency_keys).where(
                     idempotency_keys.c.scope == idempotency.scope,
                     idempotency_keys.c.created_at < idempotency.expired_before,
                 )
             )
-            await conn.execute(
+            conn.execute(
                 insert(idempotency_keys).values(
                     scope=idempotency.scope,
                     fingerprint=idempotency.fingerprint,
@@ -296,8 +384,8 @@ class SqlStateStore:
             )
         return applied
 
-    async def _lock_states(
-        self, conn: AsyncConnection, entity_ids: Sequence[tuple[str, str]]
+    def _lock_states(
+        self, conn: Connection, entity_ids: Sequence[tuple[str, str]]
     ) -> dict[str, StoredState]:
         if not entity_ids:
             return {}
@@ -313,12 +401,12 @@ class SqlStateStore:
         query = select(states).where(condition).order_by(states.c.entity_type, states.c.entity_id)
         if not self.is_sqlite:
             query = query.with_for_update()
-        rows = (await conn.execute(query)).all()
+        rows = conn.execute(query).all()
         return {row.entity_id: _state_from_row(row) for row in rows}
 
-    async def _write_states(
+    def _write_states(
         self,
-        conn: AsyncConnection,
+        conn: Connection,
         before: Mapping[str, StoredState],
         after: Mapping[tuple[str, str], StoredState | None],
     ) -> None:
@@ -360,28 +448,23 @@ class SqlStateStore:
             states.c.entity_type == bindparam("b_type"), states.c.entity_id == bindparam("b_id")
         )
         if deletes:
-            await conn.execute(delete(states).where(match_row), deletes)
+            conn.execute(delete(states).where(match_row), deletes)
         if updates:
-            await conn.execute(update(states).where(match_row), updates)
+            conn.execute(update(states).where(match_row), updates)
         if inserts:
-            await conn.execute(insert(states), inserts)
+            conn.execute(insert(states), inserts)
 
     async def _idempotency_taken(self, scope: str) -> bool:
-        async with self._writer.connect() as conn:
-            found = await conn.scalar(select(func.count()).where(idempotency_keys.c.scope == scope))
-        return bool(found)
+        statement = select(func.count()).where(idempotency_keys.c.scope == scope)
+        return bool(await self.read(lambda conn: conn.scalar(statement)))
 
     # -- reads --------------------------------------------------------------------
 
     async def get_state(self, entity: str, entity_id: str) -> StoredState | None:
-        async with self._reader.connect() as conn:
-            row = (
-                await conn.execute(
-                    select(states).where(
-                        states.c.entity_type == entity, states.c.entity_id == entity_id
-                    )
-                )
-            ).first()
+        statement = select(states).where(
+            states.c.entity_type == entity, states.c.entity_id == entity_id
+        )
+        row = await self.read_point(lambda conn: conn.execute(statement).first())
         return None if row is None else _state_from_row(row)
 
     async def query_states(self, query: StateQuery) -> list[StoredState]:
@@ -405,8 +488,7 @@ class SqlStateStore:
             else (sort_column.asc(), states.c.entity_id.asc())
         )
         statement = select(states).where(*conditions).order_by(*order).limit(query.limit)
-        async with self._reader.connect() as conn:
-            rows = (await conn.execute(statement)).all()
+        rows = await self.read(lambda conn: conn.execute(statement).all())
         return [_state_from_row(row) for row in rows]
 
     def _metadata_text(self, key: str) -> ColumnElement[str]:
@@ -428,8 +510,7 @@ class SqlStateStore:
             .order_by(state_history.c.revision)
             .limit(limit)
         )
-        async with self._reader.connect() as conn:
-            rows = (await conn.execute(statement)).all()
+        rows = await self.read(lambda conn: conn.execute(statement).all())
         return [
             HistoryRecord(
                 revision=row.revision,
@@ -454,8 +535,7 @@ class SqlStateStore:
             .order_by(outbox.c.revision)
             .limit(limit)
         )
-        async with self._reader.connect() as conn:
-            rows = (await conn.execute(statement)).all()
+        rows = await self.read(lambda conn: conn.execute(statement).all())
         return [
             EventRecord(
                 revision=row.revision,
@@ -475,8 +555,7 @@ class SqlStateStore:
         statement = select(idempotency_keys.c.fingerprint, idempotency_keys.c.outcome).where(
             idempotency_keys.c.scope == scope, idempotency_keys.c.created_at >= not_before
         )
-        async with self._reader.connect() as conn:
-            row = (await conn.execute(statement)).first()
+        row = await self.read(lambda conn: conn.execute(statement).first())
         return None if row is None else IdempotencyRecord(row.fingerprint, bytes(row.outcome))
 
 
