@@ -1,7 +1,8 @@
 """SIGTERM under load, against the real `potok-state serve` process: the server
-stops accepting, every request it accepted completes with its normal answer, and
+stops accepting, every request it accepted completes with its normal answer,
 every write it confirmed is in the database after a restart — and nothing it did
-not confirm is there."""
+not confirm is there — and every confirmed write's webhook reaches the receiver
+(attempts in flight at SIGTERM finish or are sent again after the restart)."""
 
 from __future__ import annotations
 
@@ -13,24 +14,39 @@ from pathlib import Path
 import httpx
 
 from tests.conftest import API_KEY
-from tests.webhooks.hub import ServiceProcess, http_service, remote_client, service_env, wait_ready
-from tests.webhooks.receivers import eventually, free_port
+from tests.webhooks.hub import (
+    ServiceProcess,
+    http_service,
+    remote_client,
+    service_env,
+    subscribe,
+    wait_ready,
+)
+from tests.webhooks.receivers import Receiver, eventually, free_port
 
 WRITERS = 200
 CONFIRMED_BEFORE_SIGTERM = 200
 
 
 async def test_sigterm_under_load_loses_no_accepted_write(
-    database_url: str, tmp_path: Path
+    database_url: str, tmp_path: Path, receiver: Receiver
 ) -> None:
     port = free_port()
-    env = service_env(database_url, THROTTLE_LIMIT="0", LOG_LEVEL="info")
+    env = service_env(
+        database_url,
+        THROTTLE_LIMIT="0",
+        LOG_LEVEL="info",
+        WEBHOOK_RETRY_DELAY="100",
+        WEBHOOK_DELIVERY_TIMEOUT="2000",
+    )
     server = ServiceProcess(
         ["serve", "--host", "127.0.0.1", "--port", str(port)], env, tmp_path, "a"
     )
     await server.start()
     await wait_ready(server, port)
     assert server.process is not None
+    async with remote_client(port) as client:
+        await subscribe(client, receiver.url(), ["entity.created"], entityTypes=["task"])
 
     confirmed: set[str] = set()
     unanswered: set[str] = set()
@@ -93,8 +109,14 @@ async def test_sigterm_under_load_loses_no_accepted_write(
         remote_client(restart_port) as client,
     ):
         stored = await stored_task_ids(client)
-    assert stored == confirmed
-    assert not stored & unanswered
+        assert stored == confirmed
+        assert not stored & unanswered
+
+        async def every_write_delivered() -> bool:
+            delivered = {request.payload["data"]["id"] for request in receiver.requests}
+            return confirmed <= delivered
+
+        await eventually(every_write_delivered, timeout=60, what="a webhook per confirmed write")
 
 
 async def stored_task_ids(client: httpx.AsyncClient) -> set[str]:
