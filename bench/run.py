@@ -1,0 +1,483 @@
+"""Load-test the real service on SQLite and PostgreSQL; write bench/REPORT.md.
+
+    .venv/bin/python -m bench.run                 # full run, both backends (a few minutes)
+    .venv/bin/python -m bench.run --quick         # smoke run, prints the table only
+    .venv/bin/python -m bench.run --backends sqlite --only get,put
+    .venv/bin/python -m bench.run --backends sqlite --profile put   # cProfile of the server
+    .venv/bin/python -m bench.run --only delivery_latency,deliveries  # webhook delivery only
+
+Every req/s figure is reported as a ratio to the trivial endpoint measured on the
+same server in the same run (DESIGN.md §9).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import pstats
+import shlex
+import sys
+import tempfile
+import time
+import uuid
+from concurrent.futures import ProcessPoolExecutor
+from contextlib import AsyncExitStack
+from dataclasses import asdict, dataclass, field
+from multiprocessing import get_context
+from pathlib import Path
+
+import aiohttp
+import orjson
+
+from bench import report
+from bench.load import (
+    SEED_ENTITY,
+    USER_STATUSES,
+    LoadResult,
+    LoadSpec,
+    Workload,
+    drive,
+    seed_id,
+)
+from bench.scenarios import (
+    BACKENDS,
+    DELIVERY_SCENARIOS,
+    PROFILES,
+    DeliveryScenario,
+    Scenario,
+    ServerProfile,
+)
+from bench.server import (
+    BENCH_API_KEY,
+    BenchSetupError,
+    Service,
+    postgres_database,
+    redis_server,
+    redis_server_available,
+    redis_stats,
+    running_service,
+    sqlite_database,
+)
+from bench.webhooks import DeliveryOptions, LatencyResult, ThroughputResult, percentile
+from bench.webhooks import measure as measure_deliveries
+
+DEFAULT_REPORT = Path(__file__).with_name("REPORT.md")
+
+
+@dataclass(frozen=True)
+class Options:
+    backends: tuple[str, ...]
+    duration: float
+    warmup: float
+    concurrency: int
+    batches: int
+    seed: int
+    cache: str
+    only: frozenset[str]
+    profile: str | None
+    report_path: Path | None
+    json_path: Path | None
+    command: str
+    deliveries: DeliveryOptions
+
+
+@dataclass
+class Measurement:
+    backend: str
+    profile: str
+    scenario: Scenario
+    result: LoadResult
+    ceiling_rate: float = 0.0
+    ceiling_per_cpu: float = 0.0
+
+    @property
+    def ratio(self) -> float | None:
+        if self.scenario.sequential or self.ceiling_rate <= 0:
+            return None
+        return self.result.rate / self.ceiling_rate
+
+    @property
+    def per_cpu(self) -> float:
+        """Requests per second of server CPU: what one saturated core would serve."""
+        cpu = self.result.server_cpu
+        return self.result.rate / cpu if cpu > 0 else 0.0
+
+    @property
+    def cpu_ratio(self) -> float | None:
+        """`per_cpu` against the ceiling's: a ratio that holds up better than req/s
+        when other processes take CPU from the server."""
+        if self.scenario.sequential or self.ceiling_per_cpu <= 0:
+            return None
+        return self.per_cpu / self.ceiling_per_cpu
+
+
+@dataclass
+class BenchRun:
+    options: Options
+    started: float = field(default_factory=time.time)
+    measurements: list[Measurement] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    redis: dict[str, dict[str, int]] = field(default_factory=dict)
+    delivery_latencies: list[LatencyResult] = field(default_factory=list)
+    delivery_rates: list[ThroughputResult] = field(default_factory=list)
+
+
+def _progress(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+# -- seeding --------------------------------------------------------------------
+
+
+async def seed_states(service: Service, count: int) -> None:
+    """`count` `user` states with ids seed-000000…, statuses spread evenly."""
+    headers = {"x-api-key": BENCH_API_KEY, "content-type": "application/json"}
+    url = f"{service.base_url}/api/v1/states/{SEED_ENTITY}/batch"
+    async with aiohttp.ClientSession() as session:
+        for start in range(0, count, 1000):
+            items = [
+                {"entityId": seed_id(i), "status": USER_STATUSES[i % len(USER_STATUSES)]}
+                for i in range(start, min(start + 1000, count))
+            ]
+            body = orjson.dumps({"items": items, "atomic": True})
+            async with session.post(url, data=body, headers=headers) as response:
+                if response.status != 200:
+                    raise BenchSetupError(
+                        f"seeding failed: HTTP {response.status}: {(await response.text())[:500]}"
+                        f"\nserver log:\n{service.log_tail()}"
+                    )
+
+
+async def _touch_seeds(service: Service) -> None:
+    headers = {"x-api-key": BENCH_API_KEY}
+    async with aiohttp.ClientSession() as session:
+        for _ in range(2):
+            url = f"{service.base_url}/api/v1/states/{SEED_ENTITY}/{seed_id(0)}"
+            async with session.get(url, headers=headers) as response:
+                await response.read()
+
+
+# -- one server configuration ----------------------------------------------------
+
+
+def _selected(profile: ServerProfile, options: Options) -> list[Scenario]:
+    if options.profile is not None:
+        return [s for s in profile.scenarios if s.key == options.profile]
+    if not options.only:
+        return list(profile.scenarios)
+    chosen = [s for s in profile.scenarios if s.key in options.only]
+    if not any(not s.ceiling for s in chosen):
+        return []
+    ceilings = [s for s in profile.scenarios if s.ceiling]
+    return [s for s in profile.scenarios if s in chosen or s in ceilings]
+
+
+def _spec(scenario: Scenario, service: Service, options: Options) -> LoadSpec:
+    workload = Workload(
+        kind=scenario.kind,
+        base_url=service.base_url,
+        api_key=BENCH_API_KEY,
+        seeded_ids=options.seed,
+        tag=uuid.uuid4().hex[:8],
+    )
+    if scenario.sequential:
+        return LoadSpec(workload, service.pid, concurrency=1, count=options.batches, warmup_count=1)
+    return LoadSpec(
+        workload,
+        service.pid,
+        concurrency=options.concurrency,
+        duration=options.duration,
+        warmup=options.warmup,
+    )
+
+
+async def bench_profile(
+    run: BenchRun,
+    backend: str,
+    profile: ServerProfile,
+    database_url: str,
+    workdir: Path,
+    pool: ProcessPoolExecutor,
+    seeded: list[bool],
+) -> None:
+    options = run.options
+    scenarios = _selected(profile, options)
+    if not scenarios:
+        return
+    if profile.needs_redis and options.cache == "off":
+        run.notes.append(f"{backend}: {profile.title} skipped (--cache off).")
+        return
+    if profile.needs_redis and not redis_server_available():
+        run.notes.append(f"{backend}: {profile.title} skipped: redis-server is not installed.")
+        return
+    profile_path = workdir / f"{backend}-{profile.key}.prof" if options.profile else None
+    async with AsyncExitStack() as stack:
+        settings = {"DATABASE_URL": database_url, **profile.settings}
+        redis_port = None
+        if profile.needs_redis:
+            redis_port = await stack.enter_async_context(redis_server(workdir))
+            settings["REDIS_LOCAL_PORT"] = str(redis_port)
+        service = await stack.enter_async_context(
+            running_service(workdir, settings, profile_to=profile_path)
+        )
+        if not seeded[0]:
+            await seed_states(service, options.seed)
+            seeded[0] = True
+        if redis_port is not None:
+            await _touch_seeds(service)
+            stats = await redis_stats(redis_port)
+            if stats["keys"] == 0:
+                run.notes.append(
+                    f"{backend}: {profile.title} skipped: with REDIS_LOCAL_ENABLED=true the "
+                    "service stored nothing in Redis after two GETs, so it has no read cache "
+                    "yet. The cached scenarios (`CACHED` in bench/scenarios.py) run as soon "
+                    "as it does."
+                )
+                return
+        measured: list[Measurement] = []
+        loop = asyncio.get_running_loop()
+        for scenario in scenarios:
+            _progress(f"[{backend}/{profile.key}] {scenario.title} …")
+            result = await loop.run_in_executor(pool, drive, _spec(scenario, service, options))
+            if service.process.poll() is not None:
+                raise BenchSetupError(
+                    f"the service died during {scenario.key}:\n{service.log_tail()}"
+                )
+            measured.append(Measurement(backend, profile.key, scenario, result))
+            _progress(
+                f"    {result.rate:9.1f} req/s  p50 {result.percentile(50):7.2f} ms  "
+                f"p99 {result.percentile(99):7.2f} ms  errors {result.errors}  "
+                f"server CPU {result.server_cpu:.2f}  client CPU {result.client_cpu:.2f}"
+            )
+            if result.errors:
+                _progress(f"    errors: {result.error_kinds} e.g. {result.error_sample}")
+        if redis_port is not None:
+            run.redis[backend] = await redis_stats(redis_port)
+    ceilings = [m.result.rate for m in measured if m.scenario.ceiling]
+    ceiling = sum(ceilings) / len(ceilings) if ceilings else 0.0
+    per_cpu = [m.per_cpu for m in measured if m.scenario.ceiling]
+    for measurement in measured:
+        measurement.ceiling_rate = ceiling
+        measurement.ceiling_per_cpu = sum(per_cpu) / len(per_cpu) if per_cpu else 0.0
+    run.measurements.extend(measured)
+    if profile_path is not None and profile_path.exists():
+        _print_profile(profile_path, f"{backend} / {options.profile}")
+
+
+def _print_profile(path: Path, title: str) -> None:
+    print(f"\n=== server cProfile: {title} (whole server lifetime) ===")
+    stats = pstats.Stats(str(path), stream=sys.stdout)
+    stats.strip_dirs().sort_stats("tottime").print_stats(30)
+    stats.sort_stats("cumulative").print_stats(40)
+
+
+async def bench_backend(run: BenchRun, backend: str, pool: ProcessPoolExecutor) -> None:
+    with tempfile.TemporaryDirectory(prefix=f"potok-bench-{backend}-") as tmp:
+        workdir = Path(tmp)
+        database = sqlite_database if backend == "sqlite" else postgres_database
+        async with database(workdir) as url:
+            seeded = [False]
+            for profile in PROFILES:
+                await bench_profile(run, backend, profile, url, workdir, pool, seeded)
+            await bench_deliveries(run, backend, url, workdir, pool)
+
+
+def _selected_deliveries(options: Options) -> list[DeliveryScenario]:
+    if options.profile is not None:
+        return []
+    return [s for s in DELIVERY_SCENARIOS if not options.only or s.key in options.only]
+
+
+async def bench_deliveries(
+    run: BenchRun, backend: str, database_url: str, workdir: Path, pool: ProcessPoolExecutor
+) -> None:
+    """The webhook figures (bench/webhooks.py): their own servers and worker,
+    on the same database, after the request scenarios."""
+    scenarios = _selected_deliveries(run.options)
+    if not scenarios:
+        return
+    results = await measure_deliveries(
+        backend, database_url, workdir, scenarios, run.options.deliveries, pool, _progress
+    )
+    run.delivery_latencies.extend(results.latencies)
+    run.delivery_rates.extend(results.throughputs)
+    run.notes.extend(results.notes)
+
+
+async def bench(options: Options) -> BenchRun:
+    run = BenchRun(options)
+    # One generator process for the whole run, started before any measurement.
+    with ProcessPoolExecutor(max_workers=1, mp_context=get_context("spawn")) as pool:
+        for backend in options.backends:
+            try:
+                await bench_backend(run, backend, pool)
+            except BenchSetupError as exc:
+                # Report what the other backend measured rather than nothing.
+                _progress(f"bench: {backend}: {exc}")
+                run.notes.append(f"{backend}: run aborted: {str(exc).splitlines()[0]}")
+    return run
+
+
+# -- command line ----------------------------------------------------------------
+
+
+def parse_options(argv: list[str] | None = None) -> Options:
+    parser = argparse.ArgumentParser(
+        prog="python -m bench.run",
+        description=__doc__,
+        formatter_class=argparse.RawTextHelpFormatter,
+    )
+    parser.add_argument("--backends", default=",".join(BACKENDS), help="comma-separated")
+    parser.add_argument("--duration", type=float, help="measured seconds per scenario (6)")
+    parser.add_argument("--warmup", type=float, help="unmeasured seconds before each (1.5)")
+    parser.add_argument("--concurrency", type=int, default=64, help="connections (64)")
+    parser.add_argument("--batches", type=int, help="1000-item batches per batch scenario (15)")
+    parser.add_argument("--seed", type=int, default=1000, help="user states seeded for GET/PUT")
+    parser.add_argument(
+        "--delivery-rate", type=float, default=50.0, help="changes/s, webhook latency (50)"
+    )
+    parser.add_argument(
+        "--delivery-changes", type=int, help="changes timed, webhook latency (600; quick 100)"
+    )
+    parser.add_argument(
+        "--delivery-backlog", type=int, help="deliveries queued for deliveries/s (5000; quick 1000)"
+    )
+    parser.add_argument(
+        "--cache",
+        choices=("auto", "off"),
+        default="auto",
+        help="auto: run the cached scenarios when the service caches in Redis",
+    )
+    parser.add_argument("--only", default="", help="scenario keys, e.g. get,put (ceiling kept)")
+    parser.add_argument("--quick", action="store_true", help="short smoke run, no report file")
+    parser.add_argument("--profile", help="run one scenario with the server under cProfile")
+    parser.add_argument("--report", type=Path, help=f"report path (default {DEFAULT_REPORT})")
+    parser.add_argument("--json", type=Path, help="also write the raw results as JSON")
+    args = parser.parse_args(argv)
+
+    backends = tuple(b.strip() for b in args.backends.split(",") if b.strip())
+    unknown = set(backends) - set(BACKENDS)
+    if unknown or not backends:
+        parser.error(f"--backends: choose from {', '.join(BACKENDS)}")
+    keys = {s.key for p in PROFILES for s in p.scenarios}
+    delivery_keys = {s.key for s in DELIVERY_SCENARIOS}
+    only = frozenset(k.strip() for k in args.only.split(",") if k.strip())
+    if only - keys - delivery_keys or (args.profile and args.profile not in keys):
+        parser.error(f"scenario keys: {', '.join(sorted(keys | delivery_keys))}")
+    if args.delivery_rate <= 0 or (args.delivery_changes or 1) < 1:
+        parser.error("--delivery-rate and --delivery-changes must be positive")
+    if (args.delivery_backlog or 2) < 2:
+        parser.error("--delivery-backlog must be at least 2")
+    quick = args.quick
+    # A smoke run or a profile must not overwrite the report of a full run.
+    report_path = args.report or (None if quick or args.profile or only else DEFAULT_REPORT)
+    return Options(
+        backends=backends,
+        duration=args.duration or (1.5 if quick else 6.0),
+        warmup=args.warmup if args.warmup is not None else (0.5 if quick else 1.5),
+        concurrency=args.concurrency,
+        batches=args.batches or (3 if quick else 15),
+        seed=args.seed,
+        cache=args.cache,
+        only=only,
+        profile=args.profile,
+        report_path=report_path,
+        json_path=args.json,
+        command=shlex.join([".venv/bin/python", "-m", "bench.run", *sys.argv[1:]]),
+        deliveries=DeliveryOptions(
+            rate=args.delivery_rate,
+            changes=args.delivery_changes or (100 if quick else 600),
+            backlog=args.delivery_backlog or (1000 if quick else 5000),
+            concurrency=args.concurrency,
+        ),
+    )
+
+
+def main(argv: list[str] | None = None) -> None:
+    options = parse_options(argv)
+    machine = report.machine_info(options.backends)
+    try:
+        run = asyncio.run(bench(options))
+    except BenchSetupError as exc:
+        sys.exit(f"bench: {exc}")
+    machine["load average at end"] = report.load_average()
+    rendered = report.render(run, machine)
+    if options.report_path is not None:
+        options.report_path.write_text(report.keep_analysis(rendered, options.report_path))
+        _progress(f"wrote {options.report_path}")
+    else:
+        print(rendered)
+    if options.json_path is not None:
+        payload = {
+            "machine": machine,
+            "command": options.command,
+            "notes": run.notes,
+            "redis": run.redis,
+            "measurements": [
+                {
+                    "backend": m.backend,
+                    "profile": m.profile,
+                    "scenario": m.scenario.key,
+                    "rate": m.result.rate,
+                    "p50_ms": m.result.percentile(50),
+                    "p99_ms": m.result.percentile(99),
+                    "ratio": m.ratio,
+                    "per_server_cpu_second": m.per_cpu,
+                    "cpu_ratio": m.cpu_ratio,
+                    "ceiling_rate": m.ceiling_rate,
+                    **{k: v for k, v in asdict(m.result).items() if k != "latencies_ms"},
+                }
+                for m in run.measurements
+            ],
+            "webhook_latency": [
+                {
+                    "backend": r.backend,
+                    "scenario": r.scenario.key,
+                    "worker": r.worker,
+                    "written": r.written,
+                    "write_errors": r.write_errors,
+                    "write_rate": r.write_rate,
+                    "lost": r.lost,
+                    "duplicates": r.duplicates,
+                    **{
+                        f"{name}_p{p}_ms": percentile(values, p)
+                        for name, values in (
+                            ("after_response", r.after_response_ms),
+                            ("after_request", r.after_request_ms),
+                            ("write", r.write_ms),
+                        )
+                        for p in (50, 99, 100)
+                    },
+                }
+                for r in run.delivery_latencies
+            ],
+            "webhook_deliveries": [
+                {
+                    "backend": t.backend,
+                    "scenario": t.scenario.key,
+                    "worker": t.worker,
+                    "subscriptions": t.scenario.subscriptions,
+                    "expected": t.expected,
+                    "delivered": t.delivered,
+                    "lost": t.lost,
+                    "duplicates": t.duplicates,
+                    "elapsed": t.elapsed,
+                    "rate": t.rate,
+                    "raw_rates": t.raw_rates,
+                    "raw_rate": t.raw_rate,
+                    "ratio": t.ratio,
+                    "first_after_start": t.first_after_start,
+                    "worker_cpu": t.worker_cpu,
+                    "postgres_cpu": t.postgres_cpu,
+                    "receiver_cpu": t.receiver_cpu,
+                    "raw_client_cpu": t.raw_client_cpu,
+                }
+                for t in run.delivery_rates
+            ],
+        }
+        options.json_path.write_text(json.dumps(payload, indent=2, default=str))
+
+
+if __name__ == "__main__":
+    main()

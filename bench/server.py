@@ -1,0 +1,304 @@
+"""What the bench runs against: a throwaway database, an optional private
+redis-server, and the real service started as a subprocess (`potok-state serve`,
+one uvicorn worker, as in production; `potok-state worker` for webhook delivery),
+always stopped at the end."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import AsyncIterator, Mapping
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import aiohttp
+import asyncpg
+
+POSTGRES_ADMIN_DSN = os.environ.get(
+    "POTOK_BENCH_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres"
+)
+BENCH_API_KEY = "bench-key"
+
+# Only these reach the service: a developer's shell or `.env` must not change
+# what is measured (the service runs in an empty temp directory for the same reason).
+_PASSED_THROUGH = ("PATH", "HOME", "LANG", "LC_ALL", "TMPDIR")
+
+
+class BenchSetupError(RuntimeError):
+    pass
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+        return port
+
+
+# -- databases ------------------------------------------------------------------
+
+
+@asynccontextmanager
+async def sqlite_database(workdir: Path) -> AsyncIterator[str]:
+    yield f"sqlite+aiosqlite:///{workdir / 'bench.db'}"
+
+
+async def _postgres_admin(statement: str) -> str:
+    try:
+        connection = await asyncpg.connect(POSTGRES_ADMIN_DSN, timeout=10)
+    except (OSError, asyncpg.PostgresError) as exc:
+        raise BenchSetupError(
+            f"PostgreSQL is not reachable at {POSTGRES_ADMIN_DSN} "
+            f"(set POTOK_BENCH_POSTGRES_URL): {exc}"
+        ) from exc
+    try:
+        if statement.lstrip().upper().startswith("SELECT"):
+            return str(await connection.fetchval(statement))
+        await connection.execute(statement)
+        return ""
+    finally:
+        await connection.close()
+
+
+async def postgres_version() -> str:
+    return await _postgres_admin("SELECT current_setting('server_version')")
+
+
+@asynccontextmanager
+async def postgres_database(workdir: Path) -> AsyncIterator[str]:
+    """A fresh database, migrated with `potok-state migrate`, dropped afterwards."""
+    name = f"potok_bench_{uuid.uuid4().hex[:12]}"
+    await _postgres_admin(f'CREATE DATABASE "{name}"')
+    base = POSTGRES_ADMIN_DSN.rsplit("/", 1)[0].replace("postgresql://", "postgresql+asyncpg://")
+    url = f"{base}/{name}"
+    try:
+        migrate = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "potok_state.cli",
+            "migrate",
+            env=service_env({"DATABASE_URL": url}),
+            cwd=workdir,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+        )
+        output, _ = await migrate.communicate()
+        if migrate.returncode != 0:
+            raise BenchSetupError(f"potok-state migrate failed:\n{output.decode()[-2000:]}")
+        yield url
+    finally:
+        await _postgres_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+# -- redis ----------------------------------------------------------------------
+
+
+def redis_server_available() -> bool:
+    return shutil.which("redis-server") is not None
+
+
+def redis_version() -> str:
+    found = shutil.which("redis-server")
+    if found is None:
+        return "not installed"
+    output = subprocess.run([found, "--version"], capture_output=True, text=True, check=False)
+    for part in output.stdout.split():
+        if part.startswith("v="):
+            return part[2:]
+    return output.stdout.strip()
+
+
+@asynccontextmanager
+async def redis_server(workdir: Path) -> AsyncIterator[int]:
+    """A private, non-persistent redis-server on a free port."""
+    import redis.asyncio as redis
+
+    port = free_port()
+    process = _start_redis(port, workdir)
+    try:
+        client = redis.Redis(host="127.0.0.1", port=port)
+        try:
+            for _ in range(100):
+                try:
+                    if await client.ping():
+                        break
+                except redis.ConnectionError:
+                    await asyncio.sleep(0.05)
+            else:
+                raise BenchSetupError(f"redis-server did not answer on port {port}")
+        finally:
+            await client.aclose()
+        yield port
+    finally:
+        _stop(process, timeout=5)
+
+
+def _start_redis(port: int, workdir: Path) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(
+        [
+            *("redis-server", "--port", str(port), "--bind", "127.0.0.1"),
+            *("--save", "", "--appendonly", "no", "--dir", str(workdir)),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+
+
+async def redis_stats(port: int) -> dict[str, int]:
+    """Keys stored and keyspace hits/misses, to prove the service really used Redis."""
+    import redis.asyncio as redis
+
+    client = redis.Redis(host="127.0.0.1", port=port)
+    try:
+        info = await client.info("stats")
+        keys = await client.dbsize()
+    finally:
+        await client.aclose()
+    return {
+        "keys": int(keys),
+        "hits": int(info.get("keyspace_hits", 0)),
+        "misses": int(info.get("keyspace_misses", 0)),
+    }
+
+
+# -- the service ----------------------------------------------------------------
+
+
+def service_env(settings: Mapping[str, str]) -> dict[str, str]:
+    env = {name: os.environ[name] for name in _PASSED_THROUGH if name in os.environ}
+    env.update(
+        {
+            "APP_ENV": "development",
+            "API_KEYS": f"bench:{BENCH_API_KEY}",
+            "LOG_LEVEL": "warning",
+            "LOG_FORMAT": "json",
+            "THROTTLE_LIMIT": "0",
+            "REDIS_LOCAL_ENABLED": "false",
+            "REDIS_GLOBAL_ENABLED": "false",
+            "PYTHONUNBUFFERED": "1",
+        }
+    )
+    env.update(settings)
+    return env
+
+
+def _stop(process: subprocess.Popen[bytes], *, timeout: float) -> None:
+    if process.poll() is not None:
+        return
+    process.send_signal(signal.SIGINT)
+    try:
+        process.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+
+
+class ManagedProcess:
+    """A service process the bench started: its pid (for CPU accounting) and log."""
+
+    def __init__(self, process: subprocess.Popen[bytes], log_path: Path) -> None:
+        self.process = process
+        self.log_path = log_path
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    def log_tail(self, chars: int = 3000) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")[-chars:]
+        except OSError:
+            return ""
+
+
+class Service(ManagedProcess):
+    def __init__(self, process: subprocess.Popen[bytes], base_url: str, log_path: Path) -> None:
+        super().__init__(process, log_path)
+        self.base_url = base_url
+
+
+@asynccontextmanager
+async def running_service(
+    workdir: Path, settings: Mapping[str, str], *, profile_to: Path | None = None
+) -> AsyncIterator[Service]:
+    """`potok-state serve` on a free port; yields once /health/liveness answers.
+
+    With `profile_to`, the server runs under cProfile and writes its stats there
+    on shutdown (SIGINT lets uvicorn stop cleanly, so the profile is complete)."""
+    port = free_port()
+    command = [sys.executable]
+    if profile_to is not None:
+        command += ["-m", "cProfile", "-o", str(profile_to)]
+    command += ["-m", "potok_state.cli", "serve", "--host", "127.0.0.1", "--port", str(port)]
+    log_path = workdir / f"server-{port}.log"
+    process = _start_service(command, settings, workdir, log_path)
+    service = Service(process, f"http://127.0.0.1:{port}", log_path)
+    try:
+        await _wait_until_live(service)
+        yield service
+    finally:
+        _stop(process, timeout=30)
+
+
+@asynccontextmanager
+async def running_worker(
+    workdir: Path, settings: Mapping[str, str]
+) -> AsyncIterator[ManagedProcess]:
+    """`potok-state worker` (webhook delivery only). It has no port to poll, so
+    this only checks that it did not exit at once; the caller proves it works by
+    a delivery. Stopped with SIGINT, which lets in-flight attempts finish."""
+    command = [sys.executable, "-m", "potok_state.cli", "worker"]
+    log_path = workdir / f"worker-{uuid.uuid4().hex[:8]}.log"
+    process = _start_service(command, settings, workdir, log_path)
+    worker = ManagedProcess(process, log_path)
+    try:
+        await asyncio.sleep(0.2)
+        if process.poll() is not None:
+            raise BenchSetupError(
+                f"the worker exited with code {process.returncode}:\n{worker.log_tail()}"
+            )
+        yield worker
+    finally:
+        _stop(process, timeout=30)
+
+
+def _start_service(
+    command: list[str], settings: Mapping[str, str], workdir: Path, log_path: Path
+) -> subprocess.Popen[bytes]:
+    with open(log_path, "wb") as log_file:
+        return subprocess.Popen(
+            command,
+            env=service_env(settings),
+            cwd=tempfile.mkdtemp(dir=workdir),
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+        )
+
+
+async def _wait_until_live(service: Service, within: float = 60) -> None:
+    deadline = time.monotonic() + within
+    async with aiohttp.ClientSession() as session:
+        while time.monotonic() < deadline:
+            if service.process.poll() is not None:
+                raise BenchSetupError(
+                    f"the service exited with code {service.process.returncode}:\n"
+                    + service.log_tail()
+                )
+            try:
+                async with session.get(service.base_url + "/health/liveness") as response:
+                    if response.status == 200:
+                        return
+            except aiohttp.ClientError:
+                pass
+            await asyncio.sleep(0.1)
+    raise BenchSetupError(
+        f"the service did not become live in {within:.0f} s:\n{service.log_tail()}"
+    )
