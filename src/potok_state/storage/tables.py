@@ -16,6 +16,7 @@ from sqlalchemy import (
     String,
     Table,
     Text,
+    text,
 )
 from sqlalchemy.dialects.postgresql import JSONB
 
@@ -126,9 +127,12 @@ webhook_deliveries = Table(
     Column("revision", BigInteger, nullable=False),
     Column("event_id", String(64), nullable=False),
     Column("event", String(128), nullable=False),
-    # Deliveries that share an ordering key reach the subscriber one at a time,
-    # in id order: the entity for entity events, the event id otherwise.
-    Column("ordering_key", String(200), nullable=False),
+    # Deliveries that share an ordering key reach their subscriber one at a
+    # time, in id order. The key is `{subscription}/{entity}:{id}` for entity
+    # events and `{subscription}/event:{event id}` otherwise: one column, so the
+    # claim's "is an older one pending?" probe has exactly one index to use
+    # whatever the planner's statistics say.
+    Column("ordering_key", String(240), nullable=False),
     Column("status", String(16), nullable=False),
     Column("attempts", Integer, nullable=False),
     Column("attempt_limit", Integer, nullable=False),
@@ -138,8 +142,22 @@ webhook_deliveries = Table(
     Column("last_error", Text),
     Column("created_at", Timestamp, nullable=False),
     Column("updated_at", Timestamp, nullable=False),
-    Index("ix_webhook_deliveries_due", "status", "next_attempt_at"),
-    Index("ix_webhook_deliveries_order", "subscription_id", "ordering_key", "status", "id"),
+    # Both queue indexes cover pending rows only, so the claim's probes have one
+    # obviously right index each, even before the planner has statistics.
+    Index(
+        "ix_webhook_deliveries_due",
+        "next_attempt_at",
+        "id",
+        postgresql_where=text("status = 'pending'"),
+        sqlite_where=text("status = 'pending'"),
+    ),
+    Index(
+        "ix_webhook_deliveries_order",
+        "ordering_key",
+        "id",
+        postgresql_where=text("status = 'pending'"),
+        sqlite_where=text("status = 'pending'"),
+    ),
     Index("ix_webhook_deliveries_subscription", "subscription_id", "id"),
 )
 

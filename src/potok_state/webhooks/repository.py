@@ -139,10 +139,10 @@ def _subscription(row: Row[Any]) -> SubscriptionRow:
     )
 
 
-def _ordering_key(record: Row[Any]) -> str:
+def _ordering_key(subscription_id: str, record: Row[Any]) -> str:
     if record.entity_type is None:
-        return f"event:{record.event_id}"
-    return f"{record.entity_type}:{record.entity_id}"
+        return f"{subscription_id}/event:{record.event_id}"
+    return f"{subscription_id}/{record.entity_type}:{record.entity_id}"
 
 
 class WebhookRepository:
@@ -401,7 +401,6 @@ class WebhookRepository:
                 exists().where(subs.c.id == deliveries.c.subscription_id, subs.c.active.is_(True)),
                 (deliveries.c.locked_until.is_(None)) | (deliveries.c.locked_until < now),
                 ~exists().where(
-                    earlier.c.subscription_id == deliveries.c.subscription_id,
                     earlier.c.ordering_key == deliveries.c.ordering_key,
                     earlier.c.status == PENDING,
                     earlier.c.id < deliveries.c.id,
@@ -577,7 +576,7 @@ def _delivery_values(
         "revision": record.revision,
         "event_id": record.event_id,
         "event": record.event,
-        "ordering_key": _ordering_key(record),
+        "ordering_key": _ordering_key(subscription_id, record),
         "status": PENDING,
         "attempts": 0,
         "attempt_limit": attempt_limit,

@@ -44,7 +44,7 @@ def upgrade() -> None:
         sa.Column("revision", sa.BigInteger, nullable=False),
         sa.Column("event_id", sa.String(64), nullable=False),
         sa.Column("event", sa.String(128), nullable=False),
-        sa.Column("ordering_key", sa.String(200), nullable=False),
+        sa.Column("ordering_key", sa.String(240), nullable=False),
         sa.Column("status", sa.String(16), nullable=False),
         sa.Column("attempts", sa.Integer, nullable=False),
         sa.Column("attempt_limit", sa.Integer, nullable=False),
@@ -55,13 +55,20 @@ def upgrade() -> None:
         sa.Column("created_at", Timestamp, nullable=False),
         sa.Column("updated_at", Timestamp, nullable=False),
     )
+    pending = sa.text("status = 'pending'")
     op.create_index(
-        "ix_webhook_deliveries_due", "webhook_deliveries", ["status", "next_attempt_at"]
+        "ix_webhook_deliveries_due",
+        "webhook_deliveries",
+        ["next_attempt_at", "id"],
+        postgresql_where=pending,
+        sqlite_where=pending,
     )
     op.create_index(
         "ix_webhook_deliveries_order",
         "webhook_deliveries",
-        ["subscription_id", "ordering_key", "status", "id"],
+        ["ordering_key", "id"],
+        postgresql_where=pending,
+        sqlite_where=pending,
     )
     op.create_index(
         "ix_webhook_deliveries_subscription", "webhook_deliveries", ["subscription_id", "id"]
