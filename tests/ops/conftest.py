@@ -3,31 +3,12 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable, Iterator
-from pathlib import Path
+from collections.abc import AsyncIterator
 
 import pytest
 
-from tests.cache.conftest import RedisServer
+from tests.cache.conftest import redis_servers as redis_servers  # the same fixture
 from tests.webhooks.receivers import Receiver
-
-
-@pytest.fixture
-def redis_servers(tmp_path: Path) -> Iterator[Callable[[], RedisServer]]:
-    """Start as many private redis-server processes as a test needs."""
-    started: list[RedisServer] = []
-
-    def start() -> RedisServer:
-        workdir = tmp_path / f"redis-{len(started)}"
-        workdir.mkdir()
-        server = RedisServer(workdir)
-        started.append(server)
-        server.start()
-        return server
-
-    yield start
-    for server in started:
-        server.kill()
 
 
 @pytest.fixture

@@ -179,6 +179,19 @@ def _state_from_row(row: Row[Any]) -> StoredState:
     )
 
 
+def event_from_row(row: Row[Any]) -> EventRecord:
+    """An outbox row (or a row carrying the outbox columns) as an EventRecord."""
+    return EventRecord(
+        revision=row.revision,
+        event_id=row.event_id,
+        event=row.event,
+        entity=row.entity_type,
+        entity_id=row.entity_id,
+        data=row.data,
+        created_at=as_utc(row.created_at),
+    )
+
+
 class SqlStateStore:
     def __init__(self, url: str, *, pool_size: int = 16) -> None:
         self.url = url
@@ -536,18 +549,7 @@ class SqlStateStore:
             .limit(limit)
         )
         rows = await self.read(lambda conn: conn.execute(statement).all())
-        return [
-            EventRecord(
-                revision=row.revision,
-                event_id=row.event_id,
-                event=row.event,
-                entity=row.entity_type,
-                entity_id=row.entity_id,
-                data=row.data,
-                created_at=as_utc(row.created_at),
-            )
-            for row in rows
-        ]
+        return [event_from_row(row) for row in rows]
 
     async def idempotency_record(
         self, scope: str, not_before: datetime

@@ -19,7 +19,7 @@ from sqlalchemy.engine import Connection
 
 from potok_state.clock import as_utc, utc_now
 from potok_state.storage.port import EventRecord
-from potok_state.storage.sql import SqlStateStore
+from potok_state.storage.sql import SqlStateStore, event_from_row
 from potok_state.storage.tables import (
     outbox,
     revision_counter,
@@ -446,15 +446,7 @@ class WebhookRepository:
                 secret=row.secret,
                 attempt=row.attempts + 1,
                 attempt_limit=row.attempt_limit,
-                event=EventRecord(
-                    revision=row.revision,
-                    event_id=row.event_id,
-                    event=row.event,
-                    entity=row.entity_type,
-                    entity_id=row.entity_id,
-                    data=row.data,
-                    created_at=as_utc(row.created_at),
-                ),
+                event=event_from_row(row),
             )
             for row in rows
         ]
