@@ -410,7 +410,6 @@ class StateService:
             version=existing.version + 1,
             reason=reason,
             actor=actor,
-            created_at=existing.created_at,
         )
 
     def _check_entity_type(self, entity: str) -> None:
@@ -574,8 +573,9 @@ def _check_version(existing: StoredState, expected: int | None) -> None:
 
 
 def _preview(change: StateChange, existing: StoredState | None) -> StoredState:
-    """The state a batch item leaves behind, so a later item for the same id
-    is validated against it."""
+    """The state a batch item leaves behind, so a later item for the same id is
+    validated against it. Only status, metadata and version are read from it;
+    the store stamps revisions and times when it writes."""
     assert change.status is not None
     return StoredState(
         entity=change.entity,
@@ -584,7 +584,7 @@ def _preview(change: StateChange, existing: StoredState | None) -> StoredState:
         metadata=change.metadata,
         version=change.version,
         revision=existing.revision if existing else 0,
-        created_at=change.created_at or (existing.created_at if existing else datetime.min),
+        created_at=existing.created_at if existing else datetime.min,
         updated_at=existing.updated_at if existing else datetime.min,
     )
 

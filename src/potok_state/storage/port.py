@@ -80,7 +80,6 @@ class StateChange:
     version: int
     reason: str | None
     actor: str
-    created_at: datetime | None = None
 
 
 @dataclass(frozen=True, slots=True)

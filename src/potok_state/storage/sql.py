@@ -55,6 +55,7 @@ from potok_state.storage.port import (
     Decide,
     EventData,
     EventRecord,
+    EventType,
     HistoryRecord,
     IdempotencyConflict,
     IdempotencyRecord,
@@ -324,8 +325,14 @@ class SqlStateStore:
                 key = (mutation.entity, mutation.entity_id)
                 if mutation.status is not None:
                     # An update keeps the creation time of the state it updates,
-                    # also when a batch created that state earlier in this transaction.
-                    earlier = final.get(key)
+                    # also when a batch created that state earlier in this
+                    # transaction; a creation is now.
+                    earlier = final[key] if key in final else current.get(mutation.entity_id)
+                    keep_created = (
+                        mutation.event is EventType.UPDATED
+                        and earlier is not None
+                        and earlier.entity == mutation.entity
+                    )
                     state = StoredState(
                         entity=mutation.entity,
                         entity_id=mutation.entity_id,
@@ -333,7 +340,7 @@ class SqlStateStore:
                         metadata=mutation.metadata,
                         version=mutation.version,
                         revision=revision,
-                        created_at=earlier.created_at if earlier else mutation.created_at or now,
+                        created_at=earlier.created_at if keep_created and earlier else now,
                         updated_at=now,
                     )
                 final[key] = state
