@@ -22,7 +22,7 @@ from schemathesis.specs.openapi.checks import (
 )
 
 from potok_state.app import create_app
-from potok_state.docs import OPENAPI_PATH
+from potok_state.kit.docs import OPENAPI_PATH
 from tests.conftest import API_KEY, make_settings
 
 CHECKS = [

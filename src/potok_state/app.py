@@ -13,27 +13,27 @@ from fastapi import FastAPI
 from sqlalchemy.engine import make_url
 from starlette.middleware.gzip import GZipMiddleware
 
-from potok_state import docs
-from potok_state.auth import ApiKeyRing
-from potok_state.body_limit import RequestBodyLimitMiddleware
 from potok_state.cache import TieredCache
-from potok_state.errors import install_error_handlers
 from potok_state.events.api import router as events_router
 from potok_state.events.service import ChangeFeed, EventPublisher
 from potok_state.health.api import router as health_router
 from potok_state.health.service import HealthService
+from potok_state.kit import docs
+from potok_state.kit.auth import ApiKeyRing
+from potok_state.kit.body_limit import RequestBodyLimitMiddleware
+from potok_state.kit.errors import install_error_handlers
+from potok_state.kit.request_context import RequestContextMiddleware
+from potok_state.kit.security_headers import SecurityHeadersMiddleware
+from potok_state.kit.throttle import Throttle
 from potok_state.logging import configure_logging
 from potok_state.metrics import Metrics
 from potok_state.metrics import router as metrics_router
-from potok_state.request_context import RequestContextMiddleware
-from potok_state.security_headers import SecurityHeadersMiddleware
 from potok_state.settings import Settings, StorageBackend
 from potok_state.states.api import router as states_router
 from potok_state.states.machines import load_machines
 from potok_state.states.service import StateService
 from potok_state.storage.migrate import current_revision, head_revision, upgrade_to_head
 from potok_state.storage.sql import SqlStateStore
-from potok_state.throttle import Throttle
 from potok_state.webhooks.api import router as webhooks_router
 from potok_state.webhooks.delivery import DeliveryWorker
 from potok_state.webhooks.repository import WebhookRepository

@@ -4,12 +4,12 @@ from typing import Annotated
 
 from fastapi import APIRouter, Depends, Query, Request, Response, status
 
-from potok_state.auth import Actor
-from potok_state.errors import error_responses
 from potok_state.events.schemas import ChangePage, Event, PublishEvent
 from potok_state.events.service import ChangeFeed, EventDataTooLarge, EventPublisher
-from potok_state.http_body import JsonBodyRoute
-from potok_state.http_headers import Idempotency
+from potok_state.kit.auth import Actor
+from potok_state.kit.errors import error_responses
+from potok_state.kit.headers import Idempotency
+from potok_state.kit.json_body import JsonBodyRoute
 
 router = APIRouter(prefix="/api/v1", tags=["events"], route_class=JsonBodyRoute)
 

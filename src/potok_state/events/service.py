@@ -6,16 +6,18 @@ from collections.abc import Mapping, Sequence
 
 import orjson
 
-from potok_state.changes import Applied, IdempotencyKey, apply_change
-from potok_state.errors import InvalidInput
-from potok_state.events.payload import event_body
-from potok_state.events.schemas import Event, PublishEvent
-from potok_state.storage.port import (
+from potok_state.changes.model import (
     AppliedChange,
     CustomEvent,
     Mutation,
-    StateStore,
     StoredState,
+)
+from potok_state.changes.payload import event_body
+from potok_state.changes.pipeline import Applied, IdempotencyKey, apply_change
+from potok_state.events.schemas import Event, PublishEvent
+from potok_state.kit.errors import InvalidInput
+from potok_state.storage.port import (
+    StateStore,
 )
 
 

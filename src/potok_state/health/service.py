@@ -7,7 +7,9 @@ import time
 from dataclasses import dataclass
 
 from potok_state.cache import TieredCache
-from potok_state.storage.port import StateStore
+from potok_state.storage.port import (
+    StateStore,
+)
 
 CHECK_TIMEOUT_SECONDS = 2.0
 

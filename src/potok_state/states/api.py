@@ -8,12 +8,12 @@ from typing import Annotated, Literal
 
 from fastapi import APIRouter, Depends, Path, Query, Request, Response, status
 
-from potok_state.auth import Actor
-from potok_state.changes import Applied
+from potok_state.changes.pipeline import Applied
 from potok_state.clock import as_utc
-from potok_state.errors import BadRequest, InvalidInput, error_responses
-from potok_state.http_body import JsonBodyRoute
-from potok_state.http_headers import ExpectedVersion, Idempotency, etag
+from potok_state.kit.auth import Actor
+from potok_state.kit.errors import BadRequest, InvalidInput, error_responses
+from potok_state.kit.headers import ExpectedVersion, Idempotency, etag
+from potok_state.kit.json_body import JsonBodyRoute
 from potok_state.states.errors import (
     InvalidTransition,
     MachineNotFound,

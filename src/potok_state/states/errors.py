@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from potok_state.errors import Conflict, InvalidInput, NotFound, PreconditionFailed
+from potok_state.kit.errors import Conflict, InvalidInput, NotFound, PreconditionFailed
 
 
 class StateNotFound(NotFound):

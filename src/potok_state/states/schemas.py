@@ -6,8 +6,11 @@ from typing import Annotated
 
 from pydantic import BaseModel, ConfigDict, Field, JsonValue, StringConstraints
 
+from potok_state.changes.model import (
+    HistoryRecord,
+    StoredState,
+)
 from potok_state.clock import Timestamp
-from potok_state.storage.port import HistoryRecord, StoredState
 
 ENTITY_TYPE_PATTERN = r"^[a-z][a-z0-9_-]{0,63}$"
 ENTITY_ID_PATTERN = r"^[A-Za-z0-9._:@-]{1,128}$"

@@ -16,9 +16,18 @@ import orjson
 from pydantic import BaseModel
 
 from potok_state.cache import StateWrite, TieredCache, list_fingerprint
-from potok_state.changes import Applied, IdempotencyKey, apply_change
+from potok_state.changes.model import (
+    AppliedChange,
+    Decide,
+    EventType,
+    JsonObject,
+    Mutation,
+    StateChange,
+    StoredState,
+)
+from potok_state.changes.pipeline import Applied, IdempotencyKey, apply_change
 from potok_state.clock import as_utc
-from potok_state.errors import ServiceError
+from potok_state.kit.errors import ServiceError
 from potok_state.metrics import Metrics
 from potok_state.states.errors import (
     BatchInvalid,
@@ -50,16 +59,9 @@ from potok_state.states.schemas import (
     UpdateStateRequest,
 )
 from potok_state.storage.port import (
-    AppliedChange,
-    Decide,
-    EventType,
-    JsonObject,
-    Mutation,
     SortField,
-    StateChange,
     StateQuery,
     StateStore,
-    StoredState,
 )
 
 METADATA_KEY_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_-")

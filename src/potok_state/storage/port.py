@@ -10,116 +10,22 @@ in `decide`; atomicity and ordering live in the store.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
 from typing import Protocol
 
-from pydantic import JsonValue
-
-JsonObject = dict[str, JsonValue]
-
-
-class EventType(StrEnum):
-    CREATED = "entity.created"
-    UPDATED = "entity.updated"
-    DELETED = "entity.deleted"
-
-
-@dataclass(frozen=True, slots=True)
-class StoredState:
-    entity: str
-    entity_id: str
-    status: str
-    metadata: JsonObject
-    version: int
-    revision: int
-    created_at: datetime
-    updated_at: datetime
-
-
-@dataclass(frozen=True, slots=True)
-class HistoryRecord:
-    revision: int
-    entity: str
-    entity_id: str
-    version: int
-    event: str
-    previous_status: str | None
-    new_status: str | None
-    metadata: JsonObject
-    reason: str | None
-    actor: str
-    changed_at: datetime
-
-
-@dataclass(frozen=True, slots=True)
-class EventRecord:
-    """One outbox row: a change as the outside world sees it."""
-
-    revision: int
-    event_id: str
-    event: str
-    entity: str | None
-    entity_id: str | None
-    data: str
-    created_at: datetime
-
-
-@dataclass(frozen=True, slots=True)
-class StateChange:
-    """A decided change of one entity; `status` is None for a deletion."""
-
-    entity: str
-    entity_id: str
-    event: EventType
-    status: str | None
-    previous_status: str | None
-    metadata: JsonObject
-    version: int
-    reason: str | None
-    actor: str
-
-
-@dataclass(frozen=True, slots=True)
-class CustomEvent:
-    event: str
-    data: JsonObject
-    actor: str
-
-
-Mutation = StateChange | CustomEvent
-
-
-@dataclass(frozen=True, slots=True)
-class AppliedChange:
-    mutation: Mutation
-    revision: int
-    event_id: str
-    timestamp: datetime
-    state: StoredState | None = None
-
-
-Decide = Callable[[Mapping[str, StoredState]], Sequence[Mutation]]
-EventData = Callable[[Mutation], str]
-
-
-@dataclass(frozen=True, slots=True)
-class IdempotencyRecord:
-    fingerprint: str
-    outcome: bytes
-
-
-@dataclass(frozen=True, slots=True)
-class IdempotencyWrite:
-    """Stored with the change, in the same transaction, so a retried request
-    replays exactly what the first one did."""
-
-    scope: str
-    fingerprint: str
-    encode: Callable[[Sequence[AppliedChange]], bytes]
-    expired_before: datetime
+from potok_state.changes.model import (
+    AppliedChange,
+    Decide,
+    EventData,
+    EventRecord,
+    HistoryRecord,
+    IdempotencyRecord,
+    IdempotencyWrite,
+    StoredState,
+)
 
 
 class SortField(StrEnum):

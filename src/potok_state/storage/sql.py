@@ -48,8 +48,7 @@ from sqlalchemy.engine import Connection, Engine, make_url
 from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
-from potok_state.clock import as_utc, utc_now
-from potok_state.storage.port import (
+from potok_state.changes.model import (
     AppliedChange,
     CustomEvent,
     Decide,
@@ -57,13 +56,16 @@ from potok_state.storage.port import (
     EventRecord,
     EventType,
     HistoryRecord,
-    IdempotencyConflict,
     IdempotencyRecord,
     IdempotencyWrite,
-    SortField,
     StateChange,
-    StateQuery,
     StoredState,
+)
+from potok_state.clock import as_utc, utc_now
+from potok_state.storage.port import (
+    IdempotencyConflict,
+    SortField,
+    StateQuery,
 )
 from potok_state.storage.tables import (
     idempotency_keys,

@@ -6,9 +6,9 @@ from typing import Annotated
 
 from fastapi import APIRouter, Depends, Path, Query, Request, Response, status
 
-from potok_state.auth import Actor
-from potok_state.errors import error_responses
-from potok_state.http_body import JsonBodyRoute
+from potok_state.kit.auth import Actor
+from potok_state.kit.errors import error_responses
+from potok_state.kit.json_body import JsonBodyRoute
 from potok_state.webhooks.schemas import (
     Delivery,
     DeliveryPage,

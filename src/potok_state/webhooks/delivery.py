@@ -28,8 +28,8 @@ import aiohttp
 import asyncpg
 import structlog
 
+from potok_state.changes.payload import event_body
 from potok_state.clock import utc_now
-from potok_state.events.payload import event_body
 from potok_state.metrics import Metrics
 from potok_state.settings import WebhookSettings
 from potok_state.storage.sql import OUTBOX_CHANNEL

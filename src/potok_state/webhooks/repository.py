@@ -17,8 +17,10 @@ from typing import Any
 from sqlalchemy import Row, delete, exists, func, insert, select, update
 from sqlalchemy.engine import Connection
 
+from potok_state.changes.model import (
+    EventRecord,
+)
 from potok_state.clock import as_utc, utc_now
-from potok_state.storage.port import EventRecord
 from potok_state.storage.sql import SqlStateStore, event_from_row
 from potok_state.storage.tables import (
     outbox,

@@ -7,11 +7,13 @@ import time
 
 import orjson
 
+from potok_state.changes.model import (
+    EventRecord,
+)
+from potok_state.changes.payload import event_body
 from potok_state.clock import as_utc, utc_now
-from potok_state.errors import Conflict, NotFound
-from potok_state.events.payload import event_body
+from potok_state.kit.errors import Conflict, NotFound
 from potok_state.settings import WebhookSettings
-from potok_state.storage.port import EventRecord
 from potok_state.webhooks.delivery import WebhookSender
 from potok_state.webhooks.repository import (
     FAILED,

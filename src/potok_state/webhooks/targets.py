@@ -12,7 +12,7 @@ from urllib.parse import urlsplit
 from aiohttp import ThreadedResolver
 from aiohttp.abc import ResolveResult
 
-from potok_state.errors import InvalidInput
+from potok_state.kit.errors import InvalidInput
 
 
 class InvalidWebhookUrl(InvalidInput):

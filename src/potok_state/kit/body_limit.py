@@ -12,7 +12,7 @@ from __future__ import annotations
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from potok_state.errors import error_response
+from potok_state.kit.errors import error_response
 
 
 class BodyTooLarge(HTTPException):

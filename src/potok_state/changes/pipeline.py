@@ -15,17 +15,19 @@ from typing import Generic, TypeVar
 import structlog
 from pydantic import BaseModel
 
-from potok_state.clock import utc_now
-from potok_state.errors import InvalidInput
-from potok_state.events.payload import event_data
-from potok_state.metrics import Metrics
-from potok_state.storage.port import (
+from potok_state.changes.model import (
     AppliedChange,
     Decide,
-    IdempotencyConflict,
     IdempotencyRecord,
     IdempotencyWrite,
     StateChange,
+)
+from potok_state.changes.payload import event_data
+from potok_state.clock import utc_now
+from potok_state.kit.errors import InvalidInput
+from potok_state.metrics import Metrics
+from potok_state.storage.port import (
+    IdempotencyConflict,
     StateStore,
 )
 

@@ -15,7 +15,7 @@ import uuid
 import structlog
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from potok_state.errors import error_response
+from potok_state.kit.errors import error_response
 from potok_state.logging import bind_request_id
 from potok_state.metrics import UNMATCHED_ROUTE, Metrics
 

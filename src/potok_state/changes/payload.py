@@ -10,8 +10,12 @@ from __future__ import annotations
 
 import orjson
 
+from potok_state.changes.model import (
+    CustomEvent,
+    EventRecord,
+    Mutation,
+)
 from potok_state.clock import format_timestamp
-from potok_state.storage.port import CustomEvent, EventRecord, Mutation
 
 
 def event_data(mutation: Mutation) -> str:

@@ -24,7 +24,7 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from potok_state.cache.connection import redis_client
-from potok_state.errors import TooManyRequests
+from potok_state.kit.errors import TooManyRequests
 from potok_state.settings import RedisGlobalSettings, ThrottleSettings
 
 log = structlog.get_logger(__name__)

@@ -9,9 +9,9 @@ from typing import Annotated
 from fastapi import Depends, Request, Security
 from fastapi.security import APIKeyHeader
 
-from potok_state.errors import Unauthorized
+from potok_state.kit.errors import Unauthorized
+from potok_state.kit.throttle import Throttle
 from potok_state.settings import ApiKey
-from potok_state.throttle import Throttle
 
 api_key_header = APIKeyHeader(
     name="x-api-key", auto_error=False, description="One of the keys in API_KEYS."

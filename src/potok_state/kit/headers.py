@@ -7,8 +7,8 @@ from typing import Annotated
 
 from fastapi import Depends, Header, Request
 
-from potok_state.changes import IdempotencyKey
-from potok_state.errors import BadRequest
+from potok_state.changes.pipeline import IdempotencyKey
+from potok_state.kit.errors import BadRequest
 
 
 async def idempotency_key(
