@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import signal
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -10,10 +11,11 @@ from importlib.metadata import version
 
 import structlog
 from fastapi import FastAPI
-from sqlalchemy.engine import make_url
 from starlette.middleware.gzip import GZipMiddleware
 
 from potok_state.cache import TieredCache
+from potok_state.cache.floors import RevisionFloors
+from potok_state.cache.near import NearCache
 from potok_state.events.api import router as events_router
 from potok_state.events.service import ChangeFeed, EventPublisher
 from potok_state.health.api import router as health_router
@@ -32,7 +34,8 @@ from potok_state.settings import Settings, StorageBackend
 from potok_state.states.api import router as states_router
 from potok_state.states.machines import load_machines
 from potok_state.states.service import StateService
-from potok_state.storage.migrate import current_revision, head_revision, upgrade_to_head
+from potok_state.storage.database import PostgresDatabase
+from potok_state.storage.migrate import head_revision, schema_revision, upgrade_to_head
 from potok_state.storage.sql import SqlStateStore
 from potok_state.webhooks.api import router as webhooks_router
 from potok_state.webhooks.delivery import DeliveryWorker
@@ -43,6 +46,9 @@ log = structlog.get_logger(__name__)
 
 VERSION = version("potok-state")
 GZIP_MINIMUM_BYTES = 1024
+# Set by `serve --workers N` for its worker processes: the file holding the
+# revision floors they share (cache/floors.py).
+SHARED_FLOORS_ENV = "POTOK_SHARED_FLOORS"
 
 
 class SchemaNotCurrent(RuntimeError):
@@ -59,7 +65,7 @@ async def prepare_schema(store: SqlStateStore) -> None:
     if store.is_sqlite:
         await asyncio.to_thread(upgrade_to_head, store.url)
         return
-    current, head = await store.read(current_revision), head_revision()
+    current, head = await schema_revision(store.db), head_revision()
     if current != head:
         raise SchemaNotCurrent(
             f"the database schema is at revision {current}, this release needs {head}: "
@@ -69,9 +75,7 @@ async def prepare_schema(store: SqlStateStore) -> None:
 
 def postgres_dsn(store: SqlStateStore) -> str | None:
     """A plain libpq DSN for LISTEN connections, or None on SQLite."""
-    if store.is_sqlite:
-        return None
-    return make_url(store.url).set(drivername="postgresql").render_as_string(hide_password=False)
+    return store.db.dsn if isinstance(store.db, PostgresDatabase) else None
 
 
 def create_delivery_worker(
@@ -96,9 +100,16 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             "this release; use STORAGE_BACKEND=sql with DATABASE_URL"
         )
     machines = load_machines(settings.state_machines_file, strict=settings.state_machines_strict)
-    store = SqlStateStore(settings.database_url, pool_size=settings.database_pool_size)
+    floors = RevisionFloors(shared_path=os.environ.get(SHARED_FLOORS_ENV))
+    store = SqlStateStore(
+        settings.database_url,
+        pool_size=settings.database_pool_size,
+        sqlite_synchronous=settings.sqlite_synchronous.value,
+        commit_hook=floors.committed,
+    )
     metrics = Metrics()
-    cache = TieredCache.from_settings(settings, metrics)
+    near = NearCache(floors, size=settings.cache.near_size)
+    cache = TieredCache.from_settings(settings, metrics, floors)
     throttle = Throttle.from_settings(settings.throttle, settings.redis_global)
     webhook_repository = WebhookRepository(store)
     webhook_service = WebhookService(
@@ -130,6 +141,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             if cache is not None:
                 await cache.close()
             await store.close()
+            floors.close()
             log.info("service.stopped")
 
     app = FastAPI(
@@ -152,6 +164,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         machines,
         metadata_max_bytes=settings.metadata_max_bytes,
         idempotency_ttl=settings.idempotency_ttl,
+        floors=floors,
+        near=near,
         cache=cache,
         metrics=metrics,
     )

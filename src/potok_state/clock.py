@@ -18,8 +18,8 @@ def as_utc(value: datetime) -> datetime:
 
 
 def format_timestamp(value: datetime) -> str:
-    value = as_utc(value)
-    return value.strftime("%Y-%m-%dT%H:%M:%S.") + f"{value.microsecond // 1000:03d}Z"
+    # isoformat truncates to milliseconds and always ends in "+00:00" for UTC.
+    return as_utc(value).isoformat(timespec="milliseconds")[:-6] + "Z"
 
 
 Timestamp = Annotated[

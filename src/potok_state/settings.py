@@ -29,6 +29,11 @@ class LogFormat(StrEnum):
     PRETTY = "pretty"
 
 
+class SqliteSynchronous(StrEnum):
+    FULL = "full"
+    NORMAL = "normal"
+
+
 class StorageBackend(StrEnum):
     SQL = "sql"
     EXTERNAL = "external"
@@ -85,6 +90,12 @@ class CacheSettings(BaseSettings):
     )
     retry_delay: int = Field(
         1_000, ge=1, description="How long a failed cache tier is skipped before it is retried, ms."
+    )
+    near_size: int = Field(
+        10_000,
+        ge=0,
+        description="States each process keeps encoded in memory in front of the Redis tiers "
+        "(the near cache); 0 turns it off.",
     )
 
 
@@ -151,6 +162,11 @@ class Settings(BaseSettings):
     )
     database_url: str = Field(DEFAULT_SQLITE_URL, description="SQLAlchemy async database URL.")
     database_pool_size: int = Field(16, ge=1, description="Connections per process (PostgreSQL).")
+    sqlite_synchronous: SqliteSynchronous = Field(
+        SqliteSynchronous.FULL,
+        description="SQLite durability: full syncs the log at every (group) commit, so an "
+        "answered write survives a power loss; normal survives a crash of the process only.",
+    )
     storage_backend: StorageBackend = Field(StorageBackend.SQL, description="sql or external.")
     state_machines_file: str | None = Field(
         None, description="YAML file with transition tables that extend the built-in ones."

@@ -118,8 +118,10 @@ def cache_settings(
     **overrides: object,
 ) -> Settings:
     values: dict[str, object] = {
-        # Generous for a shared 2-core machine; the circuit retries quickly.
-        "cache": {"timeout": 500, "retry_delay": 200},
+        # Generous for a shared 2-core machine; the circuit retries quickly. These
+        # tests exercise the Redis tiers, so the near cache in front of them is off
+        # (tests/cache/test_near_cache.py covers it).
+        "cache": {"timeout": 500, "retry_delay": 200, "near_size": 0},
         "redis_local": {"enabled": local is not None},
         "redis_global": {"enabled": global_ is not None},
     }
@@ -128,6 +130,7 @@ def cache_settings(
     if global_ is not None:
         values["redis_global"] = {"enabled": True, "host": "127.0.0.1", "port": global_.port}
     values.update(overrides)
+    values["cache"] = {"near_size": 0, **values["cache"]}  # type: ignore[dict-item]
     return make_settings(database_url, **values)
 
 

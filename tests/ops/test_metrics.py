@@ -26,13 +26,13 @@ async def observed_app(
     database_url: str, redis_servers: Callable[[], RedisServer], receiver: Receiver
 ) -> AsyncIterator[FastAPI]:
     """The service with a local cache tier and fast webhooks, so traffic touches
-    every counted feature."""
+    every counted feature (the near cache is off, so reads reach the Redis tier)."""
     local = redis_servers()
     settings = make_settings(
         database_url,
         webhooks={**FAST_WEBHOOKS, "allow_private_targets": True},
         redis_local={"enabled": True, "host": "127.0.0.1", "port": local.port},
-        cache={"timeout": 500, "retry_delay": 200},
+        cache={"timeout": 500, "retry_delay": 200, "near_size": 0},
     )
     application = create_app(settings)
     async with application.router.lifespan_context(application):

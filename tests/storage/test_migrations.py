@@ -21,7 +21,7 @@ from sqlalchemy.engine import Connection
 
 from potok_state.app import SchemaNotCurrent, create_app
 from potok_state.storage.migrate import current_revision, head_revision, upgrade_to_head
-from potok_state.storage.sql import create_engine
+from potok_state.storage.engine import create_engine
 from potok_state.storage.tables import metadata
 from tests.conftest import POSTGRES_ADMIN_URL, _admin, make_settings, run_in_thread, sqlalchemy_url
 

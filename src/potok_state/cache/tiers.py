@@ -19,8 +19,8 @@ Keys and values
 Invalidation (after a change commits, before the writer is answered)
     1. In process, without awaiting (a cancelled request cannot skip it): the key's
        *floor* becomes the new revision. A replica never serves a cached state older
-       than the newest revision it wrote or was told about for that key; floors are
-       kept for CACHE_STATE_TTL plus a margin, which outlives any value they guard.
+       than the newest revision it wrote or was told about for that key (the floors
+       table, `floors.py`, shared by every process of the host and the near cache).
     2. Write-through: the fresh state (or a tombstone) goes into each tier with a
        compare-and-set on revision (the `_CAS_SET` script never replaces a newer
        value); each written type's list generation is INCRed; one message on the
@@ -52,7 +52,7 @@ import hashlib
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TypeVar
 
 import orjson
@@ -63,6 +63,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 
 from potok_state.cache.connection import redis_client
+from potok_state.cache.floors import RevisionFloors, state_key
 from potok_state.metrics import Metrics
 from potok_state.settings import Settings
 
@@ -73,8 +74,6 @@ T = TypeVar("T")
 CHANNEL = b"potok-state:cache-invalidations"
 LOCAL = "local"
 GLOBAL = "global"
-FLOOR_MARGIN_SECONDS = 30.0
-MAX_FLOORS = 200_000
 MAX_PENDING = 20_000
 HEALTH_TIMEOUT_SECONDS = 1.0
 
@@ -88,10 +87,6 @@ end
 redis.call('SET', KEYS[1], ARGV[2], 'EX', ARGV[3])
 return 1
 """
-
-
-def state_key(entity: str, entity_id: str) -> str:
-    return f"state:{entity}:{entity_id}"
 
 
 def generation_key(entity: str) -> str:
@@ -215,32 +210,6 @@ class StateWrite:
     body: bytes
 
 
-@dataclass(slots=True)
-class _Floors:
-    """key → newest revision known to this replica, forgotten after `horizon` s."""
-
-    horizon: float
-    entries: dict[str, tuple[int, float]] = field(default_factory=dict)
-
-    def get(self, key: str) -> int:
-        entry = self.entries.get(key)
-        return entry[0] if entry is not None else 0
-
-    def raise_to(self, key: str, revision: int) -> None:
-        now = time.monotonic()
-        previous = self.entries.pop(key, None)
-        if previous is not None and previous[0] > revision:
-            revision = previous[0]
-        self.entries[key] = (revision, now + self.horizon)
-        # Oldest first (insertion order): drop what expired, and beyond the cap the
-        # oldest floors, whose stale values are the nearest to expiring anyway.
-        while self.entries:
-            oldest = next(iter(self.entries))
-            if self.entries[oldest][1] > now and len(self.entries) <= MAX_FLOORS:
-                break
-            del self.entries[oldest]
-
-
 class TieredCache:
     """Read-through, write-through two-tier cache; see the module docstring."""
 
@@ -253,6 +222,7 @@ class TieredCache:
         state_ttl: int,
         list_ttl: int,
         metrics: Metrics,
+        floors: RevisionFloors,
     ) -> None:
         self.local = local
         self.global_tier = global_tier
@@ -262,7 +232,7 @@ class TieredCache:
         self._listener = listener
         self.state_ttl = state_ttl
         self.list_ttl = list_ttl
-        self._floors = _Floors(horizon=state_ttl + FLOOR_MARGIN_SECONDS)
+        self._floors = floors
         self._generations: dict[str, int] = {}
         self._trust_epoch = 0
         self._trusted_since_ms = _now_ms()
@@ -278,7 +248,9 @@ class TieredCache:
         }
 
     @classmethod
-    def from_settings(cls, settings: Settings, metrics: Metrics) -> TieredCache | None:
+    def from_settings(
+        cls, settings: Settings, metrics: Metrics, floors: RevisionFloors
+    ) -> TieredCache | None:
         """The cache the settings ask for; None when no tier is enabled."""
         timeout = settings.cache.timeout / 1000
         retry_delay = settings.cache.retry_delay / 1000
@@ -309,6 +281,7 @@ class TieredCache:
             state_ttl=settings.cache.state_ttl,
             list_ttl=settings.cache.list_ttl,
             metrics=metrics,
+            floors=floors,
         )
 
     # -- lifecycle --------------------------------------------------------------------
@@ -393,8 +366,9 @@ class TieredCache:
         """Invalidate after a commit; returns once both tiers were told (or skipped)."""
         if not writes:
             return
-        for write in writes:
-            self._floors.raise_to(state_key(write.entity, write.entity_id), write.revision)
+        self._floors.raise_many(
+            (state_key(write.entity, write.entity_id), write.revision) for write in writes
+        )
         # Shielded: a client that goes away must not cut the invalidation short.
         task = asyncio.create_task(self._write_through(writes))
         self._tasks.add(task)
@@ -565,10 +539,9 @@ class TieredCache:
             message = orjson.loads(data)
             if message["o"] == self._replica.decode():
                 return
-            keys = []
-            for key, revision in message["s"]:
-                self._floors.raise_to(str(key), int(revision))
-                keys.append(str(key))
+            floors = [(str(key), int(revision)) for key, revision in message["s"]]
+            self._floors.raise_many(floors)
+            keys = [key for key, _ in floors]
             generations = {str(e): int(g) for e, g in message["g"].items()}
         except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
             log.warning("cache.bad_invalidation", data=data[:200])
@@ -589,6 +562,11 @@ class TieredCache:
 
     def _local_trusted(self) -> bool:
         return self.global_tier is None or self._listening
+
+    @property
+    def hears_other_replicas(self) -> bool:
+        """Whether invalidations from other replicas reach this one now."""
+        return self._local_trusted()
 
     def _readable(self) -> Iterable[Tier]:
         if self.local is not None and self._local_trusted():

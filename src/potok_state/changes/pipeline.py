@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Generic, TypeVar
+from typing import Generic, Protocol, TypeVar
 
 import structlog
 from pydantic import BaseModel
@@ -33,8 +33,27 @@ from potok_state.storage.port import (
 
 log = structlog.get_logger("potok_state.changes")
 
-Outcome = TypeVar("Outcome", bound=BaseModel)
+Model = TypeVar("Model", bound=BaseModel)
 OutcomeT = TypeVar("OutcomeT")
+
+
+class OutcomeCodec(Protocol[OutcomeT]):
+    """How an outcome is kept for an idempotent replay, and read back."""
+
+    def encode(self, outcome: OutcomeT, /) -> bytes: ...
+
+    def decode(self, data: bytes, /) -> OutcomeT: ...
+
+
+@dataclass(frozen=True, slots=True)
+class ModelCodec(Generic[Model]):
+    model: type[Model]
+
+    def encode(self, outcome: Model) -> bytes:
+        return outcome.model_dump_json().encode()
+
+    def decode(self, data: bytes) -> Model:
+        return self.model.model_validate_json(data)
 
 
 class IdempotencyKeyReused(InvalidInput):
@@ -58,13 +77,13 @@ async def apply_change(
     *,
     targets: Sequence[tuple[str, str]],
     decide: Decide,
-    respond: Callable[[Sequence[AppliedChange]], Outcome],
-    outcome_type: type[Outcome],
+    respond: Callable[[Sequence[AppliedChange]], OutcomeT],
+    codec: OutcomeCodec[OutcomeT],
     actor: str,
     idempotency: IdempotencyKey | None,
     ttl_seconds: int,
     metrics: Metrics | None = None,
-) -> Applied[Outcome]:
+) -> Applied[OutcomeT]:
     """Apply one change through the store, honouring an idempotency key. A
     replayed outcome is neither logged nor counted again."""
     if idempotency is None:
@@ -76,11 +95,17 @@ async def apply_change(
     not_before = utc_now() - timedelta(seconds=ttl_seconds)
     previous = await store.idempotency_record(scope, not_before)
     if previous is not None:
-        return Applied(_replay(previous, idempotency, outcome_type), replayed=True)
+        return Applied(_replay(previous, idempotency, codec), replayed=True)
+    answered: list[OutcomeT] = []
+
+    def encode(applied: Sequence[AppliedChange]) -> bytes:
+        answered.append(respond(applied))
+        return codec.encode(answered[-1])
+
     write = IdempotencyWrite(
         scope=scope,
         fingerprint=idempotency.fingerprint,
-        encode=lambda applied: respond(applied).model_dump_json().encode(),
+        encode=encode,
         expired_before=not_before,
     )
     try:
@@ -89,9 +114,11 @@ async def apply_change(
         winner = await store.idempotency_record(scope, not_before)
         if winner is None:
             raise
-        return Applied(_replay(winner, idempotency, outcome_type), replayed=True)
+        return Applied(_replay(winner, idempotency, codec), replayed=True)
     _log_applied(applied, metrics)
-    return Applied(respond(applied), replayed=False)
+    # The outcome the store encoded for replays is the answer (a change that
+    # decided nothing stored no record).
+    return Applied(answered[-1] if answered else respond(applied), replayed=False)
 
 
 def _log_applied(applied: Sequence[AppliedChange], metrics: Metrics | None) -> None:
@@ -116,10 +143,12 @@ def _log_applied(applied: Sequence[AppliedChange], metrics: Metrics | None) -> N
             log.info(mutation.event, revision=change.revision, actor=mutation.actor)
 
 
-def _replay(record: IdempotencyRecord, key: IdempotencyKey, outcome_type: type[Outcome]) -> Outcome:
+def _replay(
+    record: IdempotencyRecord, key: IdempotencyKey, codec: OutcomeCodec[OutcomeT]
+) -> OutcomeT:
     if record.fingerprint != key.fingerprint:
         raise IdempotencyKeyReused(
             "This Idempotency-Key was already used with a different request.",
             details={"idempotencyKey": key.key},
         )
-    return outcome_type.model_validate_json(record.outcome)
+    return codec.decode(record.outcome)

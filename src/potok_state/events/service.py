@@ -13,7 +13,7 @@ from potok_state.changes.model import (
     StoredState,
 )
 from potok_state.changes.payload import event_body
-from potok_state.changes.pipeline import Applied, IdempotencyKey, apply_change
+from potok_state.changes.pipeline import Applied, IdempotencyKey, ModelCodec, apply_change
 from potok_state.events.schemas import Event, PublishEvent
 from potok_state.kit.errors import InvalidInput
 from potok_state.storage.port import (
@@ -80,7 +80,7 @@ class EventPublisher:
             targets=[],
             decide=decide,
             respond=respond,
-            outcome_type=Event,
+            codec=ModelCodec(Event),
             actor=actor,
             idempotency=idempotency,
             ttl_seconds=self.idempotency_ttl,

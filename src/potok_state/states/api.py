@@ -14,6 +14,8 @@ from potok_state.kit.auth import Actor
 from potok_state.kit.errors import BadRequest, InvalidInput, error_responses
 from potok_state.kit.headers import ExpectedVersion, Idempotency, etag
 from potok_state.kit.json_body import JsonBodyRoute
+from potok_state.kit.responses import JsonBytes
+from potok_state.states.encoding import EncodedState
 from potok_state.states.errors import (
     InvalidTransition,
     MachineNotFound,
@@ -61,11 +63,11 @@ async def state_service(request: Request) -> StateService:
 Service = Annotated[StateService, Depends(state_service)]
 
 
-def _state_response(response: Response, applied: Applied[StateView]) -> StateView:
-    response.headers["ETag"] = etag(applied.outcome.version)
+def _state_response(applied: Applied[EncodedState], status_code: int = 200) -> Response:
+    headers = {"ETag": etag(applied.outcome.version)}
     if applied.replayed:
-        response.headers["Idempotent-Replayed"] = "true"
-    return applied.outcome
+        headers["Idempotent-Replayed"] = "true"
+    return JsonBytes(applied.outcome.body, status_code=status_code, headers=headers)
 
 
 @router.post(
@@ -80,15 +82,13 @@ def _state_response(response: Response, applied: Applied[StateView]) -> StateVie
 async def record_state(
     entity: EntityPath,
     body: RecordStateRequest,
-    response: Response,
     service: Service,
     actor: Actor,
     idempotency: Idempotency,
-) -> StateView:
+) -> Response:
     applied = await service.record_state(entity, body, actor=actor, idempotency=idempotency)
-    if applied.outcome.version == 1:
-        response.status_code = status.HTTP_201_CREATED
-    return _state_response(response, applied)
+    created = applied.outcome.version == 1
+    return _state_response(applied, status.HTTP_201_CREATED if created else status.HTTP_200_OK)
 
 
 @router.get(
@@ -111,7 +111,7 @@ async def query_states(
     sort: SortSpec = "-updatedAt",
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
     cursor: Annotated[str | None, Query(max_length=512)] = None,
-) -> StatePage:
+) -> Response:
     """Filter by `status` (repeatable), `metadata.<key>=<value>` equality,
     `updatedAfter`/`updatedBefore`; page with `cursor`."""
     metadata_equals = {
@@ -128,7 +128,7 @@ async def query_states(
         limit=limit,
         cursor=cursor,
     )
-    return await service.query_states(entity, query)
+    return JsonBytes(await service.query_states(entity, query))
 
 
 @router.post(
@@ -140,15 +140,13 @@ async def query_states(
 async def apply_batch(
     entity: EntityPath,
     body: BatchRequest,
-    response: Response,
     service: Service,
     actor: Actor,
     idempotency: Idempotency,
-) -> BatchResult:
+) -> Response:
     applied = await service.apply_batch(entity, body, actor=actor, idempotency=idempotency)
-    if applied.replayed:
-        response.headers["Idempotent-Replayed"] = "true"
-    return applied.outcome
+    headers = {"Idempotent-Replayed": "true"} if applied.replayed else None
+    return JsonBytes(applied.outcome.body, headers=headers)
 
 
 @router.get(
@@ -158,25 +156,23 @@ async def apply_batch(
     responses=error_responses(StateNotFound),
 )
 async def get_state(
-    entity: EntityPath, entity_id: EntityIdPath, response: Response, service: Service, _: Actor
-) -> StateView:
+    entity: EntityPath, entity_id: EntityIdPath, service: Service, _: Actor
+) -> Response:
     state = await service.get_state(entity, entity_id)
-    response.headers["ETag"] = etag(state.version)
-    return state
+    return JsonBytes(state.body, headers={"ETag": etag(state.version)})
 
 
 async def _update(
     entity: str,
     entity_id: str,
     body: UpdateStateRequest,
-    response: Response,
     service: StateService,
     actor: str,
     version: int | None,
     idempotency: Idempotency,
     *,
     merge: bool,
-) -> StateView:
+) -> Response:
     applied = await service.update_state(
         entity,
         entity_id,
@@ -186,7 +182,7 @@ async def _update(
         expected_version=version,
         idempotency=idempotency,
     )
-    return _state_response(response, applied)
+    return _state_response(applied)
 
 
 @router.put(
@@ -199,15 +195,12 @@ async def replace_state(
     entity: EntityPath,
     entity_id: EntityIdPath,
     body: UpdateStateRequest,
-    response: Response,
     service: Service,
     actor: Actor,
     version: ExpectedVersion,
     idempotency: Idempotency,
-) -> StateView:
-    return await _update(
-        entity, entity_id, body, response, service, actor, version, idempotency, merge=False
-    )
+) -> Response:
+    return await _update(entity, entity_id, body, service, actor, version, idempotency, merge=False)
 
 
 @router.patch(
@@ -220,15 +213,12 @@ async def patch_state(
     entity: EntityPath,
     entity_id: EntityIdPath,
     body: UpdateStateRequest,
-    response: Response,
     service: Service,
     actor: Actor,
     version: ExpectedVersion,
     idempotency: Idempotency,
-) -> StateView:
-    return await _update(
-        entity, entity_id, body, response, service, actor, version, idempotency, merge=True
-    )
+) -> Response:
+    return await _update(entity, entity_id, body, service, actor, version, idempotency, merge=True)
 
 
 @router.delete(
@@ -266,8 +256,8 @@ async def state_history(
     _: Actor,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
     cursor: Annotated[str | None, Query(max_length=512)] = None,
-) -> HistoryPage:
-    return await service.history(entity, entity_id, limit=limit, cursor=cursor)
+) -> Response:
+    return JsonBytes(await service.history(entity, entity_id, limit=limit, cursor=cursor))
 
 
 @router.get(

@@ -16,6 +16,8 @@ import orjson
 from pydantic import BaseModel
 
 from potok_state.cache import StateWrite, TieredCache, list_fingerprint
+from potok_state.cache.floors import RevisionFloors, state_key
+from potok_state.cache.near import NearCache, NearEntry
 from potok_state.changes.model import (
     AppliedChange,
     Decide,
@@ -25,10 +27,16 @@ from potok_state.changes.model import (
     StateChange,
     StoredState,
 )
-from potok_state.changes.pipeline import Applied, IdempotencyKey, apply_change
+from potok_state.changes.pipeline import Applied, IdempotencyKey, ModelCodec, apply_change
 from potok_state.clock import as_utc
 from potok_state.kit.errors import ServiceError
 from potok_state.metrics import Metrics
+from potok_state.states.encoding import (
+    EncodedState,
+    fragment,
+    history_page_json,
+    state_page_json,
+)
 from potok_state.states.errors import (
     BatchInvalid,
     BatchRejected,
@@ -45,17 +53,11 @@ from potok_state.states.errors import (
 )
 from potok_state.states.machines import MachineRegistry, StateMachine
 from potok_state.states.schemas import (
-    BatchItemResult,
     BatchRequest,
-    BatchResult,
-    HistoryEntry,
-    HistoryPage,
     ItemError,
     Metadata,
     RecordStateRequest,
     StateMachineView,
-    StatePage,
-    StateView,
     UpdateStateRequest,
 )
 from potok_state.storage.port import (
@@ -72,6 +74,35 @@ class Deleted(BaseModel):
     entityId: str
     version: int
     revision: int
+
+
+@dataclass(frozen=True, slots=True)
+class EncodedBatch:
+    """A batch's answer (`BatchResult` JSON) and the states it wrote."""
+
+    body: bytes
+    states: tuple[EncodedState, ...] = ()
+
+
+class _StateCodec:
+    def encode(self, outcome: EncodedState) -> bytes:
+        return outcome.body
+
+    def decode(self, data: bytes) -> EncodedState:
+        return EncodedState.from_json(data)
+
+
+class _BatchCodec:
+    def encode(self, outcome: EncodedBatch) -> bytes:
+        return outcome.body
+
+    def decode(self, data: bytes) -> EncodedBatch:
+        return EncodedBatch(data)
+
+
+STATE_CODEC = _StateCodec()
+BATCH_CODEC = _BatchCodec()
+DELETED_CODEC = ModelCodec(Deleted)
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,6 +124,8 @@ class StateService:
         *,
         metadata_max_bytes: int,
         idempotency_ttl: int,
+        floors: RevisionFloors,
+        near: NearCache,
         cache: TieredCache | None = None,
         metrics: Metrics | None = None,
     ) -> None:
@@ -100,6 +133,8 @@ class StateService:
         self.machines = machines
         self.metadata_max_bytes = metadata_max_bytes
         self.idempotency_ttl = idempotency_ttl
+        self.floors = floors
+        self.near = near
         self.cache = cache
         self.metrics = metrics
 
@@ -112,7 +147,7 @@ class StateService:
         *,
         actor: str,
         idempotency: IdempotencyKey | None = None,
-    ) -> Applied[StateView]:
+    ) -> Applied[EncodedState]:
         """Create the state, or apply a validated transition when it exists."""
         self._check_entity_type(entity)
         if request.metadata is not None:
@@ -143,7 +178,7 @@ class StateService:
         actor: str,
         expected_version: int | None = None,
         idempotency: IdempotencyKey | None = None,
-    ) -> Applied[StateView]:
+    ) -> Applied[EncodedState]:
         """Change an existing state; metadata replaces (PUT) or merges (PATCH)."""
         if request.status is None and request.metadata is None:
             raise EmptyUpdate("Give a new status, new metadata, or both.")
@@ -216,15 +251,15 @@ class StateService:
             targets=[(entity, entity_id)],
             decide=decide,
             respond=respond,
-            outcome_type=Deleted,
+            codec=DELETED_CODEC,
             actor=actor,
             idempotency=idempotency,
             ttl_seconds=self.idempotency_ttl,
             metrics=self.metrics,
         )
-        if self.cache is not None and not applied.replayed:
+        if not applied.replayed:
             gone = applied.outcome
-            await self.cache.changed([StateWrite(entity, entity_id, gone.revision, b"")])
+            await self._written([EncodedState(entity, entity_id, gone.version, gone.revision, b"")])
         return applied
 
     async def apply_batch(
@@ -234,7 +269,7 @@ class StateService:
         *,
         actor: str,
         idempotency: IdempotencyKey | None = None,
-    ) -> Applied[BatchResult]:
+    ) -> Applied[EncodedBatch]:
         """Apply many records in one transaction: all-or-nothing when atomic,
         otherwise every valid item is written and each failure is reported."""
         self._check_entity_type(entity)
@@ -274,47 +309,59 @@ class StateService:
                 raise _batch_failure(batch, failures)
             return mutations
 
-        def respond(applied: Sequence[AppliedChange]) -> BatchResult:
+        def respond(applied: Sequence[AppliedChange]) -> EncodedBatch:
             states = iter(applied)
-            results: list[BatchItemResult] = []
+            written: list[EncodedState] = []
+            results: list[dict[str, object]] = []
             for index, item in enumerate(batch.items):
                 error = failures.get(index)
                 if error is None:
                     state = next(states).state
                     assert state is not None
+                    encoded = EncodedState.of(state)
+                    written.append(encoded)
                     results.append(
-                        BatchItemResult(
-                            index=index, entityId=item.entityId, ok=True, state=StateView.of(state)
-                        )
+                        {
+                            "index": index,
+                            "entityId": item.entityId,
+                            "ok": True,
+                            "state": fragment(encoded.body),
+                            "error": None,
+                        }
                     )
                 else:
                     results.append(
-                        BatchItemResult(
-                            index=index, entityId=item.entityId, ok=False, error=_item_error(error)
-                        )
+                        {
+                            "index": index,
+                            "entityId": item.entityId,
+                            "ok": False,
+                            "state": None,
+                            "error": _item_error(error).model_dump(),
+                        }
                     )
-            return BatchResult(
-                atomic=batch.atomic,
-                succeeded=len(succeeded),
-                failed=len(failures),
-                items=results,
+            body = orjson.dumps(
+                {
+                    "atomic": batch.atomic,
+                    "succeeded": len(succeeded),
+                    "failed": len(failures),
+                    "items": results,
+                }
             )
+            return EncodedBatch(body, tuple(written))
 
         applied = await apply_change(
             self.store,
             targets=[(entity, item.entityId) for item in batch.items],
             decide=decide,
             respond=respond,
-            outcome_type=BatchResult,
+            codec=BATCH_CODEC,
             actor=actor,
             idempotency=idempotency,
             ttl_seconds=self.idempotency_ttl,
             metrics=self.metrics,
         )
         if not applied.replayed:
-            await self._invalidate(
-                [item.state for item in applied.outcome.items if item.state is not None]
-            )
+            await self._written(applied.outcome.states)
         return applied
 
     async def _apply(
@@ -324,32 +371,44 @@ class StateService:
         decide: Decide,
         actor: str,
         idempotency: IdempotencyKey | None,
-    ) -> Applied[StateView]:
+    ) -> Applied[EncodedState]:
         applied = await apply_change(
             self.store,
             targets=[(entity, entity_id)],
             decide=decide,
             respond=_state_of_single_change,
-            outcome_type=StateView,
+            codec=STATE_CODEC,
             actor=actor,
             idempotency=idempotency,
             ttl_seconds=self.idempotency_ttl,
             metrics=self.metrics,
         )
         if not applied.replayed:
-            await self._invalidate([applied.outcome])
+            await self._written([applied.outcome])
         return applied
 
-    async def _invalidate(self, states: Sequence[StateView]) -> None:
-        """After commit, before answering: the writer then reads its own write."""
-        if self.cache is None or not states:
+    async def _written(self, states: Sequence[EncodedState]) -> None:
+        """After commit, before answering: keep the fresh bodies near and write
+        them through the Redis tiers. (Their floors were raised as the change
+        committed, `RevisionFloors.committed`, so no process of this host
+        serves an older copy any more.) The writer then reads its own write
+        everywhere on this host."""
+        if not states:
             return
-        await self.cache.changed(
-            [
-                StateWrite(state.entity, state.entityId, state.revision, _encoded(state))
-                for state in states
-            ]
-        )
+        epoch = self.near.epoch
+        for state in states:
+            self.near.put(
+                state_key(state.entity, state.entity_id),
+                NearEntry(state.revision, state.version, state.body),
+                epoch,
+            )
+        if self.cache is not None:
+            await self.cache.changed(
+                [
+                    StateWrite(state.entity, state.entity_id, state.revision, state.body)
+                    for state in states
+                ]
+            )
 
     def _transition(
         self,
@@ -437,25 +496,39 @@ class StateService:
 
     # -- reads --------------------------------------------------------------------
 
-    async def get_state(self, entity: str, entity_id: str) -> StateView:
-        if self.cache is None:
-            state = await self.store.get_state(entity, entity_id)
-            if state is None:
+    async def get_state(self, entity: str, entity_id: str) -> EncodedState:
+        key = state_key(entity, entity_id)
+        near = self.near.get(key)
+        if near is not None:
+            if not near.body:  # cached deletion
                 raise StateNotFound(f"No {entity} with id {entity_id!r}.")
-            return StateView.of(state)
-        lookup = await self.cache.get_state(entity, entity_id)
-        if lookup.body is not None:
-            if not lookup.body:  # cached deletion
-                raise StateNotFound(f"No {entity} with id {entity_id!r}.")
-            return StateView.model_validate_json(lookup.body)
+            return EncodedState(entity, entity_id, near.version, near.revision, near.body)
+        epoch = self.near.epoch
+        encoded = await self._read_through(entity, entity_id)
+        self.near.put(key, NearEntry(encoded.revision, encoded.version, encoded.body), epoch)
+        if not encoded.body:
+            raise StateNotFound(f"No {entity} with id {entity_id!r}.")
+        return encoded
+
+    async def _read_through(self, entity: str, entity_id: str) -> EncodedState:
+        """The state from the Redis tiers or the store; an empty body when it
+        does not exist (at the revision `revision`, 0 when never known)."""
+        lookup = None
+        if self.cache is not None:
+            lookup = await self.cache.get_state(entity, entity_id)
+            if lookup.body == b"":
+                return EncodedState(entity, entity_id, 0, lookup.revision, b"")
+            if lookup.body is not None:
+                return EncodedState.from_json(lookup.body)
         state = await self.store.get_state(entity, entity_id)
         if state is None:
-            raise StateNotFound(f"No {entity} with id {entity_id!r}.")
-        view = StateView.of(state)
-        await self.cache.fill_state(lookup, view.revision, _encoded(view))
-        return view
+            return EncodedState(entity, entity_id, 0, 0, b"")
+        encoded = EncodedState.of(state)
+        if self.cache is not None and lookup is not None:
+            await self.cache.fill_state(lookup, encoded.revision, encoded.body)
+        return encoded
 
-    async def query_states(self, entity: str, query: StateFilter) -> StatePage:
+    async def query_states(self, entity: str, query: StateFilter) -> bytes:
         descending = query.sort.startswith("-")
         try:
             sort = SortField(query.sort.removeprefix("-"))
@@ -479,7 +552,7 @@ class StateService:
         if self.cache is not None:
             lookup = await self.cache.get_list(entity, _query_fingerprint(query))
             if lookup is not None and lookup.body is not None:
-                return StatePage.model_validate_json(lookup.body)
+                return lookup.body
         rows = await self.store.query_states(
             StateQuery(
                 entity=entity,
@@ -497,21 +570,21 @@ class StateService:
         next_cursor = None
         if len(rows) > query.limit:
             next_cursor = _encode_state_cursor(items[-1], sort, query.sort)
-        page = StatePage(items=[StateView.of(state) for state in items], nextCursor=next_cursor)
+        page = state_page_json(items, next_cursor)
         if self.cache is not None and lookup is not None:
-            await self.cache.fill_list(lookup, page.model_dump_json().encode())
+            await self.cache.fill_list(lookup, page)
         return page
 
     async def history(
         self, entity: str, entity_id: str, *, limit: int, cursor: str | None
-    ) -> HistoryPage:
+    ) -> bytes:
         after = _decode_revision_cursor(cursor) if cursor else 0
         records = await self.store.history(entity, entity_id, after, limit + 1)
         if not records and cursor is None:
             raise StateNotFound(f"No {entity} with id {entity_id!r} has any history.")
         items = records[:limit]
         next_cursor = _encode_revision_cursor(items[-1].revision) if len(records) > limit else None
-        return HistoryPage(items=[HistoryEntry.of(r) for r in items], nextCursor=next_cursor)
+        return history_page_json(items, next_cursor)
 
     def state_machines(self) -> list[StateMachineView]:
         return [_machine_view(machine) for machine in self.machines.all()]
@@ -523,10 +596,6 @@ class StateService:
                 f"Entity type {entity!r} has no transition table; it accepts any status."
             )
         return _machine_view(machine)
-
-
-def _encoded(state: StateView) -> bytes:
-    return state.model_dump_json().encode()
 
 
 def _query_fingerprint(query: StateFilter) -> str:
@@ -544,10 +613,10 @@ def _query_fingerprint(query: StateFilter) -> str:
     )
 
 
-def _state_of_single_change(applied: Sequence[AppliedChange]) -> StateView:
+def _state_of_single_change(applied: Sequence[AppliedChange]) -> EncodedState:
     state = applied[0].state
     assert state is not None
-    return StateView.of(state)
+    return EncodedState.of(state)
 
 
 def merge_patch(target: JsonObject, patch: JsonObject) -> JsonObject:

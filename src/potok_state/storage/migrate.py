@@ -3,13 +3,17 @@ embedded SQLite file, by `serve` itself."""
 
 from __future__ import annotations
 
+import sqlite3
 from pathlib import Path
 
+import asyncpg
 from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy.engine import Connection
+
+from potok_state.storage.database import Database, Tx
 
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
 
@@ -32,3 +36,16 @@ def head_revision() -> str | None:
 
 def current_revision(connection: Connection) -> str | None:
     return MigrationContext.configure(connection).get_current_revision()
+
+
+async def schema_revision(db: Database) -> str | None:
+    """The Alembic revision the database is at; None before the first migration."""
+
+    async def work(tx: Tx) -> str | None:
+        try:
+            value = await tx.fetchval("SELECT version_num FROM alembic_version")
+        except (sqlite3.OperationalError, asyncpg.UndefinedTableError):
+            return None
+        return None if value is None else str(value)
+
+    return await db.read(work)

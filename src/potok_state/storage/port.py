@@ -26,6 +26,7 @@ from potok_state.changes.model import (
     IdempotencyWrite,
     StoredState,
 )
+from potok_state.kit.errors import Conflict
 
 
 class SortField(StrEnum):
@@ -51,6 +52,13 @@ class StateQuery:
 
 class IdempotencyConflict(Exception):
     """Another request with the same idempotency key committed first."""
+
+
+class WriteContention(Conflict):
+    """A change was decided again and again because other writers kept changing
+    its entities first; the client may retry."""
+
+    code = "write_contention"
 
 
 class StateStore(Protocol):

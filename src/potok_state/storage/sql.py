@@ -1,267 +1,114 @@
-"""The SQL backend of the storage port, for SQLite (embedded) and PostgreSQL.
+"""The SQL backend of the storage port, for SQLite (embedded) and PostgreSQL,
+on the raw drivers (stdlib sqlite3, asyncpg); SQLAlchemy describes the schema
+for Alembic only.
 
-Each operation is one plain function over a SQLAlchemy `Connection`, run whole:
-* on PostgreSQL over asyncpg (`AsyncConnection.run_sync`, no threads);
-* on SQLite with the stdlib driver in a thread: every write transaction on one
-  dedicated writer thread (`BEGIN IMMEDIATE`), reads on a small reader pool
-  (WAL). One thread hop per operation, not one per statement, which is what
-  made aiosqlite the bottleneck (bench/REPORT.md).
-
-Writers are serialized so that revisions commit in order: on PostgreSQL by the
-row lock of `revision_counter`, taken as late as possible in each transaction;
-on SQLite by the single writer thread. Reads never wait for writers.
+Applying a change (docs/architecture.md, "The write path")
+    1. Read the current states of the targets, without locks.
+    2. Decide (the service's pure function) on what was read.
+    3. Write the `ChangeSet` with a guard: every target must still be at the
+       version the decision saw. If one is not, nothing is written and the
+       change is decided again on fresh states.
+    SQLite writes in the writer thread, grouped with other changes into one
+    commit (`database.SqliteWriter`). PostgreSQL writes with one statement in
+    its own implicit transaction: it locks the targets, checks their versions,
+    takes the revisions from `revision_counter` and writes states, history and
+    outbox. No lock is held while the client works, and the counter's row lock
+    only from the revision bump to the commit, inside the server: revisions
+    still commit in order (a reader that has seen N has seen everything below
+    N), without a convoy behind a busy event loop.
 """
 
 from __future__ import annotations
 
 import asyncio
-import uuid
-from collections.abc import Callable, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
-from datetime import datetime
-from pathlib import Path
-from typing import Any, TypeVar
+from collections.abc import Callable, Sequence
+from datetime import UTC, datetime
 
+import asyncpg
 import orjson
-from sqlalchemy import (
-    ColumnElement,
-    Row,
-    String,
-    Text,
-    and_,
-    bindparam,
-    cast,
-    delete,
-    event,
-    func,
-    insert,
-    literal,
-    or_,
-    select,
-    text,
-    tuple_,
-    update,
-)
-from sqlalchemy import create_engine as create_sync_engine
-from sqlalchemy.dialects.postgresql import JSONB
-from sqlalchemy.engine import Connection, Engine, make_url
-from sqlalchemy.exc import DBAPIError, IntegrityError
-from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from potok_state.changes.model import (
     AppliedChange,
-    CustomEvent,
     Decide,
     EventData,
     EventRecord,
-    EventType,
     HistoryRecord,
     IdempotencyRecord,
     IdempotencyWrite,
-    StateChange,
     StoredState,
 )
-from potok_state.clock import as_utc, utc_now
+from potok_state.clock import utc_now
+from potok_state.storage.changeset import ChangeSet
+from potok_state.storage.database import (
+    Database,
+    PostgresDatabase,
+    Row,
+    SqliteDatabase,
+    Tx,
+    open_database,
+)
+from potok_state.storage.dialect import Dialect
 from potok_state.storage.port import (
     IdempotencyConflict,
     SortField,
     StateQuery,
-)
-from potok_state.storage.tables import (
-    idempotency_keys,
-    outbox,
-    revision_counter,
-    state_history,
-    states,
+    WriteContention,
 )
 from potok_state.wakeup import Wakeup
 
-T = TypeVar("T")
 OUTBOX_CHANNEL = "potok_outbox"
-_RETRYABLE_SQLSTATES = frozenset({"40001", "40P01"})
-_MAX_ATTEMPTS = 8
+MAX_ATTEMPTS = 32
 
+STATE_COLUMNS = (
+    "entity_type, entity_id, status, metadata, version, revision, created_at, updated_at"
+)
 _SORT_COLUMNS = {
-    SortField.ENTITY_ID: states.c.entity_id,
-    SortField.CREATED_AT: states.c.created_at,
-    SortField.UPDATED_AT: states.c.revision,
-    SortField.STATUS: states.c.status,
-    SortField.VERSION: states.c.version,
+    SortField.ENTITY_ID: "entity_id",
+    SortField.CREATED_AT: "created_at",
+    SortField.UPDATED_AT: "revision",
+    SortField.STATUS: "status",
+    SortField.VERSION: "version",
 }
 
 
-def _json_dumps(value: object) -> str:
-    return orjson.dumps(value).decode()
-
-
-def _sqlite_file(url: str) -> str:
-    database = make_url(url).database
-    if database and database != ":memory:":
-        Path(database).parent.mkdir(parents=True, exist_ok=True)
-    return str(database)
-
-
-def _set_pragmas(dbapi_connection: Any) -> None:
-    cursor = dbapi_connection.cursor()
-    cursor.execute("PRAGMA journal_mode=WAL")
-    cursor.execute("PRAGMA synchronous=NORMAL")
-    cursor.execute("PRAGMA busy_timeout=10000")
-    cursor.execute("PRAGMA foreign_keys=ON")
-    cursor.close()
-
-
-def create_engine(url: str, *, pool_size: int, echo: bool = False) -> AsyncEngine:
-    """An async engine for DATABASE_URL (asyncpg, or aiosqlite for migrations)."""
-    if make_url(url).get_backend_name() == "sqlite":
-        _sqlite_file(url)
-        engine = create_async_engine(
-            url,
-            echo=echo,
-            pool_size=pool_size,
-            max_overflow=0,
-            json_serializer=_json_dumps,
-            json_deserializer=orjson.loads,
-        )
-
-        @event.listens_for(engine.sync_engine, "connect")
-        def _on_connect(dbapi_connection: Any, _: Any) -> None:
-            _set_pragmas(dbapi_connection)
-
-        return engine
-    return create_async_engine(
-        url,
-        echo=echo,
-        pool_size=pool_size,
-        max_overflow=0,
-        pool_pre_ping=True,
-        json_serializer=_json_dumps,
-        json_deserializer=orjson.loads,
-    )
-
-
-def create_sqlite_engine(url: str, *, pool_size: int, writer: bool) -> Engine:
-    """A stdlib-sqlite3 engine for one side: the writer begins every transaction
-    with BEGIN IMMEDIATE (the write lock up front, so a read-validate-write can
-    not interleave with another process); readers run in autocommit."""
-    file = _sqlite_file(url)
-    engine = create_sync_engine(
-        f"sqlite:///{file}",
-        pool_size=pool_size,
-        max_overflow=0,
-        connect_args={"check_same_thread": False},
-        json_serializer=_json_dumps,
-        json_deserializer=orjson.loads,
-        isolation_level=None if writer else "AUTOCOMMIT",
-    )
-
-    @event.listens_for(engine, "connect")
-    def _on_connect(dbapi_connection: Any, _: Any) -> None:
-        _set_pragmas(dbapi_connection)
-        # Transactions are begun explicitly below, not by the driver.
-        dbapi_connection.isolation_level = None
-
-    if writer:
-
-        @event.listens_for(engine, "begin")
-        def _begin_immediate(connection: Connection) -> None:
-            connection.exec_driver_sql("BEGIN IMMEDIATE")
-
-    return engine
-
-
-def _state_from_row(row: Row[Any]) -> StoredState:
-    return StoredState(
-        entity=row.entity_type,
-        entity_id=row.entity_id,
-        status=row.status,
-        metadata=row.metadata,
-        version=row.version,
-        revision=row.revision,
-        created_at=as_utc(row.created_at),
-        updated_at=as_utc(row.updated_at),
-    )
-
-
-def event_from_row(row: Row[Any]) -> EventRecord:
-    """An outbox row (or a row carrying the outbox columns) as an EventRecord."""
-    return EventRecord(
-        revision=row.revision,
-        event_id=row.event_id,
-        event=row.event,
-        entity=row.entity_type,
-        entity_id=row.entity_id,
-        data=row.data,
-        created_at=as_utc(row.created_at),
-    )
+CommitHook = Callable[[Sequence[AppliedChange]], None]
+"""Told of a change set as it commits: on SQLite in the writer thread, under
+the write lock, just before COMMIT; on PostgreSQL as soon as the statement
+returns. It must be quick and thread-safe (the cache raises its revision
+floors here, so no process of the host serves the older state from then on)."""
 
 
 class SqlStateStore:
-    def __init__(self, url: str, *, pool_size: int = 16) -> None:
+    def __init__(
+        self,
+        url: str,
+        *,
+        pool_size: int = 16,
+        sqlite_synchronous: str = "full",
+        commit_hook: CommitHook | None = None,
+    ) -> None:
         self.url = url
-        self.is_sqlite = make_url(url).get_backend_name() == "sqlite"
+        self.db: Database = open_database(url, pool_size=pool_size, synchronous=sqlite_synchronous)
+        self.dialect: Dialect = self.db.dialect
         # Set after every committed change; the webhook worker in this process
         # waits on it (other processes are woken by NOTIFY on PostgreSQL).
         self.changes_committed = Wakeup()
-        self._async_engine: AsyncEngine | None = None
-        if self.is_sqlite:
-            readers = max(2, min(pool_size, 8))
-            # One more reader connection is kept for point reads on the loop.
-            self._write_engine = create_sqlite_engine(url, pool_size=1, writer=True)
-            self._loop_connection: Connection | None = None
-            self._read_engine = create_sqlite_engine(url, pool_size=readers + 1, writer=False)
-            self._write_thread = ThreadPoolExecutor(1, thread_name_prefix="potok-sqlite-write")
-            self._read_threads = ThreadPoolExecutor(readers, thread_name_prefix="potok-sqlite-read")
-        else:
-            self._async_engine = create_engine(url, pool_size=pool_size)
+        hook = commit_hook or _no_hook
+        self._writer: _ChangeWriter = (
+            _SqliteChangeWriter(self.db, hook)
+            if isinstance(self.db, SqliteDatabase)
+            else _PostgresChangeWriter(self.db, hook)  # type: ignore[arg-type]
+        )
 
-    async def write(self, work: Callable[[Connection], T]) -> T:
-        """Run `work` in one transaction; it commits when `work` returns."""
-        if self._async_engine is None:
-            loop = asyncio.get_running_loop()
-            return await loop.run_in_executor(self._write_thread, self._in_transaction, work)
-        async with self._async_engine.begin() as conn:
-            return await conn.run_sync(work)
-
-    async def read(self, work: Callable[[Connection], T]) -> T:
-        """Run `work` on a read connection (no transaction is held open)."""
-        if self._async_engine is None:
-            loop = asyncio.get_running_loop()
-            return await loop.run_in_executor(self._read_threads, self._on_reader, work)
-        async with self._async_engine.connect() as conn:
-            return await conn.run_sync(work)
-
-    async def read_point(self, work: Callable[[Connection], T]) -> T:
-        """A read by primary key. On SQLite it runs on the event loop's own
-        connection: such a lookup takes microseconds, less than a thread hop,
-        and WAL readers never wait for the writer."""
-        if self._async_engine is None:
-            if self._loop_connection is None:
-                self._loop_connection = self._read_engine.connect()
-            return work(self._loop_connection)
-        return await self.read(work)
-
-    def _in_transaction(self, work: Callable[[Connection], T]) -> T:
-        with self._write_engine.begin() as conn:
-            return work(conn)
-
-    def _on_reader(self, work: Callable[[Connection], T]) -> T:
-        with self._read_engine.connect() as conn:
-            return work(conn)
+    @property
+    def is_sqlite(self) -> bool:
+        return isinstance(self.db, SqliteDatabase)
 
     async def close(self) -> None:
-        if self._async_engine is not None:
-            await self._async_engine.dispose()
-            return
-        if self._loop_connection is not None:
-            self._loop_connection.close()
-        loop = asyncio.get_running_loop()
-        await loop.run_in_executor(self._write_thread, self._write_engine.dispose)
-        await loop.run_in_executor(self._read_threads, self._read_engine.dispose)
-        self._write_thread.shutdown()
-        self._read_threads.shutdown()
+        await self.db.close()
 
     async def ping(self) -> None:
-        await self.read(lambda conn: conn.execute(text("SELECT 1")).all())
+        await self.db.ping()
 
     # -- writes -------------------------------------------------------------------
 
@@ -272,304 +119,470 @@ class SqlStateStore:
         event_data: EventData,
         idempotency: IdempotencyWrite | None = None,
     ) -> list[AppliedChange]:
-        for attempt in range(1, _MAX_ATTEMPTS + 1):
-            try:
-                applied = await self.write(
-                    lambda conn: self._apply_once(conn, entity_ids, decide, event_data, idempotency)
-                )
-                if applied:
-                    self.changes_committed.notify()
+        for _ in range(MAX_ATTEMPTS):
+            # A turn for the loop first: answers of changes already committed
+            # (callbacks from the SQLite writer) are delivered before this one
+            # is decided, and a client cannot spin on a path that never awaits
+            # (a near-cache read followed by a refused write).
+            await asyncio.sleep(0)
+            current = await self._load_states(entity_ids)
+            mutations = decide(current)
+            if not mutations:
+                return []
+            changes = ChangeSet.build(entity_ids, current, mutations, event_data)
+            applied = await self._writer.commit(changes, idempotency)
+            if applied is not None:
+                self.changes_committed.notify()
                 return applied
-            except IntegrityError:
-                # Two transactions created the same entity (or stored the same
-                # idempotency key) at once; the retry sees the winner's row.
-                if idempotency is not None and await self._idempotency_taken(idempotency.scope):
-                    raise IdempotencyConflict(idempotency.scope) from None
-                if attempt == _MAX_ATTEMPTS:
-                    raise
-            except DBAPIError as exc:
-                if _sqlstate(exc) not in _RETRYABLE_SQLSTATES or attempt == _MAX_ATTEMPTS:
-                    raise
-        raise AssertionError("unreachable")
-
-    def _apply_once(
-        self,
-        conn: Connection,
-        entity_ids: Sequence[tuple[str, str]],
-        decide: Decide,
-        event_data: EventData,
-        idempotency: IdempotencyWrite | None,
-    ) -> list[AppliedChange]:
-        current = self._lock_states(conn, entity_ids)
-        mutations = decide(current)
-        if not mutations:
-            return []
-        last = conn.scalar(
-            update(revision_counter)
-            .where(revision_counter.c.id == 1)
-            .values(value=revision_counter.c.value + len(mutations))
-            .returning(revision_counter.c.value)
+        raise WriteContention(
+            "Too many concurrent writes to the same entities; try again.",
+            details={"attempts": MAX_ATTEMPTS},
         )
-        assert last is not None, "revision_counter is missing its row; run migrations"
-        # Read the clock only while holding the counter's row lock, so that time
-        # never runs backwards along revisions (`updatedAfter`, feed timestamps).
-        now = utc_now()
-        first = last - len(mutations) + 1
 
-        applied: list[AppliedChange] = []
-        final: dict[tuple[str, str], StoredState | None] = {}
-        history_rows: list[dict[str, object]] = []
-        outbox_rows: list[dict[str, object]] = []
-        for revision, mutation in enumerate(mutations, start=first):
-            event_id = "evt_" + uuid.uuid4().hex
-            state: StoredState | None = None
-            if isinstance(mutation, StateChange):
-                key = (mutation.entity, mutation.entity_id)
-                if mutation.status is not None:
-                    # An update keeps the creation time of the state it updates,
-                    # also when a batch created that state earlier in this
-                    # transaction; a creation is now.
-                    earlier = final[key] if key in final else current.get(mutation.entity_id)
-                    keep_created = (
-                        mutation.event is EventType.UPDATED
-                        and earlier is not None
-                        and earlier.entity == mutation.entity
-                    )
-                    state = StoredState(
-                        entity=mutation.entity,
-                        entity_id=mutation.entity_id,
-                        status=mutation.status,
-                        metadata=mutation.metadata,
-                        version=mutation.version,
-                        revision=revision,
-                        created_at=earlier.created_at if keep_created and earlier else now,
-                        updated_at=now,
-                    )
-                final[key] = state
-                history_rows.append(
-                    {
-                        "revision": revision,
-                        "entity_type": mutation.entity,
-                        "entity_id": mutation.entity_id,
-                        "version": mutation.version,
-                        "event": mutation.event.value,
-                        "previous_status": mutation.previous_status,
-                        "new_status": mutation.status,
-                        "metadata": mutation.metadata,
-                        "reason": mutation.reason,
-                        "actor": mutation.actor,
-                        "changed_at": now,
-                    }
-                )
-                entity: str | None = mutation.entity
-                entity_id: str | None = mutation.entity_id
-                event_name: str = mutation.event.value
-            else:
-                assert isinstance(mutation, CustomEvent)
-                entity = entity_id = None
-                event_name = mutation.event
-            outbox_rows.append(
-                {
-                    "revision": revision,
-                    "event_id": event_id,
-                    "event": event_name,
-                    "entity_type": entity,
-                    "entity_id": entity_id,
-                    "data": event_data(mutation),
-                    "created_at": now,
-                }
-            )
-            applied.append(AppliedChange(mutation, revision, event_id, now, state))
-        if not self.is_sqlite:
-            conn.execute(select(func.pg_notify(OUTBOX_CHANNEL, str(last))))
-
-        # State rows first, then history, then outbox: a failure anywhere after
-        # the state write rolls all of it back.
-        self._write_states(conn, current, final)
-        if history_rows:
-            conn.execute(insert(state_history), history_rows)
-        conn.execute(insert(outbox), outbox_rows)
-        if idempotency is not None:
-            conn.execute(
-                delete(idempotency_keys).where(
-                    idempotency_keys.c.scope == idempotency.scope,
-                    idempotency_keys.c.created_at < idempotency.expired_before,
-                )
-            )
-            conn.execute(
-                insert(idempotency_keys).values(
-                    scope=idempotency.scope,
-                    fingerprint=idempotency.fingerprint,
-                    outcome=idempotency.encode(applied),
-                    created_at=now,
-                )
-            )
-        return applied
-
-    def _lock_states(
-        self, conn: Connection, entity_ids: Sequence[tuple[str, str]]
-    ) -> dict[str, StoredState]:
+    async def _load_states(self, entity_ids: Sequence[tuple[str, str]]) -> dict[str, StoredState]:
         if not entity_ids:
             return {}
+        dialect = self.dialect
+        if len(entity_ids) == 1:
+            entity, entity_id = entity_ids[0]
+            row = await self.db.read_point(lambda tx: tx.fetchrow(_GET_STATE, entity, entity_id))
+            return {} if row is None else {entity_id: _state(dialect, row)}
         by_type: dict[str, list[str]] = {}
         for entity, entity_id in entity_ids:
             by_type.setdefault(entity, []).append(entity_id)
-        condition = or_(
-            *(
-                and_(states.c.entity_type == entity, states.c.entity_id.in_(ids))
-                for entity, ids in by_type.items()
-            )
-        )
-        query = select(states).where(condition).order_by(states.c.entity_type, states.c.entity_id)
-        if not self.is_sqlite:
-            query = query.with_for_update()
-        rows = conn.execute(query).all()
-        return {row.entity_id: _state_from_row(row) for row in rows}
 
-    def _write_states(
-        self,
-        conn: Connection,
-        before: Mapping[str, StoredState],
-        after: Mapping[tuple[str, str], StoredState | None],
-    ) -> None:
-        inserts: list[dict[str, object]] = []
-        updates: list[dict[str, object]] = []
-        deletes: list[dict[str, object]] = []
-        for (entity, entity_id), state in after.items():
-            existed = entity_id in before and before[entity_id].entity == entity
-            if state is None:
-                if existed:
-                    deletes.append({"b_type": entity, "b_id": entity_id})
-            elif existed:
-                updates.append(
-                    {
-                        "b_type": entity,
-                        "b_id": entity_id,
-                        "status": state.status,
-                        "metadata": state.metadata,
-                        "version": state.version,
-                        "revision": state.revision,
-                        "created_at": state.created_at,
-                        "updated_at": state.updated_at,
-                    }
+        async def load(tx: Tx) -> list[Row]:
+            rows: list[Row] = []
+            for entity, ids in by_type.items():
+                rows.extend(
+                    await tx.fetch(
+                        _load_many(dialect), entity, dialect.text_list(list(dict.fromkeys(ids)))
+                    )
                 )
-            else:
-                inserts.append(
-                    {
-                        "entity_type": entity,
-                        "entity_id": entity_id,
-                        "status": state.status,
-                        "metadata": state.metadata,
-                        "version": state.version,
-                        "revision": state.revision,
-                        "created_at": state.created_at,
-                        "updated_at": state.updated_at,
-                    }
-                )
-        match_row = and_(
-            states.c.entity_type == bindparam("b_type"), states.c.entity_id == bindparam("b_id")
-        )
-        if deletes:
-            conn.execute(delete(states).where(match_row), deletes)
-        if updates:
-            conn.execute(update(states).where(match_row), updates)
-        if inserts:
-            conn.execute(insert(states), inserts)
+            return rows
 
-    async def _idempotency_taken(self, scope: str) -> bool:
-        statement = select(func.count()).where(idempotency_keys.c.scope == scope)
-        return bool(await self.read(lambda conn: conn.scalar(statement)))
+        rows = await self.db.read(load)
+        return {row["entity_id"]: _state(dialect, row) for row in rows}
 
     # -- reads --------------------------------------------------------------------
 
     async def get_state(self, entity: str, entity_id: str) -> StoredState | None:
-        statement = select(states).where(
-            states.c.entity_type == entity, states.c.entity_id == entity_id
-        )
-        row = await self.read_point(lambda conn: conn.execute(statement).first())
-        return None if row is None else _state_from_row(row)
+        row = await self.db.read_point(lambda tx: tx.fetchrow(_GET_STATE, entity, entity_id))
+        return None if row is None else _state(self.dialect, row)
 
     async def query_states(self, query: StateQuery) -> list[StoredState]:
-        sort_column = _SORT_COLUMNS[query.sort]
-        conditions: list[ColumnElement[bool]] = [states.c.entity_type == query.entity]
-        if query.statuses:
-            conditions.append(states.c.status.in_(query.statuses))
-        for key, candidates in query.metadata_equals.items():
-            conditions.append(self._metadata_text(key).in_(candidates))
-        if query.updated_after is not None:
-            conditions.append(states.c.updated_at > query.updated_after)
-        if query.updated_before is not None:
-            conditions.append(states.c.updated_at < query.updated_before)
-        if query.after_key is not None:
-            position = tuple_(sort_column, states.c.entity_id)
-            bound = tuple_(*query.after_key)
-            conditions.append(position < bound if query.descending else position > bound)
-        order = (
-            (sort_column.desc(), states.c.entity_id.desc())
-            if query.descending
-            else (sort_column.asc(), states.c.entity_id.asc())
-        )
-        statement = select(states).where(*conditions).order_by(*order).limit(query.limit)
-        rows = await self.read(lambda conn: conn.execute(statement).all())
-        return [_state_from_row(row) for row in rows]
+        dialect = self.dialect
+        args: list[object] = [query.entity]
+        conditions = ["entity_type = $1"]
 
-    def _metadata_text(self, key: str) -> ColumnElement[str]:
-        """The JSON text of one top-level metadata value (`"high"`, `5`, `true`)."""
-        if self.is_sqlite:
-            return states.c.metadata.op("->", return_type=Text)(literal(f'$."{key}"', String))
-        return cast(states.c.metadata.op("->", return_type=JSONB)(literal(key, String)), Text)
+        def param(value: object) -> str:
+            args.append(value)
+            return f"${len(args)}"
+
+        if query.statuses:
+            conditions.append(
+                f"status {dialect.in_list(param(dialect.text_list(list(query.statuses))))}"
+            )
+        for key, candidates in query.metadata_equals.items():
+            field = dialect.json_field_text("metadata", param(key))
+            conditions.append(
+                f"{field} {dialect.in_list(param(dialect.text_list(list(candidates))))}"
+            )
+        if query.updated_after is not None:
+            conditions.append(f"updated_at > {param(dialect.time(query.updated_after))}")
+        if query.updated_before is not None:
+            conditions.append(f"updated_at < {param(dialect.time(query.updated_before))}")
+        column = _SORT_COLUMNS[query.sort]
+        if query.after_key is not None:
+            value, after_id = query.after_key
+            bound = dialect.time(value) if isinstance(value, datetime) else value
+            operator = "<" if query.descending else ">"
+            conditions.append(
+                f"({column}, entity_id) {operator} ({param(bound)}, {param(after_id)})"
+            )
+        direction = "DESC" if query.descending else "ASC"
+        sql = (
+            f"SELECT {STATE_COLUMNS} FROM states WHERE {' AND '.join(conditions)} "
+            f"ORDER BY {column} {direction}, entity_id {direction} LIMIT {param(query.limit)}"
+        )
+        rows = await self.db.read(lambda tx: tx.fetch(sql, *args))
+        return [_state(dialect, row) for row in rows]
 
     async def history(
         self, entity: str, entity_id: str, after_revision: int, limit: int
     ) -> list[HistoryRecord]:
-        statement = (
-            select(state_history)
-            .where(
-                state_history.c.entity_type == entity,
-                state_history.c.entity_id == entity_id,
-                state_history.c.revision > after_revision,
-            )
-            .order_by(state_history.c.revision)
-            .limit(limit)
+        rows = await self.db.read(
+            lambda tx: tx.fetch(_HISTORY, entity, entity_id, after_revision, limit)
         )
-        rows = await self.read(lambda conn: conn.execute(statement).all())
+        read_time = self.dialect.read_time
         return [
             HistoryRecord(
-                revision=row.revision,
-                entity=row.entity_type,
-                entity_id=row.entity_id,
-                version=row.version,
-                event=row.event,
-                previous_status=row.previous_status,
-                new_status=row.new_status,
-                metadata=row.metadata,
-                reason=row.reason,
-                actor=row.actor,
-                changed_at=as_utc(row.changed_at),
+                revision=row["revision"],
+                entity=entity,
+                entity_id=entity_id,
+                version=row["version"],
+                event=row["event"],
+                previous_status=row["previous_status"],
+                new_status=row["new_status"],
+                metadata=orjson.loads(row["metadata"]),
+                reason=row["reason"],
+                actor=row["actor"],
+                changed_at=read_time(row["changed_at"]),
             )
             for row in rows
         ]
 
     async def changes(self, after_revision: int, limit: int) -> list[EventRecord]:
-        statement = (
-            select(outbox)
-            .where(outbox.c.revision > after_revision)
-            .order_by(outbox.c.revision)
-            .limit(limit)
-        )
-        rows = await self.read(lambda conn: conn.execute(statement).all())
-        return [event_from_row(row) for row in rows]
+        rows = await self.db.read(lambda tx: tx.fetch(_CHANGES, after_revision, limit))
+        return [event_record(self.dialect, row) for row in rows]
 
     async def idempotency_record(
         self, scope: str, not_before: datetime
     ) -> IdempotencyRecord | None:
-        statement = select(idempotency_keys.c.fingerprint, idempotency_keys.c.outcome).where(
-            idempotency_keys.c.scope == scope, idempotency_keys.c.created_at >= not_before
+        row = await self.db.read_point(
+            lambda tx: tx.fetchrow(_IDEMPOTENCY, scope, self.dialect.time(not_before))
         )
-        row = await self.read(lambda conn: conn.execute(statement).first())
-        return None if row is None else IdempotencyRecord(row.fingerprint, bytes(row.outcome))
+        return None if row is None else IdempotencyRecord(row["fingerprint"], bytes(row["outcome"]))
+
+    async def head_revision(self) -> int:
+        value = await self.db.read_point(lambda tx: tx.fetchval(_HEAD))
+        return int(value or 0)
 
 
-def _sqlstate(exc: DBAPIError) -> str | None:
-    original = exc.orig
-    return getattr(original, "sqlstate", None) or getattr(original, "pgcode", None)
+def _state(dialect: Dialect, row: Row) -> StoredState:
+    return StoredState(
+        entity=row["entity_type"],
+        entity_id=row["entity_id"],
+        status=row["status"],
+        metadata=orjson.loads(row["metadata"]),
+        version=row["version"],
+        revision=row["revision"],
+        created_at=dialect.read_time(row["created_at"]),
+        updated_at=dialect.read_time(row["updated_at"]),
+    )
+
+
+def event_record(dialect: Dialect, row: Row) -> EventRecord:
+    """An outbox row (or a row carrying the outbox columns) as an EventRecord."""
+    return EventRecord(
+        revision=row["revision"],
+        event_id=row["event_id"],
+        event=row["event"],
+        entity=row["entity_type"],
+        entity_id=row["entity_id"],
+        data=row["data"],
+        created_at=dialect.read_time(row["created_at"]),
+    )
+
+
+_GET_STATE = f"SELECT {STATE_COLUMNS} FROM states WHERE entity_type = $1 AND entity_id = $2"
+_HISTORY = (
+    "SELECT revision, version, event, previous_status, new_status, metadata, reason, actor, "
+    "changed_at FROM state_history WHERE entity_type = $1 AND entity_id = $2 AND revision > $3 "
+    "ORDER BY revision LIMIT $4"
+)
+OUTBOX_COLUMNS = "revision, event_id, event, entity_type, entity_id, data, created_at"
+_CHANGES = f"SELECT {OUTBOX_COLUMNS} FROM outbox WHERE revision > $1 ORDER BY revision LIMIT $2"
+_IDEMPOTENCY = (
+    "SELECT fingerprint, outcome FROM idempotency_keys WHERE scope = $1 AND created_at >= $2"
+)
+_HEAD = "SELECT value FROM revision_counter WHERE id = 1"
+
+
+def _load_many(dialect: Dialect) -> str:
+    return (
+        f"SELECT {STATE_COLUMNS} FROM states WHERE entity_type = $1 "
+        f"AND entity_id {dialect.in_list('$2')}"
+    )
+
+
+# -- writing a change set ---------------------------------------------------------
+
+
+class _ChangeWriter:
+    async def commit(
+        self, changes: ChangeSet, idempotency: IdempotencyWrite | None
+    ) -> list[AppliedChange] | None:
+        """Write the change set if every target is still at its expected
+        version; None when one is not (decide again)."""
+        raise NotImplementedError
+
+
+def _no_hook(_: Sequence[AppliedChange]) -> None:
+    pass
+
+
+class _SqliteChangeWriter(_ChangeWriter):
+    def __init__(self, db: Database, hook: CommitHook) -> None:
+        self.db = db
+        self.hook = hook
+        self._last_at = datetime.min.replace(tzinfo=UTC)
+
+    async def commit(
+        self, changes: ChangeSet, idempotency: IdempotencyWrite | None
+    ) -> list[AppliedChange] | None:
+        return await self.db.write(lambda tx: self._write(tx, changes, idempotency))
+
+    async def _write(
+        self, tx: Tx, changes: ChangeSet, idempotency: IdempotencyWrite | None
+    ) -> list[AppliedChange] | None:
+        dialect = tx.dialect
+        if idempotency is not None:
+            expired = dialect.time(idempotency.expired_before)
+            await tx.execute(_DELETE_EXPIRED_KEY, idempotency.scope, expired)
+            if await tx.fetchval(_KEY_TAKEN, idempotency.scope):
+                raise IdempotencyConflict(idempotency.scope)
+        for entity, entity_id, version in changes.expected:
+            found = await tx.fetchval(_VERSION, entity, entity_id)
+            if (found or 0) != version:
+                return None
+        last = await tx.fetchval(_BUMP_COUNTER, changes.count)
+        assert last is not None, "revision_counter is missing its row; run migrations"
+        base = int(last) - changes.count
+        # The clock is read under the write lock, so time never runs backwards
+        # along revisions (`updatedAfter`, feed timestamps).
+        at = max(utc_now(), self._last_at)
+        self._last_at = at
+        now = dialect.time(at)
+        await tx.executemany(_SQLITE_DELETE_STATE, changes.deletes)
+        await tx.executemany(
+            _SQLITE_UPDATE_STATE,
+            [
+                (
+                    s.entity,
+                    s.entity_id,
+                    s.status,
+                    s.metadata,
+                    s.version,
+                    base + s.offset,
+                    dialect.time(s.created_at) if s.created_at else now,
+                    now,
+                )
+                for s in changes.states
+                if not s.is_new
+            ],
+        )
+        await tx.executemany(
+            _SQLITE_INSERT_STATE,
+            [
+                (
+                    s.entity,
+                    s.entity_id,
+                    s.status,
+                    s.metadata,
+                    s.version,
+                    base + s.offset,
+                    dialect.time(s.created_at) if s.created_at else now,
+                    now,
+                )
+                for s in changes.states
+                if s.is_new
+            ],
+        )
+        await tx.executemany(
+            _SQLITE_INSERT_HISTORY,
+            [
+                (
+                    base + h.offset,
+                    h.entity,
+                    h.entity_id,
+                    h.version,
+                    h.event,
+                    h.previous_status,
+                    h.new_status,
+                    h.metadata,
+                    h.reason,
+                    h.actor,
+                    now,
+                )
+                for h in changes.history
+            ],
+        )
+        await tx.executemany(
+            _SQLITE_INSERT_EVENT,
+            [
+                (base + e.offset, e.event_id, e.event, e.entity, e.entity_id, e.data, now)
+                for e in changes.events
+            ],
+        )
+        applied = changes.applied(base, at)
+        if idempotency is not None:
+            await tx.execute(
+                _INSERT_KEY,
+                idempotency.scope,
+                idempotency.fingerprint,
+                idempotency.encode(applied),
+                now,
+            )
+        self.hook(applied)
+        return applied
+
+
+class _PostgresChangeWriter(_ChangeWriter):
+    def __init__(self, db: PostgresDatabase, hook: CommitHook) -> None:
+        self.db = db
+        self.hook = hook
+
+    async def commit(
+        self, changes: ChangeSet, idempotency: IdempotencyWrite | None
+    ) -> list[AppliedChange] | None:
+        applied = await self._commit(changes, idempotency)
+        if applied is not None:
+            self.hook(applied)
+        return applied
+
+    async def _commit(
+        self, changes: ChangeSet, idempotency: IdempotencyWrite | None
+    ) -> list[AppliedChange] | None:
+        args = _apply_arguments(changes)
+        async with self.db.connection() as connection:
+            try:
+                if idempotency is None:
+                    row = await connection.fetchrow(_PG_APPLY, *args)
+                    return None if row is None else changes.applied(row["base"], row["at"])
+                async with connection.transaction():
+                    await connection.execute(
+                        _DELETE_EXPIRED_KEY, idempotency.scope, idempotency.expired_before
+                    )
+                    row = await connection.fetchrow(_PG_APPLY, *args)
+                    if row is None:
+                        return None
+                    applied = changes.applied(row["base"], row["at"])
+                    try:
+                        await connection.execute(
+                            _INSERT_KEY,
+                            idempotency.scope,
+                            idempotency.fingerprint,
+                            idempotency.encode(applied),
+                            row["at"],
+                        )
+                    except asyncpg.UniqueViolationError:
+                        raise IdempotencyConflict(idempotency.scope) from None
+                    return applied
+            except asyncpg.UniqueViolationError:
+                # Two writers created the same entity at once; decide again.
+                return None
+            except asyncpg.SerializationError:
+                return None
+            except asyncpg.DeadlockDetectedError:
+                return None
+
+
+def _apply_arguments(changes: ChangeSet) -> list[object]:
+    expected = changes.expected
+    states = changes.states
+    history = changes.history
+    events = changes.events
+    return [
+        changes.count,
+        [e[0] for e in expected],
+        [e[1] for e in expected],
+        [e[2] for e in expected],
+        [d[0] for d in changes.deletes],
+        [d[1] for d in changes.deletes],
+        [s.entity for s in states],
+        [s.entity_id for s in states],
+        [s.status for s in states],
+        [s.metadata for s in states],
+        [s.version for s in states],
+        [s.offset for s in states],
+        [s.created_at for s in states],
+        [s.is_new for s in states],
+        [h.offset for h in history],
+        [h.entity for h in history],
+        [h.entity_id for h in history],
+        [h.version for h in history],
+        [h.event for h in history],
+        [h.previous_status for h in history],
+        [h.new_status for h in history],
+        [h.metadata for h in history],
+        [h.reason for h in history],
+        [h.actor for h in history],
+        [e.offset for e in events],
+        [e.event_id for e in events],
+        [e.event for e in events],
+        [e.entity for e in events],
+        [e.entity_id for e in events],
+        [e.data for e in events],
+    ]
+
+
+_DELETE_EXPIRED_KEY = "DELETE FROM idempotency_keys WHERE scope = $1 AND created_at < $2"
+_KEY_TAKEN = "SELECT 1 FROM idempotency_keys WHERE scope = $1"
+_INSERT_KEY = (
+    "INSERT INTO idempotency_keys (scope, fingerprint, outcome, created_at) VALUES ($1, $2, $3, $4)"
+)
+_VERSION = "SELECT version FROM states WHERE entity_type = $1 AND entity_id = $2"
+_BUMP_COUNTER = "UPDATE revision_counter SET value = value + $1 WHERE id = 1 RETURNING value"
+_SQLITE_DELETE_STATE = "DELETE FROM states WHERE entity_type = $1 AND entity_id = $2"
+_SQLITE_UPDATE_STATE = (
+    "UPDATE states SET status = $3, metadata = $4, version = $5, revision = $6, created_at = $7, "
+    "updated_at = $8 WHERE entity_type = $1 AND entity_id = $2"
+)
+_SQLITE_INSERT_STATE = (
+    f"INSERT INTO states ({STATE_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)"
+)
+_SQLITE_INSERT_HISTORY = (
+    "INSERT INTO state_history (revision, entity_type, entity_id, version, event, "
+    "previous_status, new_status, metadata, reason, actor, changed_at) "
+    "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)"
+)
+_SQLITE_INSERT_EVENT = f"INSERT INTO outbox ({OUTBOX_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7)"
+
+# One statement, one implicit transaction: see the module docstring. The
+# targets' row locks come first (`locked`), the counter's last (`counter` only
+# runs once `locked` has been read), so two statements never wait on each
+# other in opposite orders. If a version differs, `counter` returns no row and
+# nothing below it writes.
+_PG_APPLY = f"""
+WITH expected AS (
+    SELECT * FROM unnest($2::text[], $3::text[], $4::int[]) AS e(entity_type, entity_id, version)
+), locked AS (
+    SELECT s.entity_type, s.entity_id, s.version
+    FROM states s JOIN expected e USING (entity_type, entity_id)
+    ORDER BY s.entity_type, s.entity_id
+    FOR UPDATE OF s
+), counter AS (
+    UPDATE revision_counter SET value = value + $1
+    WHERE id = 1 AND NOT EXISTS (
+        SELECT 1 FROM expected e LEFT JOIN locked l USING (entity_type, entity_id)
+        WHERE coalesce(l.version, 0) <> e.version
+    )
+    RETURNING value - $1 AS base, date_trunc('milliseconds', clock_timestamp()) AS at
+), gone AS (
+    DELETE FROM states s USING counter, unnest($5::text[], $6::text[]) AS d(entity_type, entity_id)
+    WHERE s.entity_type = d.entity_type AND s.entity_id = d.entity_id
+), written AS (
+    SELECT * FROM unnest(
+        $7::text[], $8::text[], $9::text[], $10::text[], $11::int[], $12::int[],
+        $13::timestamptz[], $14::bool[]
+    ) AS w(entity_type, entity_id, status, metadata, version, off, created_at, is_new)
+), changed AS (
+    UPDATE states s SET status = w.status, metadata = w.metadata::jsonb, version = w.version,
+        revision = c.base + w.off, created_at = coalesce(w.created_at, c.at), updated_at = c.at
+    FROM counter c, written w
+    WHERE NOT w.is_new AND s.entity_type = w.entity_type AND s.entity_id = w.entity_id
+), created AS (
+    INSERT INTO states ({STATE_COLUMNS})
+    SELECT w.entity_type, w.entity_id, w.status, w.metadata::jsonb, w.version, c.base + w.off,
+        coalesce(w.created_at, c.at), c.at
+    FROM counter c, written w WHERE w.is_new
+), history AS (
+    INSERT INTO state_history (revision, entity_type, entity_id, version, event,
+        previous_status, new_status, metadata, reason, actor, changed_at)
+    SELECT c.base + h.off, h.entity_type, h.entity_id, h.version, h.event, h.previous_status,
+        h.new_status, h.metadata::jsonb, h.reason, h.actor, c.at
+    FROM counter c, unnest(
+        $15::int[], $16::text[], $17::text[], $18::int[], $19::text[], $20::text[], $21::text[],
+        $22::text[], $23::text[], $24::text[]
+    ) AS h(off, entity_type, entity_id, version, event, previous_status, new_status, metadata,
+        reason, actor)
+), events AS (
+    INSERT INTO outbox ({OUTBOX_COLUMNS})
+    SELECT c.base + o.off, o.event_id, o.event, o.entity_type, o.entity_id, o.data, c.at
+    FROM counter c, unnest(
+        $25::int[], $26::text[], $27::text[], $28::text[], $29::text[], $30::text[]
+    ) AS o(off, event_id, event, entity_type, entity_id, data)
+)
+SELECT base, at, pg_notify('{OUTBOX_CHANNEL}', (base + $1)::text) AS notified FROM counter
+"""

@@ -4,9 +4,10 @@ Two loops share one process:
 * dispatch: reads the outbox after the dispatch cursor and turns each event
   into one delivery row per matching active subscription (one transaction, so
   an event is dispatched exactly once even with many workers);
-* deliver: leases due deliveries (see `repository.claim_due` for the ordering
-  rule), sends each with its signatures, and records the attempt and its
-  consequences (retry with backoff, Retry-After, 410, auto-disable).
+* deliver: leases due deliveries in batches (see `repository.claim_due` for
+  the ordering rule), sends each with its signatures, and records the attempts
+  that finished meanwhile, and their consequences (retry with backoff,
+  Retry-After, 410, auto-disable), in one transaction per batch.
 
 Both loops sleep until woken: by a commit in this process, by PostgreSQL
 NOTIFY from other processes, or by a finished attempt; a slow poll is only the
@@ -47,6 +48,15 @@ from potok_state.webhooks.targets import PublicOnlyResolver
 log = structlog.get_logger("potok_state.webhooks")
 
 POLL_SECONDS = 1.0
+# How long the dispatcher lets commits gather before reading them: one
+# transaction then turns many events into deliveries. Without any active
+# subscription it only moves its cursor, so it may wait longer.
+DISPATCH_WINDOW_SECONDS = 0.002
+IDLE_DISPATCH_WINDOW_SECONDS = 0.1
+RECORD_BATCH = 500
+# While attempts are in flight, the claim loop lets freed slots gather this long
+# before it claims again: one claim transaction then leases many deliveries.
+CLAIM_WINDOW_SECONDS = 0.001
 LEASE_MARGIN = timedelta(seconds=10)
 MAX_RETRY_AFTER_SECONDS = 3600
 ERROR_TEXT_LIMIT = 300
@@ -140,7 +150,7 @@ class DeliveryWorker:
         *,
         allow_private: bool,
         concurrency: int = 64,
-        per_subscription: int = 8,
+        per_subscription: int = 16,
         postgres_dsn: str | None = None,
     ) -> None:
         self.repository = repository
@@ -160,6 +170,9 @@ class DeliveryWorker:
         self._in_flight: dict[int, asyncio.Task[None]] = {}
         self._per_subscription: dict[str, int] = {}
         self._loops: list[asyncio.Task[None]] = []
+        self._recorder: asyncio.Task[None] | None = None
+        self._to_record: list[tuple[AttemptResult, asyncio.Future[str]]] = []
+        self._record_ready = asyncio.Event()
         self._stopping = asyncio.Event()
 
     async def start(self) -> None:
@@ -170,6 +183,7 @@ class DeliveryWorker:
         ]
         if self.postgres_dsn is not None:
             self._loops.append(asyncio.create_task(self._listen_loop(), name="webhook-listen"))
+        self._recorder = asyncio.create_task(self._record_loop(), name="webhook-record")
         log.info("webhook.worker.started", concurrency=self.concurrency)
 
     async def stop(self) -> None:
@@ -185,6 +199,9 @@ class DeliveryWorker:
             await asyncio.wait(
                 list(self._in_flight.values()), timeout=self.sender.timeout.total or 30
             )
+        if self._recorder is not None:
+            self._recorder.cancel()
+            await asyncio.gather(self._recorder, return_exceptions=True)
         await self.sender.close()
         log.info("webhook.worker.stopped")
 
@@ -211,7 +228,11 @@ class DeliveryWorker:
                 self._due.notify()
             if not caught_up:
                 continue
-            await self._outbox.wait(POLL_SECONDS)
+            if await self._outbox.wait(POLL_SECONDS):
+                window = (
+                    DISPATCH_WINDOW_SECONDS if created or events else IDLE_DISPATCH_WINDOW_SECONDS
+                )
+                await asyncio.sleep(window)
 
     @property
     def attempt_limit(self) -> int:
@@ -224,14 +245,12 @@ class DeliveryWorker:
             free = self.concurrency - len(self._in_flight)
             claimed: list[ClaimedDelivery] = []
             if free > 0:
-                saturated = [
-                    sub
-                    for sub, count in self._per_subscription.items()
-                    if count >= self.per_subscription
-                ]
                 try:
                     claimed = await self.repository.claim_due(
-                        limit=free, lease=self.lease, skip_subscriptions=saturated
+                        limit=free,
+                        lease=self.lease,
+                        in_flight=self._per_subscription,
+                        per_subscription=self.per_subscription,
                     )
                 except Exception:
                     log.exception("webhook.claim.failed")
@@ -246,7 +265,8 @@ class DeliveryWorker:
                 task.add_done_callback(functools.partial(self._finished, delivery))
             if claimed and len(claimed) == free:
                 continue
-            await self._due.wait(POLL_SECONDS)
+            if await self._due.wait(POLL_SECONDS) and self._in_flight:
+                await asyncio.sleep(CLAIM_WINDOW_SECONDS)
 
     def _finished(self, delivery: ClaimedDelivery, _: asyncio.Task[None]) -> None:
         self._in_flight.pop(delivery.id, None)
@@ -285,10 +305,11 @@ class DeliveryWorker:
             gone=outcome.status_code == 410,
             retry_at=utc_now() + timedelta(seconds=delay),
         )
+        recorded: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+        self._to_record.append((result, recorded))
+        self._record_ready.set()
         try:
-            status = await self.repository.record_attempt(
-                result, max_consecutive_failures=self.settings.max_consecutive_failures
-            )
+            status = await recorded
         except Exception:
             # The lease runs out and the delivery is sent again: at-least-once.
             log.exception("webhook.attempt.record_failed", deliveryId=delivery.id)
@@ -314,6 +335,29 @@ class DeliveryWorker:
         )
         if status == "pending":
             asyncio.get_running_loop().call_later(delay, self._due.notify)
+
+    async def _record_loop(self) -> None:
+        """Record every attempt that finished since the last record, in one
+        transaction; attempts wait for their record before freeing their slot."""
+        while True:
+            await self._record_ready.wait()
+            self._record_ready.clear()
+            while self._to_record:
+                batch = self._to_record[:RECORD_BATCH]
+                del self._to_record[:RECORD_BATCH]
+                try:
+                    statuses = await self.repository.record_attempts(
+                        [result for result, _ in batch],
+                        max_consecutive_failures=self.settings.max_consecutive_failures,
+                    )
+                except Exception as exc:
+                    for _, recorded in batch:
+                        if not recorded.done():
+                            recorded.set_exception(exc)
+                    continue
+                for (_, recorded), status in zip(batch, statuses, strict=True):
+                    if not recorded.done():
+                        recorded.set_result(status)
 
     # -- cross-process wake-ups (PostgreSQL) ------------------------------------
 

@@ -4,32 +4,24 @@ deliveries, claiming due deliveries and recording attempts.
 Claims are leases: a claimed delivery carries `locked_until`; if its worker dies
 the lease runs out and another worker (or the restarted one) sends it again, so
 delivery is at-least-once. On PostgreSQL, claims use FOR UPDATE SKIP LOCKED so
-many workers share the queue; on SQLite one process owns the queue.
+many workers share the queue; on SQLite the writer's lock makes each claim
+exclusive. Claims and attempt records are taken in batches: one transaction
+leases many deliveries, and one records every attempt that finished meanwhile.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
 
-from sqlalchemy import Row, delete, exists, func, insert, select, update
-from sqlalchemy.engine import Connection
+import orjson
 
-from potok_state.changes.model import (
-    EventRecord,
-)
-from potok_state.clock import as_utc, utc_now
-from potok_state.storage.sql import SqlStateStore, event_from_row
-from potok_state.storage.tables import (
-    outbox,
-    revision_counter,
-    webhook_attempts,
-    webhook_deliveries,
-    webhook_dispatch_cursor,
-    webhook_subscriptions,
-)
+from potok_state.changes.model import EventRecord
+from potok_state.clock import utc_now
+from potok_state.storage.database import Row, Tx
+from potok_state.storage.dialect import Dialect
+from potok_state.storage.sql import OUTBOX_COLUMNS, SqlStateStore, event_record
 from potok_state.wakeup import Wakeup
 
 DELIVERIES_CHANNEL = "potok_deliveries"
@@ -39,9 +31,14 @@ FAILED = "failed"
 DISPATCH_BATCH = 500
 LAST_DELIVERY_RESOLUTION = timedelta(seconds=1)
 
-subs = webhook_subscriptions
-deliveries = webhook_deliveries
-attempts = webhook_attempts
+SUBSCRIPTION_COLUMNS = (
+    "id, url, events, entity_types, secret, description, active, consecutive_failures, "
+    "disabled_reason, last_delivery_at, last_error, after_revision, created_at, updated_at"
+)
+DELIVERY_COLUMNS = (
+    "id, subscription_id, revision, event_id, event, status, attempts, attempt_limit, "
+    "next_attempt_at, last_status_code, last_error, created_at, updated_at"
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -122,177 +119,240 @@ class AttemptResult:
     retry_at: datetime
 
 
-def _subscription(row: Row[Any]) -> SubscriptionRow:
+def _json_list(value: object) -> list[str] | None:
+    """A JSON array column; SQL NULL and JSON null (older rows) both mean None."""
+    if value is None:
+        return None
+    parsed = orjson.loads(value) if isinstance(value, str | bytes) else value
+    if parsed is None:
+        return None
+    assert isinstance(parsed, list)
+    return [str(item) for item in parsed]
+
+
+def _subscription(dialect: Dialect, row: Row) -> SubscriptionRow:
+    last_delivery_at = row["last_delivery_at"]
     return SubscriptionRow(
-        id=row.id,
-        url=row.url,
-        events=list(row.events),
-        entity_types=None if row.entity_types is None else list(row.entity_types),
-        secret=row.secret,
-        description=row.description,
-        active=row.active,
-        consecutive_failures=row.consecutive_failures,
-        disabled_reason=row.disabled_reason,
-        last_delivery_at=as_utc(row.last_delivery_at) if row.last_delivery_at else None,
-        last_error=row.last_error,
-        after_revision=row.after_revision,
-        created_at=as_utc(row.created_at),
-        updated_at=as_utc(row.updated_at),
+        id=row["id"],
+        url=row["url"],
+        events=_json_list(row["events"]) or [],
+        entity_types=_json_list(row["entity_types"]),
+        secret=row["secret"],
+        description=row["description"],
+        active=dialect.read_bool(row["active"]),
+        consecutive_failures=row["consecutive_failures"],
+        disabled_reason=row["disabled_reason"],
+        last_delivery_at=dialect.read_time(last_delivery_at) if last_delivery_at else None,
+        last_error=row["last_error"],
+        after_revision=row["after_revision"],
+        created_at=dialect.read_time(row["created_at"]),
+        updated_at=dialect.read_time(row["updated_at"]),
     )
 
 
-def _ordering_key(subscription_id: str, record: Row[Any]) -> str:
-    if record.entity_type is None:
-        return f"{subscription_id}/event:{record.event_id}"
-    return f"{subscription_id}/{record.entity_type}:{record.entity_id}"
+def _ordering_key(subscription_id: str, event: EventRecord) -> str:
+    if event.entity is None:
+        return f"{subscription_id}/event:{event.event_id}"
+    return f"{subscription_id}/{event.entity}:{event.entity_id}"
+
+
+# Columns a subscription update may set, each with how its value is stored.
+_UPDATABLE = (
+    "url",
+    "events",
+    "entity_types",
+    "description",
+    "active",
+    "consecutive_failures",
+    "disabled_reason",
+)
 
 
 class WebhookRepository:
     def __init__(self, store: SqlStateStore) -> None:
         self.store = store
-        self.is_sqlite = store.is_sqlite
+        self.db = store.db
+        self.dialect = store.dialect
         # Set when deliveries become due (dispatched, retried, replayed) in this
         # process; other processes hear NOTIFY on DELIVERIES_CHANNEL.
         self.deliveries_ready = Wakeup()
 
-    def _announce_deliveries(self, conn: Connection) -> None:
-        if not self.is_sqlite:
-            conn.execute(select(func.pg_notify(DELIVERIES_CHANNEL, "")))
+    async def _announce_deliveries(self, tx: Tx) -> None:
+        if tx.dialect.name == "postgresql":
+            await tx.execute(f"SELECT pg_notify('{DELIVERIES_CHANNEL}', '')")
 
     # -- subscriptions ------------------------------------------------------------
 
     async def create_subscription(self, values: dict[str, object]) -> SubscriptionRow:
-        now = utc_now()
+        dialect = self.dialect
+        now = dialect.time(utc_now())
 
-        def work(conn: Connection) -> Row[Any]:
-            head = conn.scalar(select(revision_counter.c.value).where(revision_counter.c.id == 1))
-            row = {
-                **values,
-                "active": True,
-                "consecutive_failures": 0,
-                "after_revision": head or 0,
-                "created_at": now,
-                "updated_at": now,
-            }
-            conn.execute(insert(subs).values(row))
-            return conn.execute(select(subs).where(subs.c.id == values["id"])).one()
+        async def work(tx: Tx) -> Row:
+            head = await tx.fetchval("SELECT value FROM revision_counter WHERE id = 1")
+            await tx.execute(
+                "INSERT INTO webhook_subscriptions (id, url, events, entity_types, secret, "
+                "description, active, consecutive_failures, after_revision, created_at, "
+                "updated_at) "
+                "VALUES ($1, $2, $3, $4, $5, $6, $7, 0, $8, $9, $9)",
+                values["id"],
+                values["url"],
+                orjson.dumps(values["events"]).decode(),
+                None
+                if values.get("entity_types") is None
+                else orjson.dumps(values["entity_types"]).decode(),
+                values["secret"],
+                values.get("description"),
+                True,
+                int(head or 0),
+                now,
+            )
+            row = await tx.fetchrow(_SELECT_SUBSCRIPTION, values["id"])
+            assert row is not None
+            return row
 
-        return _subscription(await self.store.write(work))
+        return _subscription(dialect, await self.db.write(work))
 
     async def list_subscriptions(self) -> list[SubscriptionRow]:
-        statement = select(subs).order_by(subs.c.created_at, subs.c.id)
-        rows = await self.store.read(lambda conn: conn.execute(statement).all())
-        return [_subscription(row) for row in rows]
+        rows = await self.db.read(
+            lambda tx: tx.fetch(
+                f"SELECT {SUBSCRIPTION_COLUMNS} FROM webhook_subscriptions ORDER BY created_at, id"
+            )
+        )
+        return [_subscription(self.dialect, row) for row in rows]
 
     async def get_subscription(self, subscription_id: str) -> SubscriptionRow | None:
-        statement = select(subs).where(subs.c.id == subscription_id)
-        row = await self.store.read(lambda conn: conn.execute(statement).first())
-        return None if row is None else _subscription(row)
+        row = await self.db.read(lambda tx: tx.fetchrow(_SELECT_SUBSCRIPTION, subscription_id))
+        return None if row is None else _subscription(self.dialect, row)
 
     async def update_subscription(
         self, subscription_id: str, values: dict[str, object]
     ) -> SubscriptionRow | None:
-        def work(conn: Connection) -> Row[Any] | None:
-            result = conn.execute(
-                update(subs)
-                .where(subs.c.id == subscription_id)
-                .values(**values, updated_at=utc_now())
-            )
-            if result.rowcount == 0:
-                return None
-            return conn.execute(select(subs).where(subs.c.id == subscription_id)).one()
+        dialect = self.dialect
+        assignments: list[str] = []
+        args: list[object] = [subscription_id]
+        for column in _UPDATABLE:
+            if column not in values:
+                continue
+            value = values[column]
+            if column in ("events", "entity_types") and value is not None:
+                value = orjson.dumps(value).decode()
+            args.append(value)
+            assignments.append(f"{column} = ${len(args)}")
+        args.append(dialect.time(utc_now()))
+        assignments.append(f"updated_at = ${len(args)}")
+        sql = f"UPDATE webhook_subscriptions SET {', '.join(assignments)} WHERE id = $1"
 
-        row = await self.store.write(work)
-        return None if row is None else _subscription(row)
+        async def work(tx: Tx) -> Row | None:
+            if not await tx.execute(sql, *args):
+                return None
+            return await tx.fetchrow(_SELECT_SUBSCRIPTION, subscription_id)
+
+        row = await self.db.write(work)
+        return None if row is None else _subscription(dialect, row)
 
     async def delete_subscription(self, subscription_id: str) -> bool:
-        def work(conn: Connection) -> bool:
-            owned = select(deliveries.c.id).where(deliveries.c.subscription_id == subscription_id)
-            conn.execute(delete(attempts).where(attempts.c.delivery_id.in_(owned)))
-            conn.execute(delete(deliveries).where(deliveries.c.subscription_id == subscription_id))
-            return bool(conn.execute(delete(subs).where(subs.c.id == subscription_id)).rowcount)
+        async def work(tx: Tx) -> bool:
+            await tx.execute(
+                "DELETE FROM webhook_attempts WHERE delivery_id IN "
+                "(SELECT id FROM webhook_deliveries WHERE subscription_id = $1)",
+                subscription_id,
+            )
+            await tx.execute(
+                "DELETE FROM webhook_deliveries WHERE subscription_id = $1", subscription_id
+            )
+            return bool(
+                await tx.execute("DELETE FROM webhook_subscriptions WHERE id = $1", subscription_id)
+            )
 
-        return await self.store.write(work)
+        return await self.db.write(work)
 
     # -- delivery log -------------------------------------------------------------
 
     async def list_deliveries(
         self, subscription_id: str, *, before: int | None, limit: int
     ) -> list[DeliveryRow]:
-        query = select(deliveries).where(deliveries.c.subscription_id == subscription_id)
-        if before is not None:
-            query = query.where(deliveries.c.id < before)
-        query = query.order_by(deliveries.c.id.desc()).limit(limit)
-        return await self.store.read(
-            lambda conn: self._with_attempts(conn, conn.execute(query).all())
-        )
+        async def work(tx: Tx) -> list[DeliveryRow]:
+            rows = await tx.fetch(
+                f"SELECT {DELIVERY_COLUMNS} FROM webhook_deliveries WHERE subscription_id = $1 "
+                "AND id < $2 ORDER BY id DESC LIMIT $3",
+                subscription_id,
+                before if before is not None else 2**62,
+                limit,
+            )
+            return await self._with_attempts(tx, rows)
+
+        return await self.db.read(work)
 
     async def get_delivery(self, delivery_id: int) -> DeliveryRow | None:
-        statement = select(deliveries).where(deliveries.c.id == delivery_id)
-        found = await self.store.read(
-            lambda conn: self._with_attempts(conn, conn.execute(statement).all())
-        )
+        async def work(tx: Tx) -> list[DeliveryRow]:
+            rows = await tx.fetch(
+                f"SELECT {DELIVERY_COLUMNS} FROM webhook_deliveries WHERE id = $1", delivery_id
+            )
+            return await self._with_attempts(tx, rows)
+
+        found = await self.db.read(work)
         return found[0] if found else None
 
-    def _with_attempts(self, conn: Connection, rows: Sequence[Row[Any]]) -> list[DeliveryRow]:
-        logs: dict[int, list[AttemptRow]] = {row.id: [] for row in rows}
+    async def _with_attempts(self, tx: Tx, rows: Sequence[Row]) -> list[DeliveryRow]:
+        dialect = self.dialect
+        logs: dict[int, list[AttemptRow]] = {row["id"]: [] for row in rows}
         if logs:
-            attempt_rows = conn.execute(
-                select(attempts)
-                .where(attempts.c.delivery_id.in_(list(logs)))
-                .order_by(attempts.c.delivery_id, attempts.c.attempt, attempts.c.id)
+            attempt_rows = await tx.fetch(
+                "SELECT delivery_id, attempt, started_at, duration_ms, status_code, error, "
+                f"succeeded FROM webhook_attempts WHERE delivery_id {dialect.in_ints('$1')} "
+                "ORDER BY delivery_id, attempt, id",
+                dialect.int_list(list(logs)),
             )
             for a in attempt_rows:
-                logs[a.delivery_id].append(
+                logs[a["delivery_id"]].append(
                     AttemptRow(
-                        attempt=a.attempt,
-                        started_at=as_utc(a.started_at),
-                        duration_ms=a.duration_ms,
-                        status_code=a.status_code,
-                        error=a.error,
-                        succeeded=a.succeeded,
+                        attempt=a["attempt"],
+                        started_at=dialect.read_time(a["started_at"]),
+                        duration_ms=a["duration_ms"],
+                        status_code=a["status_code"],
+                        error=a["error"],
+                        succeeded=dialect.read_bool(a["succeeded"]),
                     )
                 )
         return [
             DeliveryRow(
-                id=row.id,
-                subscription_id=row.subscription_id,
-                revision=row.revision,
-                event_id=row.event_id,
-                event=row.event,
-                status=row.status,
-                attempts=row.attempts,
-                attempt_limit=row.attempt_limit,
-                next_attempt_at=as_utc(row.next_attempt_at),
-                last_status_code=row.last_status_code,
-                last_error=row.last_error,
-                created_at=as_utc(row.created_at),
-                updated_at=as_utc(row.updated_at),
-                attempt_log=logs[row.id],
+                id=row["id"],
+                subscription_id=row["subscription_id"],
+                revision=row["revision"],
+                event_id=row["event_id"],
+                event=row["event"],
+                status=row["status"],
+                attempts=row["attempts"],
+                attempt_limit=row["attempt_limit"],
+                next_attempt_at=dialect.read_time(row["next_attempt_at"]),
+                last_status_code=row["last_status_code"],
+                last_error=row["last_error"],
+                created_at=dialect.read_time(row["created_at"]),
+                updated_at=dialect.read_time(row["updated_at"]),
+                attempt_log=logs[row["id"]],
             )
             for row in rows
         ]
 
     async def retry_delivery(self, delivery_id: int, extra_attempts: int) -> bool:
         """Put a failed delivery back in the queue with a fresh retry budget."""
-        now = utc_now()
+        now = self.dialect.time(utc_now())
 
-        def work(conn: Connection) -> bool:
-            result = conn.execute(
-                update(deliveries)
-                .where(deliveries.c.id == delivery_id, deliveries.c.status == FAILED)
-                .values(
-                    status=PENDING,
-                    attempt_limit=deliveries.c.attempts + extra_attempts,
-                    next_attempt_at=now,
-                    locked_until=None,
-                    updated_at=now,
-                )
+        async def work(tx: Tx) -> bool:
+            changed = await tx.execute(
+                "UPDATE webhook_deliveries SET status = $2, attempt_limit = attempts + $3, "
+                "next_attempt_at = $4, locked_until = NULL, updated_at = $4 "
+                "WHERE id = $1 AND status = $5",
+                delivery_id,
+                PENDING,
+                extra_attempts,
+                now,
+                FAILED,
             )
-            self._announce_deliveries(conn)
-            return bool(result.rowcount)
+            await self._announce_deliveries(tx)
+            return bool(changed)
 
-        retried = await self.store.write(work)
+        retried = await self.db.write(work)
         self.deliveries_ready.notify()
         return retried
 
@@ -306,28 +366,34 @@ class WebhookRepository:
         max_events: int,
     ) -> tuple[int, int | None, int | None]:
         """Queue again what the subscription matched from a revision or a time."""
-        query = select(outbox).order_by(outbox.c.revision).limit(max_events)
-        if from_revision is not None:
-            query = query.where(outbox.c.revision >= from_revision)
-        if since is not None:
-            query = query.where(outbox.c.created_at >= since)
+        dialect = self.dialect
         now = utc_now()
+        conditions = ["revision >= $1"]
+        args: list[object] = [from_revision or 0]
+        if since is not None:
+            args.append(dialect.time(since))
+            conditions.append(f"created_at >= ${len(args)}")
+        args.append(max_events)
+        sql = (
+            f"SELECT {OUTBOX_COLUMNS} FROM outbox WHERE {' AND '.join(conditions)} "
+            f"ORDER BY revision LIMIT ${len(args)}"
+        )
 
-        def work(conn: Connection) -> tuple[int, int | None, int | None]:
-            records = conn.execute(query).all()
+        async def work(tx: Tx) -> tuple[int, int | None, int | None]:
+            records = [event_record(dialect, row) for row in await tx.fetch(sql, *args)]
             rows = [
-                _delivery_values(subscription.id, record, attempt_limit, now)
+                _delivery_values(dialect, subscription.id, record, attempt_limit, now)
                 for record in records
-                if subscription.matches(record.event, record.entity_type)
+                if subscription.matches(record.event, record.entity)
             ]
             if rows:
-                conn.execute(insert(deliveries), rows)
-                self._announce_deliveries(conn)
+                await tx.executemany(_INSERT_DELIVERY, rows)
+                await self._announce_deliveries(tx)
             first = records[0].revision if records else None
             last = records[-1].revision if records else None
             return len(rows), first, last
 
-        replayed = await self.store.write(work)
+        replayed = await self.db.write(work)
         self.deliveries_ready.notify()
         return replayed
 
@@ -337,244 +403,282 @@ class WebhookRepository:
         """Turn the next outbox events (at most DISPATCH_BATCH) into deliveries
         for the active subscriptions that match them; returns how many events
         were read and how many deliveries were created."""
+        dialect = self.dialect
         now = utc_now()
 
-        def work(conn: Connection) -> tuple[int, int]:
-            cursor_query = select(webhook_dispatch_cursor.c.revision).where(
-                webhook_dispatch_cursor.c.id == 1
+        async def work(tx: Tx) -> tuple[int, int]:
+            cursor = await tx.fetchval(
+                "SELECT revision FROM webhook_dispatch_cursor WHERE id = 1" + dialect.for_update
             )
-            if not self.is_sqlite:
-                cursor_query = cursor_query.with_for_update()
-            cursor = conn.scalar(cursor_query) or 0
-            records = conn.execute(
-                select(outbox)
-                .where(outbox.c.revision > cursor)
-                .order_by(outbox.c.revision)
-                .limit(DISPATCH_BATCH)
-            ).all()
+            active = [
+                _subscription(dialect, row)
+                for row in await tx.fetch(
+                    f"SELECT {SUBSCRIPTION_COLUMNS} FROM webhook_subscriptions WHERE active"
+                )
+            ]
+            if not active:
+                # Nothing to deliver to: move the cursor to the head without
+                # reading the events (a subscription made later starts there).
+                moved = await tx.execute(
+                    "UPDATE webhook_dispatch_cursor SET revision = "
+                    "(SELECT value FROM revision_counter WHERE id = 1) "
+                    "WHERE id = 1 AND revision < (SELECT value FROM revision_counter WHERE id = 1)"
+                )
+                return moved, 0
+            records = [
+                event_record(dialect, row)
+                for row in await tx.fetch(
+                    f"SELECT {OUTBOX_COLUMNS} FROM outbox WHERE revision > $1 "
+                    "ORDER BY revision LIMIT $2",
+                    cursor or 0,
+                    DISPATCH_BATCH,
+                )
+            ]
             if not records:
                 return 0, 0
-            active = [
-                _subscription(row)
-                for row in conn.execute(select(subs).where(subs.c.active.is_(True))).all()
-            ]
             rows = [
-                _delivery_values(subscription.id, record, attempt_limit, now)
+                _delivery_values(dialect, subscription.id, record, attempt_limit, now)
                 for record in records
                 for subscription in active
                 if record.revision > subscription.after_revision
-                and subscription.matches(record.event, record.entity_type)
+                and subscription.matches(record.event, record.entity)
             ]
             if rows:
-                conn.execute(insert(deliveries), rows)
-                self._announce_deliveries(conn)
-            conn.execute(
-                update(webhook_dispatch_cursor)
-                .where(webhook_dispatch_cursor.c.id == 1)
-                .values(revision=records[-1].revision)
+                await tx.executemany(_INSERT_DELIVERY, rows)
+                await self._announce_deliveries(tx)
+            await tx.execute(
+                "UPDATE webhook_dispatch_cursor SET revision = $1 WHERE id = 1",
+                records[-1].revision,
             )
             return len(records), len(rows)
 
-        return await self.store.write(work)
+        return await self.db.write(work)
 
     async def outbox_lag(self) -> int:
-        def work(conn: Connection) -> int:
-            head = conn.scalar(select(revision_counter.c.value))
-            cursor = conn.scalar(select(webhook_dispatch_cursor.c.revision))
-            return max(0, (head or 0) - (cursor or 0))
+        async def work(tx: Tx) -> int:
+            head = await tx.fetchval("SELECT value FROM revision_counter WHERE id = 1")
+            cursor = await tx.fetchval("SELECT revision FROM webhook_dispatch_cursor WHERE id = 1")
+            return max(0, int(head or 0) - int(cursor or 0))
 
-        return await self.store.read(work)
+        return await self.db.read(work)
 
     async def claim_due(
-        self, *, limit: int, lease: timedelta, skip_subscriptions: Sequence[str]
+        self,
+        *,
+        limit: int,
+        lease: timedelta,
+        in_flight: Mapping[str, int],
+        per_subscription: int,
     ) -> list[ClaimedDelivery]:
-        """Lease up to `limit` due deliveries, at most one in flight per
-        subscription and ordering key: a delivery waits while an older one for
-        the same entity is still pending, so each subscriber sees an entity's
-        events in revision order."""
+        """Lease up to `limit` due deliveries, at most `per_subscription` in
+        flight per subscription (`in_flight`: what this worker already sends)
+        and at most one per ordering key: a delivery waits while an older one
+        for the same entity and subscription is still pending, so each
+        subscriber sees an entity's events in revision order."""
+        dialect = self.dialect
         now = utc_now()
-        earlier = deliveries.alias("earlier")
-        candidates = (
-            select(deliveries.c.id)
-            .where(
-                deliveries.c.status == PENDING,
-                deliveries.c.next_attempt_at <= now,
-                # A subscription disabled through the API pauses its deliveries.
-                exists().where(subs.c.id == deliveries.c.subscription_id, subs.c.active.is_(True)),
-                (deliveries.c.locked_until.is_(None)) | (deliveries.c.locked_until < now),
-                ~exists().where(
-                    earlier.c.ordering_key == deliveries.c.ordering_key,
-                    earlier.c.status == PENDING,
-                    earlier.c.id < deliveries.c.id,
-                ),
-            )
-            .order_by(deliveries.c.next_attempt_at, deliveries.c.id)
-            .limit(limit)
+        saturated = dialect.text_list(
+            [sub for sub, count in in_flight.items() if count >= per_subscription]
         )
-        if skip_subscriptions:
-            candidates = candidates.where(deliveries.c.subscription_id.not_in(skip_subscriptions))
-        if not self.is_sqlite:
-            candidates = candidates.with_for_update(skip_locked=True, of=deliveries)
+        candidates = (
+            "SELECT d.id, d.subscription_id FROM webhook_deliveries d WHERE d.status = 'pending' "
+            "AND d.next_attempt_at <= $1 "
+            "AND (d.locked_until IS NULL OR d.locked_until < $1) "
+            # A subscription disabled through the API pauses its deliveries.
+            "AND EXISTS (SELECT 1 FROM webhook_subscriptions s "
+            "WHERE s.id = d.subscription_id AND s.active) "
+            "AND NOT EXISTS (SELECT 1 FROM webhook_deliveries e "
+            "WHERE e.ordering_key = d.ordering_key AND e.status = 'pending' AND e.id < d.id) "
+            f"AND d.subscription_id {dialect.not_in_list('$3')} "
+            "ORDER BY d.next_attempt_at, d.id LIMIT $2" + dialect.skip_locked
+        )
 
-        def work(conn: Connection) -> Sequence[Row[Any]]:
-            ids = list(conn.scalars(candidates).all())
+        async def work(tx: Tx) -> Sequence[Row]:
+            room = dict(in_flight)
+            ids: list[int] = []
+            for row in await tx.fetch(candidates, dialect.time(now), 2 * limit, saturated):
+                taken = room.get(row["subscription_id"], 0)
+                if taken < per_subscription:
+                    room[row["subscription_id"]] = taken + 1
+                    ids.append(row["id"])
+                    if len(ids) == limit:
+                        break
             if not ids:
                 return []
-            conn.execute(
-                update(deliveries).where(deliveries.c.id.in_(ids)).values(locked_until=now + lease)
+            id_list = dialect.int_list(ids)
+            await tx.execute(
+                f"UPDATE webhook_deliveries SET locked_until = $2 WHERE id {dialect.in_ints('$1')}",
+                id_list,
+                dialect.time(now + lease),
             )
-            return conn.execute(
-                select(
-                    deliveries.c.id,
-                    deliveries.c.subscription_id,
-                    deliveries.c.attempts,
-                    deliveries.c.attempt_limit,
-                    subs.c.url,
-                    subs.c.secret,
-                    outbox,
-                )
-                .join(subs, subs.c.id == deliveries.c.subscription_id)
-                .join(outbox, outbox.c.revision == deliveries.c.revision)
-                .where(deliveries.c.id.in_(ids))
-                .order_by(deliveries.c.id)
-            ).all()
+            return await tx.fetch(
+                "SELECT d.id AS delivery_id, d.subscription_id, d.attempts, d.attempt_limit, "
+                "s.url, s.secret, o.revision, o.event_id, o.event, o.entity_type, o.entity_id, "
+                "o.data, o.created_at FROM webhook_deliveries d "
+                "JOIN webhook_subscriptions s ON s.id = d.subscription_id "
+                "JOIN outbox o ON o.revision = d.revision "
+                f"WHERE d.id {dialect.in_ints('$1')} ORDER BY d.id",
+                id_list,
+            )
 
-        rows = await self.store.write(work)
+        rows = await self.db.write(work)
         return [
             ClaimedDelivery(
-                id=row.id,
-                subscription_id=row.subscription_id,
-                url=row.url,
-                secret=row.secret,
-                attempt=row.attempts + 1,
-                attempt_limit=row.attempt_limit,
-                event=event_from_row(row),
+                id=row["delivery_id"],
+                subscription_id=row["subscription_id"],
+                url=row["url"],
+                secret=row["secret"],
+                attempt=row["attempts"] + 1,
+                attempt_limit=row["attempt_limit"],
+                event=event_record(dialect, row),
             )
             for row in rows
         ]
 
-    async def record_attempt(self, result: AttemptResult, *, max_consecutive_failures: int) -> str:
-        """Store one attempt and its consequences in one transaction; returns
-        the delivery's new status."""
+    async def record_attempts(
+        self, results: Sequence[AttemptResult], *, max_consecutive_failures: int
+    ) -> list[str]:
+        """Store finished attempts and their consequences in one transaction;
+        returns each delivery's new status, in order."""
+        dialect = self.dialect
         now = utc_now()
 
-        def work(conn: Connection) -> str:
-            conn.execute(
-                insert(attempts).values(
-                    delivery_id=result.delivery_id,
-                    attempt=result.attempt,
-                    started_at=result.started_at,
-                    duration_ms=result.duration_ms,
-                    status_code=result.status_code,
-                    error=result.error,
-                    succeeded=result.succeeded,
-                )
+        async def work(tx: Tx) -> list[str]:
+            await tx.executemany(
+                "INSERT INTO webhook_attempts (delivery_id, attempt, started_at, duration_ms, "
+                "status_code, error, succeeded) VALUES ($1, $2, $3, $4, $5, $6, $7)",
+                [
+                    (
+                        r.delivery_id,
+                        r.attempt,
+                        dialect.time(r.started_at),
+                        r.duration_ms,
+                        r.status_code,
+                        r.error,
+                        r.succeeded,
+                    )
+                    for r in results
+                ],
             )
-            this_delivery = deliveries.c.id == result.delivery_id
-            this_subscription = subs.c.id == result.subscription_id
-            if result.succeeded:
-                conn.execute(
-                    update(deliveries)
-                    .where(this_delivery)
-                    .values(
-                        status=SUCCEEDED,
-                        attempts=result.attempt,
-                        locked_until=None,
-                        last_status_code=result.status_code,
-                        last_error=None,
-                        updated_at=now,
+            statuses: list[str] = []
+            if all(r.succeeded for r in results):
+                await self._record_successes(tx, results, now)
+                return [SUCCEEDED] * len(results)
+            # A failure in the batch: in order, one by one, so the failure
+            # count of each subscription sees successes and failures as they
+            # happened.
+            for result in results:
+                if result.succeeded:
+                    await self._record_successes(tx, [result], now)
+                    statuses.append(SUCCEEDED)
+                else:
+                    statuses.append(
+                        await self._record_failure(tx, result, now, max_consecutive_failures)
                     )
-                )
-                # Successes of one subscription would all queue on its row lock
-                # across workers; the row is only written when it says
-                # something new (a failure streak ended, or a stale timestamp).
-                conn.execute(
-                    update(subs)
-                    .where(
-                        this_subscription,
-                        (subs.c.consecutive_failures != 0)
-                        | subs.c.last_error.is_not(None)
-                        | subs.c.last_delivery_at.is_(None)
-                        | (subs.c.last_delivery_at < now - LAST_DELIVERY_RESOLUTION),
-                    )
-                    .values(consecutive_failures=0, last_delivery_at=now, last_error=None)
-                )
-                return SUCCEEDED
+            return statuses
 
-            counted = conn.execute(
-                update(subs)
-                .where(this_subscription)
-                .values(
-                    consecutive_failures=subs.c.consecutive_failures + 1,
-                    last_delivery_at=now,
-                    last_error=result.error,
-                )
-                .returning(subs.c.consecutive_failures, subs.c.active)
-            ).first()
-            disable_reason = None
-            if result.gone:
-                disable_reason = "the receiver answered 410 Gone"
-            elif (
-                counted is not None
-                and counted.active
-                and counted.consecutive_failures >= max_consecutive_failures
-            ):
-                disable_reason = f"{counted.consecutive_failures} failed attempts in a row"
-            exhausted = result.attempt >= result.attempt_limit
-            # An attempt that was in flight when its subscription was disabled
-            # (or deleted) is not retried.
-            retired = counted is None or not counted.active
-            status = FAILED if exhausted or disable_reason or retired else PENDING
-            conn.execute(
-                update(deliveries)
-                .where(this_delivery)
-                .values(
-                    status=status,
-                    attempts=result.attempt,
-                    next_attempt_at=result.retry_at if status == PENDING else now,
-                    locked_until=None,
-                    last_status_code=result.status_code,
-                    last_error=result.error,
-                    updated_at=now,
-                )
+        return await self.db.write(work)
+
+    async def _record_successes(
+        self, tx: Tx, successes: Sequence[AttemptResult], now: datetime
+    ) -> None:
+        dialect = self.dialect
+        stamp = dialect.time(now)
+        await tx.executemany(
+            "UPDATE webhook_deliveries SET status = $2, attempts = $3, locked_until = NULL, "
+            "last_status_code = $4, last_error = NULL, updated_at = $5 WHERE id = $1",
+            [(r.delivery_id, SUCCEEDED, r.attempt, r.status_code, stamp) for r in successes],
+        )
+        # Successes of one subscription would all queue on its row lock across
+        # workers; the row is only written when it says something new (a
+        # failure streak ended, or a stale timestamp). Sorted, so two workers
+        # lock subscriptions in the same order.
+        stale = dialect.time(now - LAST_DELIVERY_RESOLUTION)
+        await tx.executemany(
+            "UPDATE webhook_subscriptions SET consecutive_failures = 0, last_delivery_at = $2, "
+            "last_error = NULL WHERE id = $1 AND (consecutive_failures <> 0 "
+            "OR last_error IS NOT NULL OR last_delivery_at IS NULL OR last_delivery_at < $3)",
+            [(sub, stamp, stale) for sub in sorted({r.subscription_id for r in successes})],
+        )
+
+    async def _record_failure(
+        self, tx: Tx, result: AttemptResult, now: datetime, max_consecutive_failures: int
+    ) -> str:
+        dialect = self.dialect
+        stamp = dialect.time(now)
+        counted = await tx.fetchrow(
+            "UPDATE webhook_subscriptions SET consecutive_failures = consecutive_failures + 1, "
+            "last_delivery_at = $2, last_error = $3 WHERE id = $1 "
+            "RETURNING consecutive_failures, active",
+            result.subscription_id,
+            stamp,
+            result.error,
+        )
+        active = counted is not None and dialect.read_bool(counted["active"])
+        disable_reason = None
+        if result.gone:
+            disable_reason = "the receiver answered 410 Gone"
+        elif (
+            active
+            and counted is not None
+            and counted["consecutive_failures"] >= max_consecutive_failures
+        ):
+            disable_reason = f"{counted['consecutive_failures']} failed attempts in a row"
+        exhausted = result.attempt >= result.attempt_limit
+        # An attempt that was in flight when its subscription was disabled (or
+        # deleted) is not retried.
+        status = FAILED if exhausted or disable_reason or not active else PENDING
+        await tx.execute(
+            "UPDATE webhook_deliveries SET status = $2, attempts = $3, next_attempt_at = $4, "
+            "locked_until = NULL, last_status_code = $5, last_error = $6, updated_at = $7 "
+            "WHERE id = $1",
+            result.delivery_id,
+            status,
+            result.attempt,
+            dialect.time(result.retry_at) if status == PENDING else stamp,
+            result.status_code,
+            result.error,
+            stamp,
+        )
+        if disable_reason is not None:
+            await tx.execute(
+                "UPDATE webhook_subscriptions SET active = $2, disabled_reason = $3, "
+                "updated_at = $4 WHERE id = $1",
+                result.subscription_id,
+                False,
+                disable_reason,
+                stamp,
             )
-            if disable_reason is not None:
-                conn.execute(
-                    update(subs)
-                    .where(this_subscription)
-                    .values(active=False, disabled_reason=disable_reason, updated_at=now)
-                )
-                conn.execute(
-                    update(deliveries)
-                    .where(
-                        deliveries.c.subscription_id == result.subscription_id,
-                        deliveries.c.status == PENDING,
-                    )
-                    .values(
-                        status=FAILED,
-                        locked_until=None,
-                        last_error=f"subscription disabled: {disable_reason}",
-                        updated_at=now,
-                    )
-                )
-            return status
+            await tx.execute(
+                "UPDATE webhook_deliveries SET status = $2, locked_until = NULL, last_error = $3, "
+                "updated_at = $4 WHERE subscription_id = $1 AND status = $5",
+                result.subscription_id,
+                FAILED,
+                f"subscription disabled: {disable_reason}",
+                stamp,
+                PENDING,
+            )
+        return status
 
-        return await self.store.write(work)
+
+_SELECT_SUBSCRIPTION = f"SELECT {SUBSCRIPTION_COLUMNS} FROM webhook_subscriptions WHERE id = $1"
+_INSERT_DELIVERY = (
+    "INSERT INTO webhook_deliveries (subscription_id, revision, event_id, event, ordering_key, "
+    "status, attempts, attempt_limit, next_attempt_at, created_at, updated_at) "
+    "VALUES ($1, $2, $3, $4, $5, $6, 0, $7, $8, $8, $8)"
+)
 
 
 def _delivery_values(
-    subscription_id: str, record: Row[Any], attempt_limit: int, now: datetime
-) -> dict[str, object]:
-    return {
-        "subscription_id": subscription_id,
-        "revision": record.revision,
-        "event_id": record.event_id,
-        "event": record.event,
-        "ordering_key": _ordering_key(subscription_id, record),
-        "status": PENDING,
-        "attempts": 0,
-        "attempt_limit": attempt_limit,
-        "next_attempt_at": now,
-        "created_at": now,
-        "updated_at": now,
-    }
+    dialect: Dialect, subscription_id: str, record: EventRecord, attempt_limit: int, now: datetime
+) -> tuple[object, ...]:
+    return (
+        subscription_id,
+        record.revision,
+        record.event_id,
+        record.event,
+        _ordering_key(subscription_id, record),
+        PENDING,
+        attempt_limit,
+        dialect.time(now),
+    )

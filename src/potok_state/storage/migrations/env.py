@@ -7,7 +7,7 @@ import asyncio
 from alembic import context
 from sqlalchemy.engine import Connection
 
-from potok_state.storage.sql import create_engine
+from potok_state.storage.engine import create_engine
 from potok_state.storage.tables import metadata
 
 config = context.config

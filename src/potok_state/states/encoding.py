@@ -1,0 +1,88 @@
+"""The JSON the States API answers with, encoded once with orjson.
+
+Responses leave as these bytes (the routes declare the same shapes as pydantic
+models, `schemas.py`, for the OpenAPI document), and the same bytes are what
+the caches keep, so a cached state is served without decoding or validating it
+again.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+import orjson
+
+from potok_state.changes.model import HistoryRecord, StoredState
+from potok_state.clock import format_timestamp
+
+
+@dataclass(frozen=True, slots=True)
+class EncodedState:
+    """One state as the API shows it (`StateView`), with what the routes and
+    the caches need to know without parsing it."""
+
+    entity: str
+    entity_id: str
+    version: int
+    revision: int
+    body: bytes
+
+    @classmethod
+    def of(cls, state: StoredState) -> EncodedState:
+        return cls(state.entity, state.entity_id, state.version, state.revision, state_json(state))
+
+    @classmethod
+    def from_json(cls, body: bytes) -> EncodedState:
+        view = orjson.loads(body)
+        return cls(view["entity"], view["entityId"], view["version"], view["revision"], body)
+
+
+def _state_view(state: StoredState) -> dict[str, object]:
+    return {
+        "entity": state.entity,
+        "entityId": state.entity_id,
+        "status": state.status,
+        "metadata": state.metadata,
+        "version": state.version,
+        "revision": state.revision,
+        "createdAt": format_timestamp(state.created_at),
+        "updatedAt": format_timestamp(state.updated_at),
+    }
+
+
+def state_json(state: StoredState) -> bytes:
+    return orjson.dumps(_state_view(state))
+
+
+def state_page_json(states: Iterable[StoredState], next_cursor: str | None) -> bytes:
+    return orjson.dumps(
+        {"items": [_state_view(state) for state in states], "nextCursor": next_cursor}
+    )
+
+
+def history_page_json(records: Sequence[HistoryRecord], next_cursor: str | None) -> bytes:
+    return orjson.dumps(
+        {
+            "items": [
+                {
+                    "revision": record.revision,
+                    "version": record.version,
+                    "event": record.event,
+                    "previousStatus": record.previous_status,
+                    "newStatus": record.new_status,
+                    "metadata": record.metadata,
+                    "reason": record.reason,
+                    "actor": record.actor,
+                    "changedAt": format_timestamp(record.changed_at),
+                }
+                for record in records
+            ],
+            "nextCursor": next_cursor,
+        }
+    )
+
+
+def fragment(body: bytes) -> orjson.Fragment:
+    """Already-encoded JSON to embed in a larger document."""
+    return orjson.Fragment(body)

@@ -1,0 +1,207 @@
+"""The rows one change writes, worked out before the database is touched.
+
+Given the states a decision was made on and the mutations it returned, a
+`ChangeSet` holds every row to write (final state per entity, a history row
+and an outbox event per mutation) with *offsets* instead of revisions: the
+database stamps `base + offset` and one commit time when it takes the
+revisions, so the same rows serve SQLite's writer and PostgreSQL's single
+statement. It also holds the versions the decision saw (`expected`): the write
+goes through only if every entity is still at that version (0: absent).
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+
+import orjson
+
+from potok_state.changes.model import (
+    AppliedChange,
+    CustomEvent,
+    EventData,
+    EventType,
+    Mutation,
+    StateChange,
+    StoredState,
+)
+
+
+@dataclass(frozen=True, slots=True)
+class StateRow:
+    entity: str
+    entity_id: str
+    status: str
+    metadata: str
+    version: int
+    offset: int
+    created_at: datetime | None
+    """None: the state was created by this change set, at its commit time."""
+    is_new: bool
+    """No row exists for this entity yet (insert rather than update)."""
+
+
+@dataclass(frozen=True, slots=True)
+class HistoryRow:
+    offset: int
+    entity: str
+    entity_id: str
+    version: int
+    event: str
+    previous_status: str | None
+    new_status: str | None
+    metadata: str
+    reason: str | None
+    actor: str
+
+
+@dataclass(frozen=True, slots=True)
+class EventRow:
+    offset: int
+    event_id: str
+    event: str
+    entity: str | None
+    entity_id: str | None
+    data: str
+
+
+@dataclass(frozen=True, slots=True)
+class ChangeSet:
+    mutations: Sequence[Mutation]
+    expected: list[tuple[str, str, int]]
+    states: list[StateRow]
+    deletes: list[tuple[str, str]]
+    history: list[HistoryRow]
+    events: list[EventRow]
+    created_at: list[datetime | None]
+    """Per mutation: the creation time of the state it leaves (None: now)."""
+
+    @property
+    def count(self) -> int:
+        return len(self.mutations)
+
+    @classmethod
+    def build(
+        cls,
+        targets: Sequence[tuple[str, str]],
+        current: Mapping[str, StoredState],
+        mutations: Sequence[Mutation],
+        event_data: EventData,
+    ) -> ChangeSet:
+        expected: dict[tuple[str, str], int] = {}
+        for entity, entity_id in targets:
+            existing = current.get(entity_id)
+            same = existing is not None and existing.entity == entity
+            expected[(entity, entity_id)] = existing.version if same and existing else 0
+        # Per entity: its creation time as the mutations go (None: created here).
+        created: dict[tuple[str, str], datetime | None] = {
+            key: current[key[1]].created_at for key, version in expected.items() if version
+        }
+        final: dict[tuple[str, str], tuple[StateChange, int, datetime | None] | None] = {}
+        history: list[HistoryRow] = []
+        events: list[EventRow] = []
+        created_at: list[datetime | None] = []
+        for offset, mutation in enumerate(mutations, start=1):
+            if isinstance(mutation, CustomEvent):
+                events.append(
+                    EventRow(offset, _event_id(), mutation.event, None, None, event_data(mutation))
+                )
+                created_at.append(None)
+                continue
+            key = (mutation.entity, mutation.entity_id)
+            metadata = orjson.dumps(mutation.metadata).decode()
+            if mutation.status is None:
+                final[key] = None
+                created.pop(key, None)
+                created_at.append(None)
+            else:
+                if mutation.event is EventType.CREATED or key not in created:
+                    created[key] = None
+                final[key] = (mutation, offset, created[key])
+                created_at.append(created[key])
+            history.append(
+                HistoryRow(
+                    offset,
+                    mutation.entity,
+                    mutation.entity_id,
+                    mutation.version,
+                    mutation.event.value,
+                    mutation.previous_status,
+                    mutation.status,
+                    metadata,
+                    mutation.reason,
+                    mutation.actor,
+                )
+            )
+            events.append(
+                EventRow(
+                    offset,
+                    _event_id(),
+                    mutation.event.value,
+                    mutation.entity,
+                    mutation.entity_id,
+                    event_data(mutation),
+                )
+            )
+        states: list[StateRow] = []
+        deletes: list[tuple[str, str]] = []
+        for key, outcome in final.items():
+            existed = expected.get(key, 0) > 0
+            if outcome is None:
+                if existed:
+                    deletes.append(key)
+                continue
+            change, offset, since = outcome
+            assert change.status is not None
+            states.append(
+                StateRow(
+                    entity=change.entity,
+                    entity_id=change.entity_id,
+                    status=change.status,
+                    metadata=orjson.dumps(change.metadata).decode(),
+                    version=change.version,
+                    offset=offset,
+                    created_at=since,
+                    is_new=not existed,
+                )
+            )
+        return cls(
+            mutations=mutations,
+            expected=[
+                (entity, entity_id, version) for (entity, entity_id), version in expected.items()
+            ],
+            states=states,
+            deletes=deletes,
+            history=history,
+            events=events,
+            created_at=created_at,
+        )
+
+    def applied(self, base: int, at: datetime) -> list[AppliedChange]:
+        """What the change set became once stamped with revisions base+1… and
+        the commit time `at`."""
+        event_ids = iter(row.event_id for row in self.events)
+        applied: list[AppliedChange] = []
+        for offset, (mutation, since) in enumerate(
+            zip(self.mutations, self.created_at, strict=True), start=1
+        ):
+            state = None
+            if isinstance(mutation, StateChange) and mutation.status is not None:
+                state = StoredState(
+                    entity=mutation.entity,
+                    entity_id=mutation.entity_id,
+                    status=mutation.status,
+                    metadata=mutation.metadata,
+                    version=mutation.version,
+                    revision=base + offset,
+                    created_at=since or at,
+                    updated_at=at,
+                )
+            applied.append(AppliedChange(mutation, base + offset, next(event_ids), at, state))
+        return applied
+
+
+def _event_id() -> str:
+    return "evt_" + uuid.uuid4().hex

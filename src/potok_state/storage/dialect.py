@@ -1,0 +1,124 @@
+"""What differs between SQLite and PostgreSQL, in one object per database.
+
+Statements are written once in PostgreSQL's style (`$1` placeholders) and
+`Dialect.sql` turns them into SQLite's numbered `?1` form. Values that the two
+drivers store differently pass through the dialect: timestamps (SQLite keeps
+the text `YYYY-MM-DD HH:MM:SS.ffffff` in UTC, the format the schema's
+migrations and older releases wrote; PostgreSQL `timestamptz`) and booleans
+(SQLite integers). JSON travels as text on both: orjson's output in, the
+stored text out.
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import UTC, datetime
+from functools import lru_cache
+
+import orjson
+
+_PLACEHOLDER = re.compile(r"\$(\d+)")
+
+
+class Dialect:
+    name: str
+    for_update: str
+    """Appended to a SELECT that locks the rows it reads (nothing on SQLite,
+    where the single writer holds the database lock)."""
+    skip_locked: str
+
+    def sql(self, text: str) -> str:
+        return text
+
+    def time(self, value: datetime) -> object:
+        return value
+
+    def read_time(self, value: object) -> datetime:
+        assert isinstance(value, datetime)
+        return value.astimezone(UTC)
+
+    def read_bool(self, value: object) -> bool:
+        return bool(value)
+
+    def json_field_text(self, column: str, key_param: str) -> str:
+        """SQL for the JSON text of one top-level field of a JSON column
+        (`"high"`, `5`, `true`), the key given as a bound parameter."""
+        raise NotImplementedError
+
+    def in_list(self, param: str) -> str:
+        """`IN` over a list of strings bound as one parameter (see `text_list`)."""
+        raise NotImplementedError
+
+    def not_in_list(self, param: str) -> str:
+        raise NotImplementedError
+
+    def text_list(self, values: list[str]) -> object:
+        return values
+
+    def in_ints(self, param: str) -> str:
+        """`IN` over a list of integers bound as one parameter (see `int_list`)."""
+        raise NotImplementedError
+
+    def int_list(self, values: list[int]) -> object:
+        return values
+
+
+class SqliteDialect(Dialect):
+    name = "sqlite"
+    for_update = ""
+    skip_locked = ""
+
+    def sql(self, text: str) -> str:
+        return _sqlite_sql(text)
+
+    def time(self, value: datetime) -> object:
+        return value.astimezone(UTC).replace(tzinfo=None).isoformat(" ", "microseconds")
+
+    def read_time(self, value: object) -> datetime:
+        assert isinstance(value, str)
+        return datetime.fromisoformat(value).replace(tzinfo=UTC)
+
+    def json_field_text(self, column: str, key_param: str) -> str:
+        return f"({column} -> ('$.\"' || {key_param} || '\"'))"
+
+    def in_list(self, param: str) -> str:
+        return f"IN (SELECT value FROM json_each({param}))"
+
+    def not_in_list(self, param: str) -> str:
+        return f"NOT IN (SELECT value FROM json_each({param}))"
+
+    def text_list(self, values: list[str]) -> object:
+        return orjson.dumps(values).decode()
+
+    def in_ints(self, param: str) -> str:
+        return f"IN (SELECT value FROM json_each({param}))"
+
+    def int_list(self, values: list[int]) -> object:
+        return orjson.dumps(values).decode()
+
+
+class PostgresDialect(Dialect):
+    name = "postgresql"
+    for_update = " FOR UPDATE"
+    skip_locked = " FOR UPDATE SKIP LOCKED"
+
+    def json_field_text(self, column: str, key_param: str) -> str:
+        return f"(({column}) -> ({key_param}::text))::text"
+
+    def in_list(self, param: str) -> str:
+        return f"= ANY({param}::text[])"
+
+    def not_in_list(self, param: str) -> str:
+        return f"<> ALL({param}::text[])"
+
+    def in_ints(self, param: str) -> str:
+        return f"= ANY({param}::bigint[])"
+
+
+@lru_cache(maxsize=512)
+def _sqlite_sql(text: str) -> str:
+    return _PLACEHOLDER.sub(r"?\1", text)
+
+
+SQLITE = SqliteDialect()
+POSTGRES = PostgresDialect()
