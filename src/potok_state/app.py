@@ -15,7 +15,7 @@ from starlette.middleware.gzip import GZipMiddleware
 
 from potok_state.cache import TieredCache
 from potok_state.cache.floors import RevisionFloors
-from potok_state.cache.near import NearCache
+from potok_state.cache.near import NearCache, NearCacheFollower
 from potok_state.events.api import router as events_router
 from potok_state.events.service import ChangeFeed, EventPublisher
 from potok_state.health.api import router as health_router
@@ -34,7 +34,6 @@ from potok_state.settings import Settings, StorageBackend
 from potok_state.states.api import router as states_router
 from potok_state.states.machines import load_machines
 from potok_state.states.service import StateService
-from potok_state.storage.database import PostgresDatabase
 from potok_state.storage.migrate import head_revision, schema_revision, upgrade_to_head
 from potok_state.storage.sql import SqlStateStore
 from potok_state.webhooks.api import router as webhooks_router
@@ -73,11 +72,6 @@ async def prepare_schema(store: SqlStateStore) -> None:
         )
 
 
-def postgres_dsn(store: SqlStateStore) -> str | None:
-    """A plain libpq DSN for LISTEN connections, or None on SQLite."""
-    return store.db.dsn if isinstance(store.db, PostgresDatabase) else None
-
-
 def create_delivery_worker(
     settings: Settings, repository: WebhookRepository, metrics: Metrics
 ) -> DeliveryWorker:
@@ -87,7 +81,7 @@ def create_delivery_worker(
         metrics,
         allow_private=settings.webhooks_allow_private_targets,
         concurrency=settings.webhooks.worker_concurrency,
-        postgres_dsn=postgres_dsn(repository.store),
+        per_subscription=settings.webhooks.max_in_flight_per_subscription,
     )
 
 
@@ -109,6 +103,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     metrics = Metrics()
     near = NearCache(floors, size=settings.cache.near_size)
+    if near.size and store.commits.follows_others:
+        store.commits.follow(NearCacheFollower(near), store.changes, store.head_revision)
     cache = TieredCache.from_settings(settings, metrics, floors)
     throttle = Throttle.from_settings(settings.throttle, settings.redis_global)
     webhook_repository = WebhookRepository(store)
@@ -126,6 +122,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         await prepare_schema(store)
+        await store.commits.start()
         if cache is not None:
             await cache.start()
         if worker is not None:
@@ -211,6 +208,7 @@ async def run_worker(settings: Settings) -> None:
         loop.add_signal_handler(signum, stop.set)
     try:
         await prepare_schema(store)
+        await store.commits.start()
         worker = create_delivery_worker(settings, WebhookRepository(store), Metrics())
         await worker.run_until(stop)
     finally:

@@ -5,7 +5,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import sys
+import tempfile
 
 import uvicorn
 from pydantic import SecretStr, ValidationError
@@ -28,7 +30,12 @@ def _load_settings() -> Settings:
 
 def serve(args: argparse.Namespace) -> None:
     settings = _load_settings()
-    from potok_state.app import SchemaNotCurrent, UnsupportedConfiguration, create_app
+    from potok_state.app import (
+        SHARED_FLOORS_ENV,
+        SchemaNotCurrent,
+        UnsupportedConfiguration,
+        create_app,
+    )
 
     try:
         app = create_app(settings)
@@ -36,16 +43,32 @@ def serve(args: argparse.Namespace) -> None:
         sys.exit(f"potok-state: invalid state machine table: {exc}")
     except UnsupportedConfiguration as exc:
         sys.exit(f"potok-state: {exc}")
+    workers = args.workers or settings.workers
+    server = {
+        "host": args.host or settings.host,
+        "port": args.port or settings.port,
+        "log_config": None,
+        "access_log": False,
+        "proxy_headers": True,
+        "timeout_graceful_shutdown": 30,
+    }
     try:
-        uvicorn.run(
-            app,
-            host=args.host or settings.host,
-            port=args.port or settings.port,
-            log_config=None,
-            access_log=False,
-            proxy_headers=True,
-            timeout_graceful_shutdown=30,
-        )
+        if workers == 1:
+            uvicorn.run(app, **server)  # type: ignore[arg-type]
+            return
+        if settings.is_sqlite:
+            # Once, here, rather than racing in every worker.
+            upgrade_to_head(settings.database_url)
+        # The workers share one table of revision floors (cache/floors.py), so a
+        # write in one is never followed by a stale read in another.
+        with tempfile.TemporaryDirectory(prefix="potok-state-") as shared:
+            os.environ[SHARED_FLOORS_ENV] = os.path.join(shared, "floors")
+            uvicorn.run(
+                "potok_state.app:app_from_environment",
+                factory=True,
+                workers=workers,
+                **server,  # type: ignore[arg-type]
+            )
     except SchemaNotCurrent as exc:
         sys.exit(f"potok-state: {exc}")
 
@@ -95,6 +118,11 @@ def main(argv: list[str] | None = None) -> None:
     serve_cmd = commands.add_parser("serve", help="run the HTTP service")
     serve_cmd.add_argument("--host", help="bind address (default: HOST or 0.0.0.0)")
     serve_cmd.add_argument("--port", type=int, help="port (default: PORT or 3002)")
+    serve_cmd.add_argument(
+        "--workers",
+        type=int,
+        help="server processes sharing the port, one per core (default: WEB_CONCURRENCY or 1)",
+    )
     serve_cmd.set_defaults(handler=serve)
     commands.add_parser("worker", help="run a webhook delivery worker").set_defaults(handler=worker)
     commands.add_parser("migrate", help="upgrade the database schema").set_defaults(handler=migrate)

@@ -78,6 +78,13 @@ class WebhookSettings(BaseSettings):
     worker_concurrency: int = Field(
         64, ge=1, le=1000, description="Delivery attempts in flight per worker process."
     )
+    max_in_flight_per_subscription: int = Field(
+        32,
+        ge=1,
+        le=1000,
+        description="Delivery attempts one subscription may have in flight in one worker "
+        "process (never two for the same entity).",
+    )
 
 
 class CacheSettings(BaseSettings):
@@ -153,6 +160,13 @@ class Settings(BaseSettings):
     )
     app_name: str = Field("potok-state-service", description="Service name in logs and health.")
     port: int = Field(3002, ge=1, le=65535, description="HTTP port.")
+    workers: int = Field(
+        1,
+        ge=1,
+        le=64,
+        validation_alias=AliasChoices("WEB_CONCURRENCY", "workers"),
+        description="Server processes sharing the port (`serve --workers N`); one per core.",
+    )
     host: str = Field("0.0.0.0", description="HTTP bind address.")
     log_level: str = Field("info", description="debug, info, warning, error.")
     log_format: LogFormat = Field(LogFormat.PRETTY, description="json or pretty.")

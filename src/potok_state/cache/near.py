@@ -12,9 +12,11 @@ the process cannot hear other hosts' writes, the near cache is not used at all
 from __future__ import annotations
 
 from collections import OrderedDict
+from collections.abc import Sequence
 from dataclasses import dataclass
 
-from potok_state.cache.floors import RevisionFloors
+from potok_state.cache.floors import RevisionFloors, state_key
+from potok_state.changes.model import EventRecord
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,3 +81,24 @@ class NearCache:
     def clear(self) -> None:
         self._entries.clear()
         self.epoch += 1
+
+
+class NearCacheFollower:
+    """Keeps a near cache honest about other hosts' writes, fed by the commit
+    feed (storage/commits.py)."""
+
+    def __init__(self, near: NearCache) -> None:
+        self.near = near
+
+    def on_events(self, events: Sequence[EventRecord]) -> None:
+        self.near.floors.raise_many(
+            (state_key(event.entity, event.entity_id), event.revision)
+            for event in events
+            if event.entity is not None and event.entity_id is not None
+        )
+
+    def on_blind(self) -> None:
+        self.near.distrust()
+
+    def on_sighted(self) -> None:
+        self.near.trust()

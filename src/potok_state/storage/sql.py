@@ -39,6 +39,7 @@ from potok_state.changes.model import (
 )
 from potok_state.clock import utc_now
 from potok_state.storage.changeset import ChangeSet
+from potok_state.storage.commits import OUTBOX_CHANNEL, CommitFeed
 from potok_state.storage.database import (
     Database,
     PostgresDatabase,
@@ -54,9 +55,7 @@ from potok_state.storage.port import (
     StateQuery,
     WriteContention,
 )
-from potok_state.wakeup import Wakeup
 
-OUTBOX_CHANNEL = "potok_outbox"
 MAX_ATTEMPTS = 32
 
 STATE_COLUMNS = (
@@ -90,9 +89,9 @@ class SqlStateStore:
         self.url = url
         self.db: Database = open_database(url, pool_size=pool_size, synchronous=sqlite_synchronous)
         self.dialect: Dialect = self.db.dialect
-        # Set after every committed change; the webhook worker in this process
-        # waits on it (other processes are woken by NOTIFY on PostgreSQL).
-        self.changes_committed = Wakeup()
+        self.commits = CommitFeed(
+            postgres_dsn=self.db.dsn if isinstance(self.db, PostgresDatabase) else None
+        )
         hook = commit_hook or _no_hook
         self._writer: _ChangeWriter = (
             _SqliteChangeWriter(self.db, hook)
@@ -105,6 +104,7 @@ class SqlStateStore:
         return isinstance(self.db, SqliteDatabase)
 
     async def close(self) -> None:
+        await self.commits.stop()
         await self.db.close()
 
     async def ping(self) -> None:
@@ -132,7 +132,7 @@ class SqlStateStore:
             changes = ChangeSet.build(entity_ids, current, mutations, event_data)
             applied = await self._writer.commit(changes, idempotency)
             if applied is not None:
-                self.changes_committed.notify()
+                self.commits.local()
                 return applied
         raise WriteContention(
             "Too many concurrent writes to the same entities; try again.",

@@ -9,16 +9,16 @@ Two loops share one process:
   that finished meanwhile, and their consequences (retry with backoff,
   Retry-After, 410, auto-disable), in one transaction per batch.
 
-Both loops sleep until woken: by a commit in this process, by PostgreSQL
-NOTIFY from other processes, or by a finished attempt; a slow poll is only the
-safety net. In-flight attempts finish on shutdown; a killed worker's leases run
-out and the deliveries are sent again (at-least-once).
+Both loops sleep until woken by the commit feed (storage/commits.py: a commit
+in this process, or PostgreSQL NOTIFY from other processes) or by a finished
+attempt; a slow poll is only the safety net. In-flight attempts finish on
+shutdown; a killed worker's leases run out and the deliveries are sent again
+(at-least-once).
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import functools
 import time
 from dataclasses import dataclass
@@ -26,16 +26,13 @@ from datetime import datetime, timedelta
 from email.utils import parsedate_to_datetime
 
 import aiohttp
-import asyncpg
 import structlog
 
 from potok_state.changes.payload import event_body
 from potok_state.clock import utc_now
 from potok_state.metrics import Metrics
 from potok_state.settings import WebhookSettings
-from potok_state.storage.sql import OUTBOX_CHANNEL
 from potok_state.webhooks.repository import (
-    DELIVERIES_CHANNEL,
     DISPATCH_BATCH,
     SUCCEEDED,
     AttemptResult,
@@ -151,21 +148,19 @@ class DeliveryWorker:
         allow_private: bool,
         concurrency: int = 64,
         per_subscription: int = 16,
-        postgres_dsn: str | None = None,
     ) -> None:
         self.repository = repository
         self.settings = settings
         self.metrics = metrics
         self.concurrency = concurrency
         self.per_subscription = per_subscription
-        self.postgres_dsn = postgres_dsn
         self.sender = WebhookSender(
             timeout_ms=settings.delivery_timeout,
             allow_private=allow_private,
             connections=concurrency,
         )
         self.lease = timedelta(milliseconds=settings.delivery_timeout) + LEASE_MARGIN
-        self._outbox = repository.store.changes_committed
+        self._outbox = repository.store.commits.outbox_ready
         self._due = repository.deliveries_ready
         self._in_flight: dict[int, asyncio.Task[None]] = {}
         self._per_subscription: dict[str, int] = {}
@@ -181,8 +176,6 @@ class DeliveryWorker:
             asyncio.create_task(self._dispatch_loop(), name="webhook-dispatch"),
             asyncio.create_task(self._deliver_loop(), name="webhook-deliver"),
         ]
-        if self.postgres_dsn is not None:
-            self._loops.append(asyncio.create_task(self._listen_loop(), name="webhook-listen"))
         self._recorder = asyncio.create_task(self._record_loop(), name="webhook-record")
         log.info("webhook.worker.started", concurrency=self.concurrency)
 
@@ -358,27 +351,3 @@ class DeliveryWorker:
                 for (_, recorded), status in zip(batch, statuses, strict=True):
                     if not recorded.done():
                         recorded.set_result(status)
-
-    # -- cross-process wake-ups (PostgreSQL) ------------------------------------
-
-    async def _listen_loop(self) -> None:
-        assert self.postgres_dsn is not None
-        while not self._stopping.is_set():
-            try:
-                connection = await asyncpg.connect(self.postgres_dsn)
-            except (OSError, asyncpg.PostgresError):
-                log.warning("webhook.listen.connect_failed")
-                await asyncio.sleep(POLL_SECONDS)
-                continue
-            try:
-                await connection.add_listener(OUTBOX_CHANNEL, lambda *_: self._outbox.notify())
-                await connection.add_listener(DELIVERIES_CHANNEL, lambda *_: self._due.notify())
-                # Anything committed before LISTEN took effect is picked up now.
-                self._outbox.notify()
-                self._due.notify()
-                lost = asyncio.Event()
-                connection.add_termination_listener(lambda *_, lost=lost: lost.set())
-                await lost.wait()  # stop() cancels this task
-            finally:
-                with contextlib.suppress(Exception):
-                    await connection.close()

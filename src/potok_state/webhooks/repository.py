@@ -19,12 +19,11 @@ import orjson
 
 from potok_state.changes.model import EventRecord
 from potok_state.clock import utc_now
+from potok_state.storage.commits import DELIVERIES_CHANNEL
 from potok_state.storage.database import Row, Tx
 from potok_state.storage.dialect import Dialect
 from potok_state.storage.sql import OUTBOX_COLUMNS, SqlStateStore, event_record
-from potok_state.wakeup import Wakeup
 
-DELIVERIES_CHANNEL = "potok_deliveries"
 PENDING = "pending"
 SUCCEEDED = "succeeded"
 FAILED = "failed"
@@ -175,7 +174,7 @@ class WebhookRepository:
         self.dialect = store.dialect
         # Set when deliveries become due (dispatched, retried, replayed) in this
         # process; other processes hear NOTIFY on DELIVERIES_CHANNEL.
-        self.deliveries_ready = Wakeup()
+        self.deliveries_ready = store.commits.deliveries_ready
 
     async def _announce_deliveries(self, tx: Tx) -> None:
         if tx.dialect.name == "postgresql":
