@@ -201,7 +201,11 @@ async def run_worker(settings: Settings) -> None:
     """`potok-state worker`: delivery only, until SIGTERM or SIGINT; in-flight
     attempts finish before it exits."""
     configure_logging(settings.log_level, settings.log_format)
-    store = SqlStateStore(settings.database_url, pool_size=settings.database_pool_size)
+    store = SqlStateStore(
+        settings.database_url,
+        pool_size=settings.database_pool_size,
+        sqlite_synchronous=settings.sqlite_synchronous.value,
+    )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):

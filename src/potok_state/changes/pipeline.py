@@ -7,7 +7,7 @@ no window in which the change exists without its replay record."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Generic, Protocol, TypeVar
@@ -21,6 +21,7 @@ from potok_state.changes.model import (
     IdempotencyRecord,
     IdempotencyWrite,
     StateChange,
+    StoredState,
 )
 from potok_state.changes.payload import event_data
 from potok_state.clock import utc_now
@@ -83,11 +84,13 @@ async def apply_change(
     idempotency: IdempotencyKey | None,
     ttl_seconds: int,
     metrics: Metrics | None = None,
+    hint: Mapping[str, StoredState | None] | None = None,
 ) -> Applied[OutcomeT]:
     """Apply one change through the store, honouring an idempotency key. A
-    replayed outcome is neither logged nor counted again."""
+    replayed outcome is neither logged nor counted again. `hint`: states the
+    caller believes current (see `StateStore.apply`)."""
     if idempotency is None:
-        applied = await store.apply(targets, decide, event_data)
+        applied = await store.apply(targets, decide, event_data, hint=hint)
         _log_applied(applied, metrics)
         return Applied(respond(applied), replayed=False)
 
@@ -109,7 +112,7 @@ async def apply_change(
         expired_before=not_before,
     )
     try:
-        applied = await store.apply(targets, decide, event_data, write)
+        applied = await store.apply(targets, decide, event_data, write, hint)
     except IdempotencyConflict:
         winner = await store.idempotency_record(scope, not_before)
         if winner is None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 
 import orjson
 
@@ -36,6 +37,21 @@ class EncodedState:
     def from_json(cls, body: bytes) -> EncodedState:
         view = orjson.loads(body)
         return cls(view["entity"], view["entityId"], view["version"], view["revision"], body)
+
+
+def stored_state(body: bytes) -> StoredState:
+    """The state a `StateView` JSON describes."""
+    view = orjson.loads(body)
+    return StoredState(
+        entity=view["entity"],
+        entity_id=view["entityId"],
+        status=view["status"],
+        metadata=view["metadata"],
+        version=view["version"],
+        revision=view["revision"],
+        created_at=datetime.fromisoformat(view["createdAt"]),
+        updated_at=datetime.fromisoformat(view["updatedAt"]),
+    )
 
 
 def _state_view(state: StoredState) -> dict[str, object]:

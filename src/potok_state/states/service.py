@@ -36,6 +36,7 @@ from potok_state.states.encoding import (
     fragment,
     history_page_json,
     state_page_json,
+    stored_state,
 )
 from potok_state.states.errors import (
     BatchInvalid,
@@ -166,7 +167,8 @@ class StateService:
                 )
             ]
 
-        return await self._apply(entity, request.entityId, decide, actor, idempotency)
+        hint = self._hint(entity, [request.entityId], absent_if_unknown=True)
+        return await self._apply(entity, request.entityId, decide, actor, idempotency, hint)
 
     async def update_state(
         self,
@@ -206,7 +208,8 @@ class StateService:
                 )
             ]
 
-        return await self._apply(entity, entity_id, decide, actor, idempotency)
+        hint = self._hint(entity, [entity_id], absent_if_unknown=False)
+        return await self._apply(entity, entity_id, decide, actor, idempotency, hint)
 
     async def delete_state(
         self,
@@ -256,6 +259,7 @@ class StateService:
             idempotency=idempotency,
             ttl_seconds=self.idempotency_ttl,
             metrics=self.metrics,
+            hint=self._hint(entity, [entity_id], absent_if_unknown=False),
         )
         if not applied.replayed:
             gone = applied.outcome
@@ -359,6 +363,9 @@ class StateService:
             idempotency=idempotency,
             ttl_seconds=self.idempotency_ttl,
             metrics=self.metrics,
+            hint=self._hint(
+                entity, [item.entityId for item in batch.items], absent_if_unknown=True
+            ),
         )
         if not applied.replayed:
             await self._written(applied.outcome.states)
@@ -371,6 +378,7 @@ class StateService:
         decide: Decide,
         actor: str,
         idempotency: IdempotencyKey | None,
+        hint: Mapping[str, StoredState | None],
     ) -> Applied[EncodedState]:
         applied = await apply_change(
             self.store,
@@ -382,10 +390,28 @@ class StateService:
             idempotency=idempotency,
             ttl_seconds=self.idempotency_ttl,
             metrics=self.metrics,
+            hint=hint,
         )
         if not applied.replayed:
             await self._written([applied.outcome])
         return applied
+
+    def _hint(
+        self, entity: str, entity_ids: Sequence[str], *, absent_if_unknown: bool
+    ) -> dict[str, StoredState | None]:
+        """What the near cache knows of these states, to decide on without
+        reading them (the store checks every version as it writes, so a stale
+        hint costs a second decision, never a wrong write). A creating write
+        may assume that a state it does not know of is absent."""
+        hint: dict[str, StoredState | None] = {}
+        for entity_id in entity_ids:
+            entry = self.near.get(state_key(entity, entity_id))
+            if entry is None:
+                if absent_if_unknown:
+                    hint[entity_id] = None
+            else:
+                hint[entity_id] = stored_state(entry.body) if entry.body else None
+        return hint
 
     async def _written(self, states: Sequence[EncodedState]) -> None:
         """After commit, before answering: keep the fresh bodies near and write

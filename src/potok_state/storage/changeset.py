@@ -21,12 +21,30 @@ import orjson
 from potok_state.changes.model import (
     AppliedChange,
     CustomEvent,
+    Decide,
     EventData,
     EventType,
     Mutation,
     StateChange,
     StoredState,
 )
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    """A change to apply: its targets and the pure function that decides it
+    on their current states. Deciding again on fresher states is always safe."""
+
+    targets: Sequence[tuple[str, str]]
+    decide: Decide
+    event_data: EventData
+
+    def changes(self, current: Mapping[str, StoredState]) -> ChangeSet | None:
+        """The change set decided on `current`; None when nothing is to change."""
+        mutations = self.decide(current)
+        if not mutations:
+            return None
+        return ChangeSet.build(self.targets, current, mutations, self.event_data)
 
 
 @dataclass(frozen=True, slots=True)

@@ -384,6 +384,12 @@ class PostgresTx:
             await self.connection.executemany(sql, rows)
 
 
+async def _keep_session(_: asyncpg.Connection) -> None:
+    """Pooled connections carry no session state of ours (no LISTEN, SET or
+    cursor outlives a unit of work, and transactions always close), so the
+    round trip of asyncpg's default reset on every release is skipped."""
+
+
 class PostgresDatabase:
     dialect: Dialect = POSTGRES
 
@@ -403,6 +409,7 @@ class PostgresDatabase:
                         max_size=self.pool_size,
                         statement_cache_size=512,
                         max_inactive_connection_lifetime=300,
+                        reset=_keep_session,
                     )
         return self._pool
 

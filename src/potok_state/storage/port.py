@@ -68,7 +68,13 @@ class StateStore(Protocol):
         decide: Decide,
         event_data: EventData,
         idempotency: IdempotencyWrite | None = None,
-    ) -> list[AppliedChange]: ...
+        hint: Mapping[str, StoredState | None] | None = None,
+    ) -> list[AppliedChange]:
+        """Decide the change on the current states of `entity_ids` and write
+        it with fresh revisions in one transaction. `hint` holds states the
+        caller believes current (None: absent), which are used instead of
+        reading them; a wrong hint costs another decision, never a wrong write."""
+        ...
 
     async def get_state(self, entity: str, entity_id: str) -> StoredState | None: ...
 

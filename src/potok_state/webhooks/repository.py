@@ -22,7 +22,8 @@ from potok_state.clock import utc_now
 from potok_state.storage.commits import DELIVERIES_CHANNEL
 from potok_state.storage.database import Row, Tx
 from potok_state.storage.dialect import Dialect
-from potok_state.storage.sql import OUTBOX_COLUMNS, SqlStateStore, event_record
+from potok_state.storage.rows import OUTBOX_COLUMNS, event_record
+from potok_state.storage.sql import SqlStateStore
 
 PENDING = "pending"
 SUCCEEDED = "succeeded"

@@ -1,0 +1,583 @@
+"""Writing change sets (docs/architecture.md, "The write path").
+
+A change set is written only if every target is still at the version its
+decision saw (`ChangeSet.expected`); otherwise it is decided again on the
+states the database holds and written then. Both databases commit change sets
+in groups, one transaction and one log flush for all the changes waiting:
+
+* SQLite: each change set is a unit of work of the writer thread, which
+  already commits whatever is queued in one transaction (`database.py`); a
+  failed guard is decided again inside the unit, under the write lock.
+* PostgreSQL: one flusher per process takes every change set waiting (none two
+  of them on the same entity) and writes them with ONE statement in its own
+  implicit transaction (`_APPLY`). The statement locks the targets, checks
+  their versions, leaves out the change sets whose guard failed, takes one
+  block of revisions from `revision_counter` for the rest and writes their
+  states, history and outbox rows, and NOTIFYs. The counter's row lock is held
+  from the bump to the commit, inside the server, once per group: revisions
+  still commit in order (a reader that has seen N has seen everything below
+  N), and one log flush serves the whole group. A change set whose guard
+  failed comes back with its targets' current rows; the flusher decides it
+  again and puts it first in line, so within a process it is written next.
+
+A write that carries an idempotency record is written alone, in an explicit
+transaction, because the record holds the answer, which depends on the
+revisions the statement takes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections import deque
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+import asyncpg
+import structlog
+
+from potok_state.changes.model import AppliedChange, IdempotencyWrite, StoredState
+from potok_state.clock import utc_now
+from potok_state.storage.changeset import ChangeSet, Decision, StateRow
+from potok_state.storage.commits import OUTBOX_CHANNEL
+from potok_state.storage.database import Database, PostgresDatabase, Tx
+from potok_state.storage.dialect import POSTGRES
+from potok_state.storage.port import IdempotencyConflict, WriteContention
+from potok_state.storage.rows import OUTBOX_COLUMNS, STATE_COLUMNS, load_states, state_from_row
+
+log = structlog.get_logger(__name__)
+
+CommitHook = Callable[[Sequence[AppliedChange]], None]
+"""Told of a change set as it commits: on SQLite in the writer thread, under
+the write lock, just before COMMIT; on PostgreSQL as soon as the statement
+returns. It must be quick and thread-safe (the cache raises its revision
+floors here, so no process of the host serves the older state from then on)."""
+
+# A group stops growing at this many mutations (a bigger change set goes alone).
+MAX_GROUP_MUTATIONS = 2000
+# Decisions of one change that other processes' writes may overtake.
+MAX_DECISIONS = 32
+
+
+class ChangeWriter:
+    async def write(
+        self, decision: Decision, changes: ChangeSet, idempotency: IdempotencyWrite | None
+    ) -> list[AppliedChange]:
+        """Write `changes` (decided on states that may be stale by now), or
+        what `decision` decides on the current states."""
+        raise NotImplementedError
+
+    async def close(self) -> None:
+        """Finish what is queued."""
+
+
+def change_writer(db: Database, hook: CommitHook | None) -> ChangeWriter:
+    if isinstance(db, PostgresDatabase):
+        return PostgresChangeWriter(db, hook or _no_hook)
+    return SqliteChangeWriter(db, hook or _no_hook)
+
+
+def _no_hook(_: Sequence[AppliedChange]) -> None:
+    pass
+
+
+# -- SQLite ---------------------------------------------------------------------------
+
+
+class SqliteChangeWriter(ChangeWriter):
+    def __init__(self, db: Database, hook: CommitHook) -> None:
+        self.db = db
+        self.hook = hook
+        self._last_at = datetime.min.replace(tzinfo=UTC)
+
+    async def write(
+        self, decision: Decision, changes: ChangeSet, idempotency: IdempotencyWrite | None
+    ) -> list[AppliedChange]:
+        return await self.db.write(lambda tx: self._write(tx, decision, changes, idempotency))
+
+    async def _write(
+        self,
+        tx: Tx,
+        decision: Decision,
+        changes: ChangeSet,
+        idempotency: IdempotencyWrite | None,
+    ) -> list[AppliedChange]:
+        dialect = tx.dialect
+        if idempotency is not None:
+            expired = dialect.time(idempotency.expired_before)
+            await tx.execute(_DELETE_EXPIRED_KEY, idempotency.scope, expired)
+            if await tx.fetchval(_KEY_TAKEN, idempotency.scope):
+                raise IdempotencyConflict(idempotency.scope)
+        for entity, entity_id, version in changes.expected:
+            found = await tx.fetchval(_VERSION, entity, entity_id)
+            if (found or 0) != version:
+                # Decided on a stale state: decide again under the write lock.
+                decided = decision.changes(await load_states(tx, decision.targets))
+                if decided is None:
+                    return []
+                changes = decided
+                break
+        last = await tx.fetchval(_BUMP_COUNTER, changes.count)
+        assert last is not None, "revision_counter is missing its row; run migrations"
+        base = int(last) - changes.count
+        # The clock is read under the write lock, so time never runs backwards
+        # along revisions (`updatedAfter`, feed timestamps).
+        at = max(utc_now(), self._last_at)
+        self._last_at = at
+        now = dialect.time(at)
+
+        def state_row(row: StateRow) -> tuple[object, ...]:
+            since = dialect.time(row.created_at) if row.created_at else now
+            return (
+                row.entity,
+                row.entity_id,
+                row.status,
+                row.metadata,
+                row.version,
+                base + row.offset,
+                since,
+                now,
+            )
+
+        await tx.executemany(_DELETE_STATE, changes.deletes)
+        await tx.executemany(_UPDATE_STATE, [state_row(s) for s in changes.states if not s.is_new])
+        await tx.executemany(_INSERT_STATE, [state_row(s) for s in changes.states if s.is_new])
+        await tx.executemany(
+            _INSERT_HISTORY,
+            [
+                (
+                    base + h.offset,
+                    h.entity,
+                    h.entity_id,
+                    h.version,
+                    h.event,
+                    h.previous_status,
+                    h.new_status,
+                    h.metadata,
+                    h.reason,
+                    h.actor,
+                    now,
+                )
+                for h in changes.history
+            ],
+        )
+        await tx.executemany(
+            _INSERT_EVENT,
+            [
+                (base + e.offset, e.event_id, e.event, e.entity, e.entity_id, e.data, now)
+                for e in changes.events
+            ],
+        )
+        applied = changes.applied(base, at)
+        if idempotency is not None:
+            await tx.execute(
+                _INSERT_KEY,
+                idempotency.scope,
+                idempotency.fingerprint,
+                idempotency.encode(applied),
+                now,
+            )
+        self.hook(applied)
+        return applied
+
+
+_DELETE_EXPIRED_KEY = "DELETE FROM idempotency_keys WHERE scope = $1 AND created_at < $2"
+_KEY_TAKEN = "SELECT 1 FROM idempotency_keys WHERE scope = $1"
+_INSERT_KEY = (
+    "INSERT INTO idempotency_keys (scope, fingerprint, outcome, created_at) VALUES ($1, $2, $3, $4)"
+)
+_VERSION = "SELECT version FROM states WHERE entity_type = $1 AND entity_id = $2"
+_BUMP_COUNTER = "UPDATE revision_counter SET value = value + $1 WHERE id = 1 RETURNING value"
+_DELETE_STATE = "DELETE FROM states WHERE entity_type = $1 AND entity_id = $2"
+_UPDATE_STATE = (
+    "UPDATE states SET status = $3, metadata = $4, version = $5, revision = $6, created_at = $7, "
+    "updated_at = $8 WHERE entity_type = $1 AND entity_id = $2"
+)
+_INSERT_STATE = f"INSERT INTO states ({STATE_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)"
+_INSERT_HISTORY = (
+    "INSERT INTO state_history (revision, entity_type, entity_id, version, event, "
+    "previous_status, new_status, metadata, reason, actor, changed_at) "
+    "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)"
+)
+_INSERT_EVENT = f"INSERT INTO outbox ({OUTBOX_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7)"
+
+
+# -- PostgreSQL -----------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class _Waiting:
+    decision: Decision
+    changes: ChangeSet
+    targets: frozenset[tuple[str, str]]
+    future: asyncio.Future[list[AppliedChange]]
+    decisions: int = 1
+
+
+class PostgresChangeWriter(ChangeWriter):
+    def __init__(self, db: PostgresDatabase, hook: CommitHook) -> None:
+        self.db = db
+        self.hook = hook
+        self._waiting: deque[_Waiting] = deque()
+        self._ready = asyncio.Event()
+        self._flusher: asyncio.Task[None] | None = None
+        self._connection: asyncpg.Connection | None = None
+
+    async def write(
+        self, decision: Decision, changes: ChangeSet, idempotency: IdempotencyWrite | None
+    ) -> list[AppliedChange]:
+        if idempotency is not None:
+            return await self._write_with_key(decision, changes, idempotency)
+        future: asyncio.Future[list[AppliedChange]] = asyncio.get_running_loop().create_future()
+        targets = frozenset(decision.targets)
+        self._waiting.append(_Waiting(decision, changes, targets, future))
+        if self._flusher is None or self._flusher.done():
+            self._flusher = asyncio.create_task(self._flush(), name="change-flusher")
+        self._ready.set()
+        # A cancelled caller cancels only its wait; the change set is written.
+        return await future
+
+    async def close(self) -> None:
+        if self._flusher is not None:
+            while self._waiting:
+                self._ready.set()
+                await asyncio.sleep(0.001)
+            self._flusher.cancel()
+            await asyncio.gather(self._flusher, return_exceptions=True)
+            self._flusher = None
+        if self._connection is not None:
+            with contextlib.suppress(Exception):
+                await self._connection.close()
+            self._connection = None
+
+    async def _flush(self) -> None:
+        while True:
+            await self._ready.wait()
+            self._ready.clear()
+            while self._waiting:
+                await self._write_group(self._take_group())
+
+    def _take_group(self) -> list[_Waiting]:
+        """The oldest waiting change sets that touch no entity twice, up to
+        MAX_GROUP_MUTATIONS (the others keep their place for the next group)."""
+        group: list[_Waiting] = []
+        taken: set[tuple[str, str]] = set()
+        mutations = 0
+        later: deque[_Waiting] = deque()
+        for waiting in self._waiting:
+            fits = not group or mutations + waiting.changes.count <= MAX_GROUP_MUTATIONS
+            if fits and taken.isdisjoint(waiting.targets):
+                group.append(waiting)
+                taken |= waiting.targets
+                mutations += waiting.changes.count
+            else:
+                later.append(waiting)
+        self._waiting = later
+        return group
+
+    async def _write_group(self, group: list[_Waiting]) -> None:
+        try:
+            connection = await self._writer_connection()
+            rows = await connection.fetch(_APPLY, *_arguments([w.changes for w in group]))
+        except (asyncpg.UniqueViolationError, asyncpg.DeadlockDetectedError):
+            if len(group) > 1:
+                # A change set created an entity another writer created first:
+                # write them one by one, so only that one decides again.
+                for waiting in group:
+                    await self._write_group([waiting])
+                return
+            waiting = group[0]
+            if self._decide_again(waiting, await self._read_current(waiting)):
+                self._waiting.appendleft(waiting)
+            return
+        except asyncpg.PostgresError as exc:
+            if len(group) > 1 and not _is_about_the_connection(exc):
+                # Maybe one change set's rows (a constraint, a trigger): write
+                # them one by one, so that one fails alone.
+                for waiting in group:
+                    await self._write_group([waiting])
+                return
+            self._fail(group, exc)
+            return
+        except (OSError, asyncpg.InterfaceError) as exc:
+            self._fail(group, exc)
+            return
+        stamped: dict[int, tuple[int, datetime]] = {}
+        current: dict[int, dict[str, StoredState]] = {}
+        for row in rows:
+            if row["base"] is not None:
+                stamped[row["cs"]] = (row["base"], row["at"])
+            elif row["entity_id"] is not None and row["status"] is not None:
+                current.setdefault(row["cs"], {})[row["entity_id"]] = state_from_row(POSTGRES, row)
+        again: list[_Waiting] = []
+        for index, waiting in enumerate(group):
+            if index in stamped:
+                base, at = stamped[index]
+                applied = waiting.changes.applied(base, at)
+                self.hook(applied)
+                _answer(waiting, applied)
+            elif self._decide_again(waiting, current.get(index, {})):
+                again.append(waiting)
+        # Decided again on fresh states: first in line, so written next.
+        self._waiting.extendleft(reversed(again))
+
+    def _decide_again(self, waiting: _Waiting, current: Mapping[str, StoredState]) -> bool:
+        """Decide a change whose guard failed again, on `current`; True when it
+        is to be written (else its caller has its answer)."""
+        if waiting.future.done():
+            return False
+        if waiting.decisions >= MAX_DECISIONS:
+            waiting.future.set_exception(
+                WriteContention(
+                    "Too many concurrent writes to the same entities; try again.",
+                    details={"decisions": waiting.decisions},
+                )
+            )
+            return False
+        waiting.decisions += 1
+        try:
+            changes = waiting.decision.changes(current)
+        except Exception as exc:
+            waiting.future.set_exception(exc)
+            return False
+        if changes is None:
+            waiting.future.set_result([])
+            return False
+        waiting.changes = changes
+        return True
+
+    async def _read_current(self, waiting: _Waiting) -> dict[str, StoredState]:
+        return await self.db.read(lambda tx: load_states(tx, waiting.decision.targets))
+
+    def _fail(self, group: list[_Waiting], exc: BaseException) -> None:
+        if not isinstance(exc, asyncpg.PostgresError) or _is_about_the_connection(exc):
+            self._drop_connection()
+        for waiting in group:
+            if not waiting.future.done():
+                waiting.future.set_exception(exc)
+
+    async def _writer_connection(self) -> asyncpg.Connection:
+        """The flusher's own connection: its one statement is planned once
+        (a generic plan; re-planning it on every group cost more than running
+        it) and it never waits for a pooled connection."""
+        if self._connection is None or self._connection.is_closed():
+            self._connection = await asyncpg.connect(
+                self.db.dsn, server_settings={"plan_cache_mode": "force_generic_plan"}
+            )
+        return self._connection
+
+    def _drop_connection(self) -> None:
+        if self._connection is not None:
+            self._connection.terminate()
+            self._connection = None
+
+    async def _write_with_key(
+        self, decision: Decision, changes: ChangeSet, idempotency: IdempotencyWrite
+    ) -> list[AppliedChange]:
+        """Alone, in an explicit transaction that also stores the answer. After
+        a failed guard the targets stay locked by this transaction, so the
+        second decision holds (unless another writer creates an entity first:
+        then all of it starts again)."""
+        for _ in range(MAX_DECISIONS):
+            try:
+                applied = await self._transaction_with_key(decision, changes, idempotency)
+            except (asyncpg.UniqueViolationError, asyncpg.DeadlockDetectedError):
+                current = await self.db.read(lambda tx: load_states(tx, decision.targets))
+                decided = decision.changes(current)
+                if decided is None:
+                    return []
+                changes = decided
+                continue
+            if applied:
+                self.hook(applied)
+            return applied
+        raise WriteContention(
+            "Too many concurrent writes to the same entities; try again.",
+            details={"decisions": MAX_DECISIONS},
+        )
+
+    async def _transaction_with_key(
+        self, decision: Decision, changes: ChangeSet, idempotency: IdempotencyWrite
+    ) -> list[AppliedChange]:
+        async with self.db.connection() as connection, connection.transaction():
+            await connection.execute(
+                _DELETE_EXPIRED_KEY, idempotency.scope, idempotency.expired_before
+            )
+            rows = await connection.fetch(_APPLY, *_arguments([changes]))
+            if rows and rows[0]["base"] is None:
+                current = {
+                    row["entity_id"]: state_from_row(POSTGRES, row)
+                    for row in rows
+                    if row["entity_id"] is not None and row["status"] is not None
+                }
+                decided = decision.changes(current)
+                if decided is None:
+                    return []
+                rows = await connection.fetch(_APPLY, *_arguments([decided]))
+                changes = decided
+            if not rows or rows[0]["base"] is None:
+                raise asyncpg.DeadlockDetectedError("the targets changed under their locks")
+            applied = changes.applied(rows[0]["base"], rows[0]["at"])
+            try:
+                await connection.execute(
+                    _INSERT_KEY,
+                    idempotency.scope,
+                    idempotency.fingerprint,
+                    idempotency.encode(applied),
+                    rows[0]["at"],
+                )
+            except asyncpg.UniqueViolationError:
+                raise IdempotencyConflict(idempotency.scope) from None
+            return applied
+
+
+def _answer(waiting: _Waiting, applied: list[AppliedChange]) -> None:
+    if not waiting.future.done():
+        waiting.future.set_result(applied)
+
+
+def _is_about_the_connection(exc: asyncpg.PostgresError) -> bool:
+    state = getattr(exc, "sqlstate", "") or ""
+    return state[:2] in ("08", "57", "53", "58")
+
+
+def _arguments(groups: Sequence[ChangeSet]) -> list[object]:
+    """The `_APPLY` parameters for these change sets (`cs` = their index)."""
+    columns: list[list[object]] = [[] for _ in range(36)]
+    (
+        e_cs, e_type, e_id, e_version,
+        sets_cs, sets_n,
+        d_cs, d_type, d_id,
+        w_cs, w_type, w_id, w_status, w_metadata, w_version, w_off, w_created, w_new,
+        h_cs, h_off, h_type, h_id, h_version, h_event, h_previous, h_new, h_metadata, h_reason,
+        h_actor,
+        o_cs, o_off, o_event_id, o_event, o_type, o_id, o_data,
+    ) = columns  # fmt: skip
+    for cs, changes in enumerate(groups):
+        sets_cs.append(cs)
+        sets_n.append(changes.count)
+        for entity, entity_id, version in changes.expected:
+            e_cs.append(cs)
+            e_type.append(entity)
+            e_id.append(entity_id)
+            e_version.append(version)
+        for entity, entity_id in changes.deletes:
+            d_cs.append(cs)
+            d_type.append(entity)
+            d_id.append(entity_id)
+        for s in changes.states:
+            w_cs.append(cs)
+            w_type.append(s.entity)
+            w_id.append(s.entity_id)
+            w_status.append(s.status)
+            w_metadata.append(s.metadata)
+            w_version.append(s.version)
+            w_off.append(s.offset)
+            w_created.append(s.created_at)
+            w_new.append(s.is_new)
+        for h in changes.history:
+            h_cs.append(cs)
+            h_off.append(h.offset)
+            h_type.append(h.entity)
+            h_id.append(h.entity_id)
+            h_version.append(h.version)
+            h_event.append(h.event)
+            h_previous.append(h.previous_status)
+            h_new.append(h.new_status)
+            h_metadata.append(h.metadata)
+            h_reason.append(h.reason)
+            h_actor.append(h.actor)
+        for e in changes.events:
+            o_cs.append(cs)
+            o_off.append(e.offset)
+            o_event_id.append(e.event_id)
+            o_event.append(e.event)
+            o_type.append(e.entity)
+            o_id.append(e.entity_id)
+            o_data.append(e.data)
+    return list(columns)
+
+
+# The statement of the module docstring. The targets' row locks come first
+# (`locked`, in key order), the counter's last (`counter` only runs once
+# `failed` has read `locked`), so two statements never wait on each other in
+# opposite orders. A change set whose guard failed is left out of `sets`, so
+# nothing of it is written and it takes no revision; its targets' current rows
+# are returned instead (status NULL: absent).
+_APPLY = f"""
+WITH expected AS (
+    SELECT * FROM unnest($1::int[], $2::text[], $3::text[], $4::int[])
+        AS e(cs, entity_type, entity_id, version)
+), locked AS (
+    SELECT s.*
+    FROM states s JOIN expected e USING (entity_type, entity_id)
+    ORDER BY s.entity_type, s.entity_id
+    FOR UPDATE OF s
+), failed AS (
+    SELECT DISTINCT e.cs FROM expected e LEFT JOIN locked l USING (entity_type, entity_id)
+    WHERE coalesce(l.version, 0) <> e.version
+), sets AS (
+    SELECT s.cs, s.n, (sum(s.n) OVER (ORDER BY s.cs) - s.n)::bigint AS before
+    FROM unnest($5::int[], $6::int[]) AS s(cs, n)
+    WHERE s.cs NOT IN (SELECT cs FROM failed)
+), total AS (
+    SELECT coalesce(sum(n), 0)::int AS n FROM sets
+), counter AS (
+    UPDATE revision_counter SET value = value + (SELECT n FROM total)
+    WHERE id = 1 AND (SELECT n FROM total) > 0
+    RETURNING value - (SELECT n FROM total) AS base,
+        date_trunc('milliseconds', clock_timestamp()) AS at
+), gone AS (
+    DELETE FROM states s
+    USING counter, sets JOIN unnest($7::int[], $8::text[], $9::text[])
+        AS d(cs, entity_type, entity_id) USING (cs)
+    WHERE s.entity_type = d.entity_type AND s.entity_id = d.entity_id
+), written AS (
+    SELECT w.*, c.base + sets.before + w.off AS revision,
+        coalesce(w.created_at, c.at) AS since, c.at
+    FROM counter c, sets JOIN unnest(
+        $10::int[], $11::text[], $12::text[], $13::text[], $14::text[], $15::int[], $16::int[],
+        $17::timestamptz[], $18::bool[]
+    ) AS w(cs, entity_type, entity_id, status, metadata, version, off, created_at, is_new)
+        USING (cs)
+), changed AS (
+    UPDATE states s SET status = w.status, metadata = w.metadata::jsonb, version = w.version,
+        revision = w.revision, created_at = w.since, updated_at = w.at
+    FROM written w
+    WHERE NOT w.is_new AND s.entity_type = w.entity_type AND s.entity_id = w.entity_id
+), created AS (
+    INSERT INTO states ({STATE_COLUMNS})
+    SELECT w.entity_type, w.entity_id, w.status, w.metadata::jsonb, w.version, w.revision,
+        w.since, w.at
+    FROM written w WHERE w.is_new
+), history AS (
+    INSERT INTO state_history (revision, entity_type, entity_id, version, event,
+        previous_status, new_status, metadata, reason, actor, changed_at)
+    SELECT c.base + sets.before + h.off, h.entity_type, h.entity_id, h.version, h.event,
+        h.previous_status, h.new_status, h.metadata::jsonb, h.reason, h.actor, c.at
+    FROM counter c, sets JOIN unnest(
+        $19::int[], $20::int[], $21::text[], $22::text[], $23::int[], $24::text[], $25::text[],
+        $26::text[], $27::text[], $28::text[], $29::text[]
+    ) AS h(cs, off, entity_type, entity_id, version, event, previous_status, new_status,
+        metadata, reason, actor) USING (cs)
+), events AS (
+    INSERT INTO outbox ({OUTBOX_COLUMNS})
+    SELECT c.base + sets.before + o.off, o.event_id, o.event, o.entity_type, o.entity_id,
+        o.data, c.at
+    FROM counter c, sets JOIN unnest(
+        $30::int[], $31::int[], $32::text[], $33::text[], $34::text[], $35::text[], $36::text[]
+    ) AS o(cs, off, event_id, event, entity_type, entity_id, data) USING (cs)
+), notified AS (
+    SELECT pg_notify('{OUTBOX_CHANNEL}', (base + (SELECT n FROM total))::text) FROM counter
+)
+SELECT sets.cs, c.base + sets.before AS base, c.at, NULL::text AS entity_type,
+    NULL::text AS entity_id, NULL::text AS status, NULL::text AS metadata, NULL::int AS version,
+    NULL::bigint AS revision, NULL::timestamptz AS created_at, NULL::timestamptz AS updated_at
+FROM sets, counter c, (SELECT count(*) FROM notified) n
+UNION ALL
+SELECT f.cs, NULL, NULL, e.entity_type, e.entity_id, l.status, l.metadata::text, l.version,
+    l.revision, l.created_at, l.updated_at
+FROM failed f JOIN expected e USING (cs)
+    LEFT JOIN locked l USING (entity_type, entity_id)
+"""
