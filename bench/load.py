@@ -18,6 +18,7 @@ import time
 from collections import Counter
 from dataclasses import dataclass, field
 from enum import StrEnum
+from typing import NamedTuple
 
 import aiohttp
 import orjson
@@ -53,6 +54,7 @@ class Workload:
 class LoadSpec:
     workload: Workload
     server_pid: int
+    """The `serve` process: its CPU and its descendants' is the server's."""
     concurrency: int
     duration: float = 0.0
     warmup: float = 0.0
@@ -71,7 +73,9 @@ class LoadResult:
     error_kinds: dict[str, int] = field(default_factory=dict)
     error_sample: str = ""
     server_cpu: float = 0.0
-    """Server process CPU over the measured window, in cores (1.0 = one core busy)."""
+    """CPU of the server's whole process tree (the uvicorn parent and, with
+    `--workers N`, its worker processes) over the measured window, in cores
+    (1.0 = one core busy)."""
     client_cpu: float = 0.0
     postgres_cpu: float = 0.0
     """All `postgres` processes on the machine, in cores (includes other users)."""
@@ -149,35 +153,94 @@ def build_request(work: Workload, worker: int, seq: int, workers: int) -> tuple[
 _TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
 
 
-def _process_ticks(pid: int) -> tuple[str, int]:
+class ProcStat(NamedTuple):
+    """The fields of `/proc/<pid>/stat` the bench uses."""
+
+    pid: int
+    name: str
+    state: str
+    ppid: int
+    ticks: int
+    """utime + stime, in clock ticks."""
+    started: int
+    """Start time after boot, in clock ticks: with the pid, names one process."""
+
+
+def read_stat(pid: int) -> ProcStat | None:
     try:
         with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as stat:
             raw = stat.read()
     except OSError:
-        return "", 0
+        return None
     name = raw[raw.find("(") + 1 : raw.rfind(")")]
     fields = raw[raw.rfind(")") + 2 :].split()
-    return name, int(fields[11]) + int(fields[12])
+    try:
+        return ProcStat(
+            pid,
+            name,
+            fields[0],
+            int(fields[1]),
+            int(fields[11]) + int(fields[12]),
+            int(fields[19]),
+        )
+    except (IndexError, ValueError):
+        return None
 
 
-def _postgres_ticks() -> int:
-    total = 0
+def all_processes() -> list[ProcStat]:
+    found = []
     for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            name, ticks = _process_ticks(int(entry))
-            if name == "postgres":
-                total += ticks
-    return total
+        if entry.isdigit() and (stat := read_stat(int(entry))) is not None:
+            found.append(stat)
+    return found
+
+
+def process_tree(root: int, processes: list[ProcStat] | None = None) -> list[ProcStat]:
+    """`root` and every process descending from it (root first; empty when it is
+    gone). The kernel here has no `/proc/<pid>/task/*/children`, so the tree is
+    built from every process's parent pid."""
+    processes = all_processes() if processes is None else processes
+    children: dict[int, list[ProcStat]] = {}
+    top = None
+    for stat in processes:
+        children.setdefault(stat.ppid, []).append(stat)
+        if stat.pid == root:
+            top = stat
+    if top is None:
+        return []
+    tree, pending = [top], [top.pid]
+    while pending:
+        for child in children.get(pending.pop(), []):
+            tree.append(child)
+            pending.append(child.pid)
+    return tree
+
+
+def _ticks(root: int) -> tuple[int, int]:
+    """(ticks of `root`'s process tree, ticks of every `postgres` process), one /proc walk.
+
+    A server started with `--workers N` is a uvicorn parent and N worker
+    processes (plus multiprocessing's resource tracker): all of it is the server."""
+    processes = all_processes()
+    tree = sum(stat.ticks for stat in process_tree(root, processes))
+    postgres = sum(stat.ticks for stat in processes if stat.name == "postgres")
+    return tree, postgres
 
 
 def process_cpu_seconds(pid: int) -> float:
     """CPU (user + system) a process has used so far, in seconds."""
-    return _process_ticks(pid)[1] / _TICKS
+    stat = read_stat(pid)
+    return stat.ticks / _TICKS if stat is not None else 0.0
+
+
+def process_tree_cpu_seconds(pid: int) -> float:
+    """CPU used so far by a process and every live process descending from it, s."""
+    return sum(stat.ticks for stat in process_tree(pid)) / _TICKS
 
 
 def postgres_cpu_seconds() -> float:
     """CPU used so far by every `postgres` process on the machine, in seconds."""
-    return _postgres_ticks() / _TICKS
+    return sum(s.ticks for s in all_processes() if s.name == "postgres") / _TICKS
 
 
 def _machine_ticks() -> tuple[int, int]:
@@ -202,12 +265,13 @@ class _CpuSnapshot:
 
     @classmethod
     def take(cls, server_pid: int) -> _CpuSnapshot:
+        server, postgres = _ticks(server_pid)
         busy, total = _machine_ticks()
         return cls(
             at=time.perf_counter(),
-            server=_process_ticks(server_pid)[1],
+            server=server,
             client=time.process_time(),
-            postgres=_postgres_ticks(),
+            postgres=postgres,
             machine_busy=busy,
             machine_total=total,
         )
@@ -217,7 +281,8 @@ def _apply_cpu(result: LoadResult, start: _CpuSnapshot, end: _CpuSnapshot) -> No
     wall = end.at - start.at
     if wall <= 0:
         return
-    result.server_cpu = (end.server - start.server) / _TICKS / wall
+    # Clamped: a server process that exits inside the window takes its ticks along.
+    result.server_cpu = max(0.0, (end.server - start.server) / _TICKS / wall)
     result.client_cpu = (end.client - start.client) / wall
     # Clamped: a postgres backend that exits inside the window takes its ticks along.
     result.postgres_cpu = max(0.0, (end.postgres - start.postgres) / _TICKS / wall)

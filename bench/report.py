@@ -9,12 +9,21 @@ import re
 import sqlite3
 import subprocess
 import sys
+from collections.abc import Callable
 from datetime import UTC, datetime
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from bench.scenarios import PROFILES, Goal
+from bench.scenarios import (
+    BACKEND_TITLES,
+    DELIVERY_SCENARIOS,
+    PROFILES,
+    Goal,
+    ServerProfile,
+    section_label,
+    workers_label,
+)
 from bench.webhooks import percentile
 
 if TYPE_CHECKING:
@@ -24,7 +33,21 @@ if TYPE_CHECKING:
 ANALYSIS_START = "<!-- ANALYSIS:START (hand-written, kept when the report is regenerated) -->"
 ANALYSIS_END = "<!-- ANALYSIS:END -->"
 _ANALYSIS_PLACEHOLDER = "_No analysis written yet for this run._"
-_BACKEND_TITLES = {"sqlite": "SQLite", "postgresql": "PostgreSQL"}
+_BACKEND_TITLES = BACKEND_TITLES
+
+# The figures our issue (the §9 rework) was filed with: measured at review before
+# the rework, 2026-11-28, one uvicorn worker. Fixed numbers, never regenerated;
+# the report's "after" columns come from the run it reports (1 worker).
+BEFORE: dict[str, dict[str, str]] = {
+    "put": {"sqlite": "0.06×", "postgresql": "0.05×"},
+    "create": {"sqlite": "0.07×", "postgresql": "0.05×"},
+    "list": {"sqlite": "0.05×", "postgresql": "0.07×"},
+    "get": {"sqlite": "0.29×", "postgresql": "0.16×"},
+    "get_cached": {"sqlite": "0.27×", "postgresql": "0.18×"},
+    "deliveries": {"sqlite": "0.07×", "postgresql": "0.05×"},
+    "batch": {"sqlite": "114–144 ms", "postgresql": "114–144 ms"},
+}
+BEFORE_DATE = "2026-11-28"
 
 
 def _package_version(name: str) -> str:
@@ -92,18 +115,20 @@ def _ms(value: float) -> str:
     return f"{value:.1f}" if value >= 10 else f"{value:.2f}"
 
 
-def _verdict(measurement: Measurement) -> str:
-    goal = measurement.scenario.goal
-    if goal is None or not goal.applies_to(measurement.backend):
-        return "—"
-    result = measurement.result
+def _met(measurement: Measurement) -> bool | None:
+    """Whether the row meets its §9 goal on its backend (None: no goal there)."""
+    goal = measurement.scenario.goal_for(measurement.backend)
+    if goal is None:
+        return None
     if goal.min_ratio is not None and measurement.ratio is not None:
-        met = measurement.ratio >= goal.min_ratio
-    elif goal.max_p50_ms is not None:
-        met = result.percentile(50) <= goal.max_p50_ms
-    else:
-        return "—"
-    return f"{goal.text}: **{'met' if met else 'missed'}**"
+        return measurement.ratio >= goal.min_ratio
+    if goal.max_p50_ms is not None and measurement.result.latencies_ms:
+        return measurement.result.percentile(50) <= goal.max_p50_ms
+    return None
+
+
+def _verdict(measurement: Measurement) -> str:
+    return _goal_verdict(measurement.scenario.goal_for(measurement.backend), _met(measurement))
 
 
 def _throughput_table(measurements: list[Measurement]) -> list[str]:
@@ -143,10 +168,24 @@ def _batch_table(measurements: list[Measurement]) -> list[str]:
     return lines
 
 
-def _goal_verdict(goal: Goal | None, backend: str, met: bool | None) -> str:
-    if goal is None or not goal.applies_to(backend) or met is None:
+def _goal_verdict(goal: Goal | None, met: bool | None) -> str:
+    if goal is None or met is None:
         return "—"
     return f"{goal.text}: **{'met' if met else 'missed'}**"
+
+
+def _latency_met(result: LatencyResult) -> bool | None:
+    goal = result.scenario.goal_for(result.backend)
+    if goal is None or goal.max_p99_ms is None or not result.after_response_ms:
+        return None
+    return percentile(result.after_response_ms, 99) <= goal.max_p99_ms and result.lost == 0
+
+
+def _throughput_met(result: ThroughputResult) -> bool | None:
+    goal = result.scenario.goal_for(result.backend)
+    if goal is None or goal.min_ratio is None or result.ratio is None:
+        return None
+    return result.ratio >= goal.min_ratio and result.lost == 0
 
 
 def _latency_table(results: list[LatencyResult]) -> list[str]:
@@ -159,10 +198,6 @@ def _latency_table(results: list[LatencyResult]) -> list[str]:
     for r in results:
         after = r.after_response_ms
         p99 = percentile(after, 99)
-        goal = r.scenario.goal
-        met = None
-        if goal is not None and goal.max_p99_ms is not None and after:
-            met = p99 <= goal.max_p99_ms and r.lost == 0
         lines.append(
             f"| {_BACKEND_TITLES.get(r.backend, r.backend)} | {r.worker} | {r.written} | "
             f"{r.write_rate:.0f} | {_ms(percentile(after, 50))} / {_ms(p99)} / "
@@ -171,7 +206,7 @@ def _latency_table(results: list[LatencyResult]) -> list[str]:
             f"{_ms(percentile(r.after_request_ms, 99))} | "
             f"{_ms(percentile(r.write_ms, 50))} / {_ms(percentile(r.write_ms, 99))} | "
             f"{r.lost} | {r.duplicates} | {r.write_errors} | "
-            f"{_goal_verdict(goal, r.backend, met)} |"
+            f"{_goal_verdict(r.scenario.goal_for(r.backend), _latency_met(r))} |"
         )
     return lines
 
@@ -184,29 +219,41 @@ def _deliveries_table(results: list[ThroughputResult]) -> list[str]:
         "|---|---|---|--:|--:|--:|--:|---|--:|--:|--:|--:|--:|--:|--:|",
     ]
     for t in results:
-        goal = t.scenario.goal
-        met = None
-        if goal is not None and goal.min_ratio is not None and t.ratio is not None:
-            met = t.ratio >= goal.min_ratio and t.lost == 0
+        verdict = _goal_verdict(t.scenario.goal_for(t.backend), _throughput_met(t))
         raw = ", ".join(f"{rate:,.0f}" for rate in t.raw_rates)
         ratio = "—" if t.ratio is None else f"{t.ratio:.2f}"
         lines.append(
             f"| {_BACKEND_TITLES.get(t.backend, t.backend)} | {t.scenario.title} | {t.worker} | "
             f"{t.delivered:,} / {t.expected:,} | {t.rate:,.0f} | {t.raw_rate:,.0f} ({raw}) | "
-            f"{ratio} | {_goal_verdict(goal, t.backend, met)} | {t.lost} | {t.duplicates} | "
+            f"{ratio} | {verdict} | {t.lost} | {t.duplicates} | "
             f"{t.first_after_start:.2f} | {t.worker_cpu:.2f} | {t.postgres_cpu:.2f} | "
             f"{t.receiver_cpu:.2f} | {t.raw_client_cpu:.2f} |"
         )
     return lines
 
 
+def _per_subscription_default() -> str:
+    """WEBHOOK_MAX_IN_FLIGHT_PER_SUBSCRIPTION as the service defaults it (the bench
+    leaves it at its default), for the report's text."""
+    try:
+        from potok_state.settings import WebhookSettings
+
+        field = WebhookSettings.model_fields["max_in_flight_per_subscription"]
+        return f"left at its default, {int(field.default)}"
+    except (ImportError, KeyError, TypeError, ValueError):
+        return "left at its default"
+
+
 def _webhook_section(run: BenchRun) -> list[str]:
     if not run.delivery_latencies and not run.delivery_rates:
         return []
     deliveries = run.options.deliveries
+    per_subscription = _per_subscription_default()
     out = [
-        "## Webhook delivery",
+        "## Webhook delivery (1 worker only)",
         "",
+        "Webhook delivery runs only with one uvicorn worker per server, whatever "
+        "`--workers` says: the figures are those of *one* delivery worker. "
         "A receiver in the bench process (aiohttp, 127.0.0.1) answers 200 and notes the "
         "first arrival of each entity's event; a subscription to `entity.*` is created "
         "through the API. On PostgreSQL the server runs with WEBHOOK_EMBEDDED_WORKER=false "
@@ -241,17 +288,151 @@ def _webhook_section(run: BenchRun) -> list[str]:
             "*raw POST/s* is a plain aiohttp client in the generator process POSTing a "
             "payload of the same shape to the same receiver at concurrency "
             f"{deliveries.concurrency}, before and after the drain (their mean is the "
-            "ceiling). The worker keeps at most 8 "
-            "attempts in flight per subscription (`DeliveryWorker.per_subscription`), so one "
-            "subscription cannot use the whole concurrency; 8 subscriptions can. CPU in "
-            "cores over first → last arrival.",
+            "ceiling). The worker keeps at most WEBHOOK_MAX_IN_FLIGHT_PER_SUBSCRIPTION "
+            f"({per_subscription}) attempts in flight per subscription, "
+            "so one subscription may not use the whole concurrency; 8 subscriptions can. "
+            "CPU in cores over first → last arrival.",
             "",
         ]
     return out
 
 
+def _find(run: BenchRun, backend: str, key: str, workers: int = 1) -> Measurement | None:
+    return next(
+        (
+            m
+            for m in run.measurements
+            if m.backend == backend and m.workers == workers and m.scenario.key == key
+        ),
+        None,
+    )
+
+
+def _judged(text: str, met: bool | None) -> str:
+    if met is None:
+        return text
+    return f"{text} {'met' if met else '**missed**'}"
+
+
+def _ratio_after(run: BenchRun, backend: str, key: str) -> str:
+    m = _find(run, backend, key)
+    if m is None or m.ratio is None:
+        return "not run"
+    return _judged(f"{m.ratio:.2f}×", _met(m))
+
+
+def _batch_after(run: BenchRun, backend: str) -> str:
+    cells = []
+    for key, what in (("batch_create", "new"), ("batch_update", "transitions")):
+        m = _find(run, backend, key)
+        if m is not None and m.result.latencies_ms:
+            cells.append(_judged(f"{_ms(m.result.percentile(50))} ms ({what})", _met(m)))
+    return ", ".join(cells) or "not run"
+
+
+def _deliveries_after(run: BenchRun, backend: str) -> str:
+    cells = []
+    for t in run.delivery_rates:
+        if t.backend == backend and t.ratio is not None:
+            subscriptions = t.scenario.subscriptions
+            label = f"{subscriptions} subscription{'s' if subscriptions > 1 else ''}"
+            cells.append(_judged(f"{t.ratio:.2f}× ({label})", _throughput_met(t)))
+    return ", ".join(cells) or "not run"
+
+
+def _goal_texts(goals: tuple[Goal, ...], backends: tuple[str, ...]) -> str:
+    texts = (g.text for g in goals if any(g.applies_to(b) for b in backends))
+    return "; ".join(dict.fromkeys(texts)) or "—"
+
+
+def _scenario_goals(key: str) -> tuple[Goal, ...]:
+    for profile in PROFILES:
+        for scenario in profile.scenarios:
+            if scenario.key == key:
+                return scenario.goals
+    for delivery in DELIVERY_SCENARIOS:
+        if delivery.key == key:
+            return delivery.goals
+    return ()
+
+
+def _before_after_section(run: BenchRun) -> list[str]:
+    """The figures the issue was filed with (`BEFORE`) against this run's, 1 worker."""
+    backends = run.options.backends
+    rows: list[tuple[str, str, str, Callable[[str], str]]] = [
+        ("PUT transition", "put", "put", lambda b: _ratio_after(run, b, "put")),
+        ("POST create", "create", "create", lambda b: _ratio_after(run, b, "create")),
+        (
+            "GET list ?status=…&limit=50",
+            "list",
+            "list",
+            lambda b: _ratio_after(run, b, "list"),
+        ),
+        ("GET one, no cache", "get", "get", lambda b: _ratio_after(run, b, "get")),
+        (
+            "GET one, cache hit",
+            "get_cached",
+            "get_cached",
+            lambda b: _ratio_after(run, b, "get_cached"),
+        ),
+        (
+            "deliveries/s of one worker vs raw POST",
+            "deliveries",
+            "deliveries",
+            lambda b: _deliveries_after(run, b),
+        ),
+        (
+            "atomic batch of 1000, p50",
+            "batch",
+            "batch_create",
+            lambda b: _batch_after(run, b),
+        ),
+    ]
+    measured = [[after(backend) for backend in backends] for _, _, _, after in rows]
+    if all(cell == "not run" for cells in measured for cell in cells):
+        return []
+    header = "| path | " + " | ".join(
+        f"{_BACKEND_TITLES.get(b, b)} before | {_BACKEND_TITLES.get(b, b)} after" for b in backends
+    )
+    lines = [
+        f"## Before / after ({workers_label(1)})",
+        "",
+        f"*Before*: the figures the issue was filed with, measured at review before the "
+        f"rework ({BEFORE_DATE}, fixed numbers in `bench/report.py`). *After*: this run, "
+        "one uvicorn worker (the sections above with 1 worker); ratios are × ceiling, "
+        "deliveries × raw POST rate, batches p50 per 1000-item batch.",
+        "",
+        header + " | §9 goal |",
+        "|---|" + "--:|--:|" * len(backends) + "---|",
+    ]
+    for (title, before_key, goal_key, _), cells in zip(rows, measured, strict=True):
+        columns = " | ".join(
+            f"{BEFORE[before_key].get(backend, '—')} | {cell}"
+            for backend, cell in zip(backends, cells, strict=True)
+        )
+        lines.append(
+            f"| {title} | {columns} | {_goal_texts(_scenario_goals(goal_key), backends)} |"
+        )
+    lines += [
+        "",
+        "*GET one, cache hit*: before, a hit came from the local Redis tier; after, from the "
+        "near cache (in-process; the Redis tier behind it). The Redis hit without the near "
+        "cache is the informational *Redis hit, near cache off* section.",
+        "",
+    ]
+    return lines
+
+
+def _profile_settings(profile: ServerProfile) -> str:
+    settings = {k: v for k, v in profile.settings.items() if k != "REDIS_LOCAL_HOST"}
+    if profile.needs_redis:
+        settings["REDIS_LOCAL_PORT"] = "(a private redis-server)"
+    return ", ".join(f"{k}={v}" for k, v in settings.items()) or "defaults"
+
+
 def render(run: BenchRun, machine: dict[str, str]) -> str:
     options = run.options
+    workers = ", ".join(str(n) for n in options.workers)
     out = [
         "# Potok State Service — bench report",
         "",
@@ -262,21 +443,33 @@ def render(run: BenchRun, machine: dict[str, str]) -> str:
         "",
         f"* Command: `{options.command}`",
         *(f"* {name}: {value}" for name, value in machine.items()),
-        f"* Method: the real server (`potok-state serve`: one uvicorn worker, "
-        f"LOG_LEVEL=warning, throttling off) as a subprocess; the load generator is one "
+        f"* Method: the real server (`potok-state serve --workers N`, N = {workers}; N > 1 is "
+        "N uvicorn processes on one port; LOG_LEVEL=warning, throttling off, the profile's "
+        "settings below, every other setting at its default, e.g. SQLITE_SYNCHRONOUS=full) "
+        "as a subprocess; the load generator is one "
         f"separate process (aiohttp, {options.concurrency} keep-alive connections, "
         f"{options.warmup:g} s warm-up then {options.duration:g} s measured per scenario); "
         f"batches are sent one at a time, {options.batches} per scenario after one warm-up "
         f"batch. {options.seed} `user` states are seeded before GET/PUT; PUTs cycle "
         "online/offline/busy with new metadata, so each is a valid change.",
+        "* Server profiles (each started once per backend and worker count, with its own "
+        "ceiling): "
+        + "; ".join(f"*{p.title}*: {_profile_settings(p)}" for p in PROFILES)
+        + ". Batches and webhook delivery run with 1 worker only. Before the rows of a "
+        "Redis profile, every seeded state is read once (with N workers 2N times, each "
+        "request on a new connection, since every worker has its own near cache), so the "
+        "cache-hit rows measure hits, not first reads.",
         "* Ratios (× ceiling) divide by the mean of the two ceiling rows of the same server "
-        "(measured first and last), so drift during the run shows as those two rows "
-        "differing from 1.00. *× ceiling per CPU* compares requests per second of server "
+        "(same backend, profile and worker count, measured first and last), so drift during "
+        "the run shows as those two rows differing from 1.00; a 2-worker row is a ratio to "
+        "the 2-worker ceiling. *× ceiling per CPU* compares requests per second of server "
         "CPU instead (req/s ÷ server CPU): it estimates the ratio a server with a core to "
         "itself would show, and is the steadier figure when the machine is overloaded "
         "(it ignores time the server spends waiting, so it flatters I/O-bound paths).",
         "* CPU columns are in cores (1.00 = one core fully busy) over the measured window; "
-        "*postgres CPU* sums every `postgres` process on the machine, *machine busy* is all "
+        "*server CPU* sums the server's whole process tree (the uvicorn parent and its "
+        "worker processes), so it can reach N with N workers; *postgres CPU* sums every "
+        "`postgres` process on the machine, *machine busy* is all "
         "cores, everything included — both also count other users of this shared, noisy "
         "machine (other engineers run test suites on it), so compare within a run, not "
         "across runs.",
@@ -285,34 +478,49 @@ def render(run: BenchRun, machine: dict[str, str]) -> str:
     throughput = [m for m in run.measurements if not m.scenario.sequential]
     batches = [m for m in run.measurements if m.scenario.sequential]
     for backend in options.backends:
-        for profile in PROFILES:
-            rows = [m for m in throughput if m.backend == backend and m.profile == profile.key]
-            if not rows:
-                continue
-            title = _BACKEND_TITLES.get(backend, backend)
-            out += [f"## {title} — {profile.title}", "", *_throughput_table(rows), ""]
+        for count in options.workers:
+            for profile in PROFILES:
+                rows = [
+                    m
+                    for m in throughput
+                    if m.backend == backend and m.workers == count and m.profile == profile.key
+                ]
+                if rows:
+                    heading = section_label(backend, count, profile)
+                    out += [f"## {heading}", "", *_throughput_table(rows), ""]
     if batches:
         out += [
-            "## Atomic 1000-item batches (latency per batch)",
+            "## Atomic 1000-item batches, 1 worker only (latency per batch)",
             "",
             *_batch_table(batches),
             "",
             f"With {options.batches} batches, p99 is the slowest batch (nearest rank); the "
-            "§9 goal is judged on p50.",
+            "§9 goal is judged on p50. Batches run in the *no cache* profile with one "
+            "uvicorn worker only (one request at a time: more workers would not change it).",
             "",
         ]
     out += _webhook_section(run)
     out += ["## Cache and notes", ""]
-    if run.redis:
-        for backend, stats in run.redis.items():
-            out.append(
-                f"* {_BACKEND_TITLES.get(backend, backend)}: private redis-server held "
-                f"{stats['keys']} keys at the end, {stats['hits']:,} keyspace hits, "
-                f"{stats['misses']:,} misses."
+    for label, stats in run.redis.items():
+        line = (
+            f"* {label}: private redis-server held {stats['keys']} keys at the end, "
+            f"{stats['hits']:,} keyspace hits, {stats['misses']:,} misses."
+        )
+        if "service hit" in stats:
+            line += (
+                " The service's local-tier lookups during the measured scenarios "
+                "(`potok_cache_requests_total`, warm-ups included): "
+                + ", ".join(
+                    f"{stats[f'service {result}']:,} {result}"
+                    for result in ("hit", "miss", "error", "skipped")
+                )
+                + " (error: a command failed or exceeded CACHE_TIMEOUT; skipped: the "
+                "tier's circuit was open)."
             )
+        out.append(line)
     out += [f"* {note}" for note in run.notes]
     if not run.redis and not run.notes:
-        out.append("* Cached scenarios were not selected in this run.")
+        out.append("* The Redis profiles were not selected in this run.")
     for t in run.delivery_rates:
         if t.raw_errors:
             out.append(
@@ -329,11 +537,13 @@ def render(run: BenchRun, machine: dict[str, str]) -> str:
     if errors:
         out += ["", "## Errors", ""]
         out += [
-            f"* {m.backend} / {m.scenario.key}: {m.result.error_kinds}; first: "
-            f"`{m.result.error_sample}`"
+            f"* {m.backend} / {workers_label(m.workers)} / {m.scenario.key}: "
+            f"{m.result.error_kinds}; first: `{m.result.error_sample}`"
             for m in errors
         ]
-    out += ["", "## Analysis", "", ANALYSIS_START, _ANALYSIS_PLACEHOLDER, ANALYSIS_END, ""]
+    out.append("")
+    out += _before_after_section(run)
+    out += ["## Analysis", "", ANALYSIS_START, _ANALYSIS_PLACEHOLDER, ANALYSIS_END, ""]
     return "\n".join(out)
 
 

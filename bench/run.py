@@ -1,13 +1,15 @@
 """Load-test the real service on SQLite and PostgreSQL; write bench/REPORT.md.
 
-    .venv/bin/python -m bench.run                 # full run, both backends (a few minutes)
-    .venv/bin/python -m bench.run --quick         # smoke run, prints the table only
-    .venv/bin/python -m bench.run --backends sqlite --only get,put
+    .venv/bin/python -m bench.run                 # full run, both backends, 1 and 2 workers
+    .venv/bin/python -m bench.run --quick         # smoke run (1 worker), prints the report only
+    .venv/bin/python -m bench.run --backends sqlite --only get,put --workers 1,2
     .venv/bin/python -m bench.run --backends sqlite --profile put   # cProfile of the server
     .venv/bin/python -m bench.run --only delivery_latency,deliveries  # webhook delivery only
 
 Every req/s figure is reported as a ratio to the trivial endpoint measured on the
-same server in the same run (DESIGN.md §9).
+same server in the same run (DESIGN.md §9); with `--workers 1,2` every server
+profile runs once as `serve` and once as `serve --workers 2`, each against its
+own ceiling.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import argparse
 import asyncio
 import json
 import pstats
+import re
 import shlex
 import sys
 import tempfile
@@ -47,6 +50,7 @@ from bench.scenarios import (
     DeliveryScenario,
     Scenario,
     ServerProfile,
+    section_label,
 )
 from bench.server import (
     BENCH_API_KEY,
@@ -75,6 +79,8 @@ class Options:
     seed: int
     cache: str
     only: frozenset[str]
+    workers: tuple[int, ...]
+    """`serve --workers N` for each N; batches and webhook delivery run with N = 1 only."""
     profile: str | None
     report_path: Path | None
     json_path: Path | None
@@ -85,6 +91,7 @@ class Options:
 @dataclass
 class Measurement:
     backend: str
+    workers: int
     profile: str
     scenario: Scenario
     result: LoadResult
@@ -119,6 +126,7 @@ class BenchRun:
     measurements: list[Measurement] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     redis: dict[str, dict[str, int]] = field(default_factory=dict)
+    """Private redis-server stats at the end of each Redis profile, by section label."""
     delivery_latencies: list[LatencyResult] = field(default_factory=list)
     delivery_rates: list[ThroughputResult] = field(default_factory=list)
 
@@ -158,19 +166,54 @@ async def _touch_seeds(service: Service) -> None:
                 await response.read()
 
 
+async def warm_reads(service: Service, count: int) -> None:
+    """GET every seeded state, so that the cache-hit rows measure hits rather
+    than the first read of each id. Each of N worker processes has its own near
+    cache, and a keep-alive connection stays with one worker, so with N > 1
+    every request opens a new connection (the kernel hands it to any worker)
+    and the ids are read 2N times over."""
+    headers = {"x-api-key": BENCH_API_KEY}
+    base = f"{service.base_url}/api/v1/states/{SEED_ENTITY}/"
+    connector = aiohttp.TCPConnector(limit=16, force_close=service.workers > 1)
+    async with aiohttp.ClientSession(connector=connector) as session:
+
+        async def reader(ids: list[int]) -> None:
+            for index in ids:
+                async with session.get(base + seed_id(index), headers=headers) as response:
+                    await response.read()
+
+        for _ in range(2 * service.workers if service.workers > 1 else 1):
+            await asyncio.gather(*(reader(list(range(i, count, 16))) for i in range(16)))
+
+
+_CACHE_COUNTER = re.compile(
+    rb'^potok_cache_requests_total\{(?=.*tier="local")(?=.*result="(\w+)").*\} ([0-9.e+]+)$', re.M
+)
+
+
+async def local_tier_counters(service: Service) -> dict[str, int]:
+    """The service's own count of local-tier lookups by result (hit, miss, error,
+    skipped: circuit open), from /metrics; one worker's view, so only asked of a
+    one-worker server."""
+    async with (
+        aiohttp.ClientSession() as session,
+        session.get(f"{service.base_url}/metrics") as response,
+    ):
+        text = await response.read()
+    return {result.decode(): int(float(value)) for result, value in _CACHE_COUNTER.findall(text)}
+
+
 # -- one server configuration ----------------------------------------------------
 
 
-def _selected(profile: ServerProfile, options: Options) -> list[Scenario]:
+def _selected(profile: ServerProfile, options: Options, workers: int) -> list[Scenario]:
+    available = [s for s in profile.scenarios if workers == 1 or not s.one_worker_only]
     if options.profile is not None:
-        return [s for s in profile.scenarios if s.key == options.profile]
-    if not options.only:
-        return list(profile.scenarios)
-    chosen = [s for s in profile.scenarios if s.key in options.only]
+        return [s for s in available if s.key == options.profile]
+    chosen = [s for s in available if not options.only or s.key in options.only]
     if not any(not s.ceiling for s in chosen):
         return []
-    ceilings = [s for s in profile.scenarios if s.ceiling]
-    return [s for s in profile.scenarios if s in chosen or s in ceilings]
+    return [s for s in available if s in chosen or s.ceiling]
 
 
 def _spec(scenario: Scenario, service: Service, options: Options) -> LoadSpec:
@@ -195,6 +238,7 @@ def _spec(scenario: Scenario, service: Service, options: Options) -> LoadSpec:
 async def bench_profile(
     run: BenchRun,
     backend: str,
+    workers: int,
     profile: ServerProfile,
     database_url: str,
     workdir: Path,
@@ -202,14 +246,15 @@ async def bench_profile(
     seeded: list[bool],
 ) -> None:
     options = run.options
-    scenarios = _selected(profile, options)
+    scenarios = _selected(profile, options, workers)
     if not scenarios:
         return
+    label = section_label(backend, workers, profile)
     if profile.needs_redis and options.cache == "off":
-        run.notes.append(f"{backend}: {profile.title} skipped (--cache off).")
+        run.notes.append(f"{label}: skipped (--cache off).")
         return
     if profile.needs_redis and not redis_server_available():
-        run.notes.append(f"{backend}: {profile.title} skipped: redis-server is not installed.")
+        run.notes.append(f"{label}: skipped: redis-server is not installed.")
         return
     profile_path = workdir / f"{backend}-{profile.key}.prof" if options.profile else None
     async with AsyncExitStack() as stack:
@@ -219,7 +264,7 @@ async def bench_profile(
             redis_port = await stack.enter_async_context(redis_server(workdir))
             settings["REDIS_LOCAL_PORT"] = str(redis_port)
         service = await stack.enter_async_context(
-            running_service(workdir, settings, profile_to=profile_path)
+            running_service(workdir, settings, profile_to=profile_path, workers=workers)
         )
         if not seeded[0]:
             await seed_states(service, options.seed)
@@ -229,22 +274,26 @@ async def bench_profile(
             stats = await redis_stats(redis_port)
             if stats["keys"] == 0:
                 run.notes.append(
-                    f"{backend}: {profile.title} skipped: with REDIS_LOCAL_ENABLED=true the "
-                    "service stored nothing in Redis after two GETs, so it has no read cache "
-                    "yet. The cached scenarios (`CACHED` in bench/scenarios.py) run as soon "
-                    "as it does."
+                    f"{label}: skipped: with REDIS_LOCAL_ENABLED=true the service stored "
+                    "nothing in Redis after two GETs, so it has no Redis read cache. The "
+                    "Redis profiles (`CACHED`, `REDIS_ONLY` in bench/scenarios.py) run as "
+                    "soon as it does."
                 )
                 return
+            await warm_reads(service, options.seed)
+        counters_before = {}
+        if redis_port is not None and workers == 1:
+            counters_before = await local_tier_counters(service)
         measured: list[Measurement] = []
         loop = asyncio.get_running_loop()
         for scenario in scenarios:
-            _progress(f"[{backend}/{profile.key}] {scenario.title} …")
+            _progress(f"[{backend}/{workers}w/{profile.key}] {scenario.title} …")
             result = await loop.run_in_executor(pool, drive, _spec(scenario, service, options))
             if service.process.poll() is not None:
                 raise BenchSetupError(
                     f"the service died during {scenario.key}:\n{service.log_tail()}"
                 )
-            measured.append(Measurement(backend, profile.key, scenario, result))
+            measured.append(Measurement(backend, workers, profile.key, scenario, result))
             _progress(
                 f"    {result.rate:9.1f} req/s  p50 {result.percentile(50):7.2f} ms  "
                 f"p99 {result.percentile(99):7.2f} ms  errors {result.errors}  "
@@ -253,7 +302,16 @@ async def bench_profile(
             if result.errors:
                 _progress(f"    errors: {result.error_kinds} e.g. {result.error_sample}")
         if redis_port is not None:
-            run.redis[backend] = await redis_stats(redis_port)
+            stats = await redis_stats(redis_port)
+            if workers == 1:
+                after = await local_tier_counters(service)
+                stats.update(
+                    {
+                        f"service {result}": after.get(result, 0) - counters_before.get(result, 0)
+                        for result in ("hit", "miss", "error", "skipped")
+                    }
+                )
+            run.redis[label] = stats
     ceilings = [m.result.rate for m in measured if m.scenario.ceiling]
     ceiling = sum(ceilings) / len(ceilings) if ceilings else 0.0
     per_cpu = [m.per_cpu for m in measured if m.scenario.ceiling]
@@ -262,7 +320,7 @@ async def bench_profile(
         measurement.ceiling_per_cpu = sum(per_cpu) / len(per_cpu) if per_cpu else 0.0
     run.measurements.extend(measured)
     if profile_path is not None and profile_path.exists():
-        _print_profile(profile_path, f"{backend} / {options.profile}")
+        _print_profile(profile_path, f"{label} / {options.profile}")
 
 
 def _print_profile(path: Path, title: str) -> None:
@@ -278,8 +336,9 @@ async def bench_backend(run: BenchRun, backend: str, pool: ProcessPoolExecutor) 
         database = sqlite_database if backend == "sqlite" else postgres_database
         async with database(workdir) as url:
             seeded = [False]
-            for profile in PROFILES:
-                await bench_profile(run, backend, profile, url, workdir, pool, seeded)
+            for workers in run.options.workers:
+                for profile in PROFILES:
+                    await bench_profile(run, backend, workers, profile, url, workdir, pool, seeded)
             await bench_deliveries(run, backend, url, workdir, pool)
 
 
@@ -292,10 +351,15 @@ def _selected_deliveries(options: Options) -> list[DeliveryScenario]:
 async def bench_deliveries(
     run: BenchRun, backend: str, database_url: str, workdir: Path, pool: ProcessPoolExecutor
 ) -> None:
-    """The webhook figures (bench/webhooks.py): their own servers and worker,
-    on the same database, after the request scenarios."""
+    """The webhook figures (bench/webhooks.py): their own servers (one uvicorn
+    worker each) and delivery worker, on the same database, after the request
+    scenarios. They belong to the 1-worker section only."""
     scenarios = _selected_deliveries(run.options)
     if not scenarios:
+        return
+    if 1 not in run.options.workers:
+        keys = ", ".join(s.key for s in scenarios)
+        run.notes.append(f"{backend}: webhook delivery ({keys}) runs with --workers 1 only.")
         return
     results = await measure_deliveries(
         backend, database_url, workdir, scenarios, run.options.deliveries, pool, _progress
@@ -347,9 +411,14 @@ def parse_options(argv: list[str] | None = None) -> Options:
         "--cache",
         choices=("auto", "off"),
         default="auto",
-        help="auto: run the cached scenarios when the service caches in Redis",
+        help="auto: run the Redis profiles when the service caches in Redis",
     )
     parser.add_argument("--only", default="", help="scenario keys, e.g. get,put (ceiling kept)")
+    parser.add_argument(
+        "--workers",
+        help="comma-separated `serve --workers N` counts, one section each "
+        "(1,2; quick and --profile: 1)",
+    )
     parser.add_argument("--quick", action="store_true", help="short smoke run, no report file")
     parser.add_argument("--profile", help="run one scenario with the server under cProfile")
     parser.add_argument("--report", type=Path, help=f"report path (default {DEFAULT_REPORT})")
@@ -370,6 +439,16 @@ def parse_options(argv: list[str] | None = None) -> Options:
     if (args.delivery_backlog or 2) < 2:
         parser.error("--delivery-backlog must be at least 2")
     quick = args.quick
+    try:
+        default_workers = "1" if quick or args.profile else "1,2"
+        counts = (args.workers or default_workers).split(",")
+        workers = tuple(sorted({int(w) for w in counts if w.strip()}))
+    except ValueError:
+        parser.error("--workers: comma-separated positive integers, e.g. 1,2")
+    if not workers or min(workers) < 1:
+        parser.error("--workers: comma-separated positive integers, e.g. 1,2")
+    if args.profile and workers != (1,):
+        parser.error("--profile runs the server under cProfile: it needs --workers 1")
     # A smoke run or a profile must not overwrite the report of a full run.
     report_path = args.report or (None if quick or args.profile or only else DEFAULT_REPORT)
     return Options(
@@ -381,6 +460,7 @@ def parse_options(argv: list[str] | None = None) -> Options:
         seed=args.seed,
         cache=args.cache,
         only=only,
+        workers=workers,
         profile=args.profile,
         report_path=report_path,
         json_path=args.json,
@@ -417,6 +497,7 @@ def main(argv: list[str] | None = None) -> None:
             "measurements": [
                 {
                     "backend": m.backend,
+                    "workers": m.workers,
                     "profile": m.profile,
                     "scenario": m.scenario.key,
                     "rate": m.result.rate,

@@ -1,11 +1,12 @@
 """What the bench runs against: a throwaway database, an optional private
 redis-server, and the real service started as a subprocess (`potok-state serve`,
-one uvicorn worker, as in production; `potok-state worker` for webhook delivery),
-always stopped at the end."""
+one uvicorn worker or `--workers N`; `potok-state worker` for webhook
+delivery), always stopped at the end."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import shutil
 import signal
@@ -21,6 +22,8 @@ from pathlib import Path
 
 import aiohttp
 import asyncpg
+
+from bench.load import ProcStat, process_tree, read_stat
 
 POSTGRES_ADMIN_DSN = os.environ.get(
     "POTOK_BENCH_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres"
@@ -191,14 +194,36 @@ def service_env(settings: Mapping[str, str]) -> dict[str, str]:
 
 
 def _stop(process: subprocess.Popen[bytes], *, timeout: float) -> None:
+    """SIGINT (uvicorn's supervisor passes it on to its workers as SIGTERM and
+    waits for them); SIGKILL after `timeout`, then to any descendant left behind,
+    each by pid and only if it is still the process that was started."""
     if process.poll() is not None:
         return
+    descendants = process_tree(process.pid)[1:]
     process.send_signal(signal.SIGINT)
     try:
         process.wait(timeout=timeout)
     except subprocess.TimeoutExpired:
         process.kill()
         process.wait()
+    _kill_leftovers(descendants, timeout=5)
+
+
+def _kill_leftovers(started: list[ProcStat], *, timeout: float) -> None:
+    def alive() -> list[ProcStat]:
+        now = (read_stat(stat.pid) for stat in started)
+        return [
+            stat
+            for stat, current in zip(started, now, strict=True)
+            if current is not None and current.started == stat.started and current.state != "Z"
+        ]
+
+    deadline = time.monotonic() + timeout
+    while (left := alive()) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    for stat in left:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(stat.pid, signal.SIGKILL)
 
 
 class ManagedProcess:
@@ -220,29 +245,43 @@ class ManagedProcess:
 
 
 class Service(ManagedProcess):
-    def __init__(self, process: subprocess.Popen[bytes], base_url: str, log_path: Path) -> None:
+    def __init__(
+        self, process: subprocess.Popen[bytes], base_url: str, log_path: Path, workers: int = 1
+    ) -> None:
         super().__init__(process, log_path)
         self.base_url = base_url
+        self.workers = workers
 
 
 @asynccontextmanager
 async def running_service(
-    workdir: Path, settings: Mapping[str, str], *, profile_to: Path | None = None
+    workdir: Path,
+    settings: Mapping[str, str],
+    *,
+    profile_to: Path | None = None,
+    workers: int = 1,
 ) -> AsyncIterator[Service]:
-    """`potok-state serve` on a free port; yields once /health/liveness answers.
+    """`potok-state serve --workers N` on a free port; yields once
+    /health/liveness answers and, with N > 1, every worker process has started.
 
     With `profile_to`, the server runs under cProfile and writes its stats there
-    on shutdown (SIGINT lets uvicorn stop cleanly, so the profile is complete)."""
+    on shutdown (SIGINT lets uvicorn stop cleanly, so the profile is complete);
+    cProfile sees only the process it runs in, so it needs one worker."""
+    if profile_to is not None and workers != 1:
+        raise BenchSetupError("cProfile of the server needs --workers 1")
     port = free_port()
     command = [sys.executable]
     if profile_to is not None:
         command += ["-m", "cProfile", "-o", str(profile_to)]
     command += ["-m", "potok_state.cli", "serve", "--host", "127.0.0.1", "--port", str(port)]
+    command += ["--workers", str(workers)]
     log_path = workdir / f"server-{port}.log"
     process = _start_service(command, settings, workdir, log_path)
-    service = Service(process, f"http://127.0.0.1:{port}", log_path)
+    service = Service(process, f"http://127.0.0.1:{port}", log_path, workers)
     try:
         await _wait_until_live(service)
+        if workers > 1:
+            await _wait_for_workers(service)
         yield service
     finally:
         _stop(process, timeout=30)
@@ -302,3 +341,56 @@ async def _wait_until_live(service: Service, within: float = 60) -> None:
     raise BenchSetupError(
         f"the service did not become live in {within:.0f} s:\n{service.log_tail()}"
     )
+
+
+def _is_uvicorn_worker(pid: int) -> bool:
+    """uvicorn starts its workers with multiprocessing's spawn method; the
+    resource tracker that multiprocessing may start as well is not a worker."""
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as cmdline:
+            return b"spawn_main" in cmdline.read()
+    except OSError:
+        return False
+
+
+_IDLE_SAMPLES = 3
+_SAMPLE_SECONDS = 0.2
+
+
+async def _wait_for_workers(service: Service, within: float = 60) -> None:
+    """Until every worker of `serve --workers N` has started.
+
+    /health/liveness answers as soon as one worker serves, and nothing in an
+    answer tells the workers apart, so this watches the processes instead:
+    each of the N workers must be asleep and (nearly) idle for a few samples
+    in a row. Starting (imports, app and database set-up) keeps a worker busy;
+    once it serves, it only waits for connections."""
+    deadline = time.monotonic() + within
+    previous: dict[int, int] = {}
+    quiet: dict[int, int] = {}
+    workers: list[ProcStat] = []
+    while time.monotonic() < deadline:
+        if service.process.poll() is not None:
+            raise BenchSetupError(
+                f"the service exited with code {service.process.returncode}:\n" + service.log_tail()
+            )
+        workers = [
+            stat
+            for stat in process_tree(service.pid)
+            if stat.ppid == service.pid and _is_uvicorn_worker(stat.pid)
+        ]
+        for stat in workers:
+            idle = stat.state == "S" and stat.ticks - previous.get(stat.pid, -10) <= 1
+            quiet[stat.pid] = quiet.get(stat.pid, 0) + 1 if idle else 0
+            previous[stat.pid] = stat.ticks
+        if len(workers) >= service.workers and all(
+            quiet[stat.pid] >= _IDLE_SAMPLES for stat in workers
+        ):
+            return
+        await asyncio.sleep(_SAMPLE_SECONDS)
+    if len(workers) < service.workers:
+        raise BenchSetupError(
+            f"serve --workers {service.workers}: {len(workers)} worker processes after "
+            f"{within:.0f} s:\n{service.log_tail()}"
+        )
+    # All there but never idle: the machine is busy; the warm-up has to absorb it.
