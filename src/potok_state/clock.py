@@ -14,12 +14,23 @@ def utc_now() -> datetime:
 
 
 def as_utc(value: datetime) -> datetime:
+    if value.tzinfo is UTC:
+        return value
     return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
 
+_last_formatted: tuple[datetime | None, str] = (None, "")
+
+
 def format_timestamp(value: datetime) -> str:
+    global _last_formatted
+    # The changes of one commit share one time: format it once.
+    if _last_formatted[0] is value:
+        return _last_formatted[1]
     # isoformat truncates to milliseconds and always ends in "+00:00" for UTC.
-    return as_utc(value).isoformat(timespec="milliseconds")[:-6] + "Z"
+    text = as_utc(value).isoformat(timespec="milliseconds")[:-6] + "Z"
+    _last_formatted = (value, text)
+    return text
 
 
 Timestamp = Annotated[

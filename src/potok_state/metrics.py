@@ -71,6 +71,7 @@ class Metrics:
             registry=self.registry,
         )
         self._http_children: dict[tuple[str, str, int], tuple[Counter, Histogram]] = {}
+        self._transition_children: dict[tuple[str, str, str], Counter] = {}
 
     def observe_request(self, route: str, method: str, status: int, seconds: float) -> None:
         """Count one HTTP request. `route` is the route template, never the raw
@@ -89,6 +90,14 @@ class Metrics:
         counter, histogram = children
         counter.inc()
         histogram.observe(seconds)
+
+    def count_transition(self, entity: str, event: str, status: str) -> None:
+        key = (entity, event, status)
+        child = self._transition_children.get(key)
+        if child is None:
+            child = self.transitions.labels(entity, event, status)
+            self._transition_children[key] = child
+        child.inc()
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry)

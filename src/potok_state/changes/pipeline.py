@@ -7,6 +7,7 @@ no window in which the change exists without its replay record."""
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
@@ -125,24 +126,26 @@ async def apply_change(
 
 
 def _log_applied(applied: Sequence[AppliedChange], metrics: Metrics | None) -> None:
+    informing = log.is_enabled_for(logging.INFO)  # one check, not one per change
     for change in applied:
         mutation = change.mutation
         if isinstance(mutation, StateChange):
             if metrics is not None:
-                metrics.transitions.labels(
+                metrics.count_transition(
                     mutation.entity, mutation.event.value, mutation.status or ""
-                ).inc()
-            log.info(
-                mutation.event.value,
-                entityType=mutation.entity,
-                entityId=mutation.entity_id,
-                previousStatus=mutation.previous_status,
-                newStatus=mutation.status,
-                version=mutation.version,
-                revision=change.revision,
-                actor=mutation.actor,
-            )
-        else:
+                )
+            if informing:
+                log.info(
+                    mutation.event.value,
+                    entityType=mutation.entity,
+                    entityId=mutation.entity_id,
+                    previousStatus=mutation.previous_status,
+                    newStatus=mutation.status,
+                    version=mutation.version,
+                    revision=change.revision,
+                    actor=mutation.actor,
+                )
+        elif informing:
             log.info(mutation.event, revision=change.revision, actor=mutation.actor)
 
 

@@ -16,6 +16,7 @@ import orjson
 
 from potok_state.changes.model import HistoryRecord, StoredState
 from potok_state.clock import format_timestamp
+from potok_state.storage.port import ListedState
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,9 +72,24 @@ def state_json(state: StoredState) -> bytes:
     return orjson.dumps(_state_view(state))
 
 
-def state_page_json(states: Iterable[StoredState], next_cursor: str | None) -> bytes:
+def state_page_json(states: Iterable[ListedState], next_cursor: str | None) -> bytes:
     return orjson.dumps(
-        {"items": [_state_view(state) for state in states], "nextCursor": next_cursor}
+        {
+            "items": [
+                {
+                    "entity": state.entity,
+                    "entityId": state.entity_id,
+                    "status": state.status,
+                    "metadata": orjson.Fragment(state.metadata),
+                    "version": state.version,
+                    "revision": state.revision,
+                    "createdAt": state.created_at,
+                    "updatedAt": state.updated_at,
+                }
+                for state in states
+            ],
+            "nextCursor": next_cursor,
+        }
     )
 
 

@@ -62,6 +62,7 @@ from potok_state.states.schemas import (
     UpdateStateRequest,
 )
 from potok_state.storage.port import (
+    ListedState,
     SortField,
     StateQuery,
     StateStore,
@@ -730,13 +731,13 @@ def _unb64(text: str) -> bytes:
     return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
 
 
-def _encode_state_cursor(state: StoredState, sort: SortField, sort_spec: str) -> str:
+def _encode_state_cursor(state: ListedState, sort: SortField, sort_spec: str) -> str:
     value: str | int
     match sort:
         case SortField.ENTITY_ID:
             value = state.entity_id
         case SortField.CREATED_AT:
-            value = state.created_at.isoformat()
+            value = state.created_at
         case SortField.UPDATED_AT:
             value = state.revision
         case SortField.STATUS:

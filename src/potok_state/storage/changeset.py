@@ -11,7 +11,7 @@ goes through only if every entity is still at that version (0: absent).
 
 from __future__ import annotations
 
-import uuid
+import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -47,7 +47,7 @@ class Decision:
         return ChangeSet.build(self.targets, current, mutations, self.event_data)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class StateRow:
     entity: str
     entity_id: str
@@ -55,13 +55,12 @@ class StateRow:
     metadata: str
     version: int
     offset: int
-    created_at: datetime | None
-    """None: the state was created by this change set, at its commit time."""
     is_new: bool
-    """No row exists for this entity yet (insert rather than update)."""
+    """Insert a row created at the commit time; otherwise update the row (its
+    creation time stays)."""
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class HistoryRow:
     offset: int
     entity: str
@@ -75,7 +74,7 @@ class HistoryRow:
     actor: str
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class EventRow:
     offset: int
     event_id: str
@@ -117,14 +116,22 @@ class ChangeSet:
         created: dict[tuple[str, str], datetime | None] = {
             key: current[key[1]].created_at for key, version in expected.items() if version
         }
-        final: dict[tuple[str, str], tuple[StateChange, int, datetime | None] | None] = {}
+        final: dict[tuple[str, str], tuple[StateChange, int, datetime | None, str] | None] = {}
         history: list[HistoryRow] = []
         events: list[EventRow] = []
         created_at: list[datetime | None] = []
+        event_ids = _event_ids(len(mutations))
         for offset, mutation in enumerate(mutations, start=1):
             if isinstance(mutation, CustomEvent):
                 events.append(
-                    EventRow(offset, _event_id(), mutation.event, None, None, event_data(mutation))
+                    EventRow(
+                        offset,
+                        event_ids[offset - 1],
+                        mutation.event,
+                        None,
+                        None,
+                        event_data(mutation),
+                    )
                 )
                 created_at.append(None)
                 continue
@@ -137,7 +144,7 @@ class ChangeSet:
             else:
                 if mutation.event is EventType.CREATED or key not in created:
                     created[key] = None
-                final[key] = (mutation, offset, created[key])
+                final[key] = (mutation, offset, created[key], metadata)
                 created_at.append(created[key])
             history.append(
                 HistoryRow(
@@ -156,7 +163,7 @@ class ChangeSet:
             events.append(
                 EventRow(
                     offset,
-                    _event_id(),
+                    event_ids[offset - 1],
                     mutation.event.value,
                     mutation.entity,
                     mutation.entity_id,
@@ -171,18 +178,20 @@ class ChangeSet:
                 if existed:
                     deletes.append(key)
                 continue
-            change, offset, since = outcome
+            change, offset, since, metadata = outcome
             assert change.status is not None
+            reborn = existed and since is None
+            if reborn:  # deleted and created again in this change set: a new row
+                deletes.append(key)
             states.append(
                 StateRow(
                     entity=change.entity,
                     entity_id=change.entity_id,
                     status=change.status,
-                    metadata=orjson.dumps(change.metadata).decode(),
+                    metadata=metadata,
                     version=change.version,
                     offset=offset,
-                    created_at=since,
-                    is_new=not existed,
+                    is_new=reborn or not existed,
                 )
             )
         return cls(
@@ -221,5 +230,8 @@ class ChangeSet:
         return applied
 
 
-def _event_id() -> str:
-    return "evt_" + uuid.uuid4().hex
+def _event_ids(count: int) -> list[str]:
+    """`count` random event ids (evt_ + 32 hex digits), from one read of the
+    system's random source rather than one per id."""
+    raw = os.urandom(16 * count).hex()
+    return ["evt_" + raw[32 * i : 32 * (i + 1)] for i in range(count)]

@@ -49,6 +49,14 @@ class Dialect:
         """`IN` over a list of strings bound as one parameter (see `text_list`)."""
         raise NotImplementedError
 
+    def api_time(self, column: str) -> str:
+        """SQL for a timestamp column as the API writes it: 2025-11-10T10:00:00.000Z."""
+        raise NotImplementedError
+
+    def json_text(self, column: str) -> str:
+        """SQL for a JSON column as JSON text."""
+        return column
+
     def not_in_list(self, param: str) -> str:
         raise NotImplementedError
 
@@ -84,6 +92,10 @@ class SqliteDialect(Dialect):
     def in_list(self, param: str) -> str:
         return f"IN (SELECT value FROM json_each({param}))"
 
+    def api_time(self, column: str) -> str:
+        # Stored as `YYYY-MM-DD HH:MM:SS.ffffff`.
+        return f"(substr({column}, 1, 10) || 'T' || substr({column}, 12, 12) || 'Z')"
+
     def not_in_list(self, param: str) -> str:
         return f"NOT IN (SELECT value FROM json_each({param}))"
 
@@ -107,6 +119,12 @@ class PostgresDialect(Dialect):
 
     def in_list(self, param: str) -> str:
         return f"= ANY({param}::text[])"
+
+    def api_time(self, column: str) -> str:
+        return f"""to_char({column} AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.MS"Z"')"""
+
+    def json_text(self, column: str) -> str:
+        return f"{column}::text"
 
     def not_in_list(self, param: str) -> str:
         return f"<> ALL({param}::text[])"

@@ -50,6 +50,22 @@ class StateQuery:
     limit: int = 50
 
 
+@dataclass(frozen=True, slots=True)
+class ListedState:
+    """One state of a query result as stored: metadata as its JSON text and
+    times already in the API's form (`2025-11-10T10:00:00.000Z`), so a page is
+    encoded without parsing either."""
+
+    entity: str
+    entity_id: str
+    status: str
+    metadata: str
+    version: int
+    revision: int
+    created_at: str
+    updated_at: str
+
+
 class IdempotencyConflict(Exception):
     """Another request with the same idempotency key committed first."""
 
@@ -78,7 +94,7 @@ class StateStore(Protocol):
 
     async def get_state(self, entity: str, entity_id: str) -> StoredState | None: ...
 
-    async def query_states(self, query: StateQuery) -> list[StoredState]: ...
+    async def query_states(self, query: StateQuery) -> list[ListedState]: ...
 
     async def history(
         self, entity: str, entity_id: str, after_revision: int, limit: int

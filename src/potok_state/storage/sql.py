@@ -39,13 +39,13 @@ from potok_state.storage.database import (
 )
 from potok_state.storage.dialect import Dialect
 from potok_state.storage.port import (
+    ListedState,
     SortField,
     StateQuery,
 )
 from potok_state.storage.rows import (
     GET_STATE,
     OUTBOX_COLUMNS,
-    STATE_COLUMNS,
     event_record,
     load_states,
     state_from_row,
@@ -150,7 +150,7 @@ class SqlStateStore:
         row = await self.db.read_point(lambda tx: tx.fetchrow(GET_STATE, entity, entity_id))
         return None if row is None else state_from_row(self.dialect, row)
 
-    async def query_states(self, query: StateQuery) -> list[StoredState]:
+    async def query_states(self, query: StateQuery) -> list[ListedState]:
         dialect = self.dialect
         args: list[object] = [query.entity]
         conditions = ["entity_type = $1"]
@@ -182,11 +182,16 @@ class SqlStateStore:
             )
         direction = "DESC" if query.descending else "ASC"
         sql = (
-            f"SELECT {STATE_COLUMNS} FROM states WHERE {' AND '.join(conditions)} "
+            f"SELECT entity_type, entity_id, status, {dialect.json_text('metadata')}, version, "
+            f"revision, {dialect.api_time('created_at')}, {dialect.api_time('updated_at')} "
+            f"FROM states WHERE {' AND '.join(conditions)} "
             f"ORDER BY {column} {direction}, entity_id {direction} LIMIT {param(query.limit)}"
         )
         rows = await self.db.read(lambda tx: tx.fetch(sql, *args))
-        return [state_from_row(dialect, row) for row in rows]
+        return [
+            ListedState(row[0], row[1], row[2], row[3], row[4], row[5], row[6], row[7])
+            for row in rows
+        ]
 
     async def history(
         self, entity: str, entity_id: str, after_revision: int, limit: int

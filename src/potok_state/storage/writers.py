@@ -128,7 +128,6 @@ class SqliteChangeWriter(ChangeWriter):
         now = dialect.time(at)
 
         def state_row(row: StateRow) -> tuple[object, ...]:
-            since = dialect.time(row.created_at) if row.created_at else now
             return (
                 row.entity,
                 row.entity_id,
@@ -136,7 +135,6 @@ class SqliteChangeWriter(ChangeWriter):
                 row.metadata,
                 row.version,
                 base + row.offset,
-                since,
                 now,
             )
 
@@ -191,10 +189,10 @@ _VERSION = "SELECT version FROM states WHERE entity_type = $1 AND entity_id = $2
 _BUMP_COUNTER = "UPDATE revision_counter SET value = value + $1 WHERE id = 1 RETURNING value"
 _DELETE_STATE = "DELETE FROM states WHERE entity_type = $1 AND entity_id = $2"
 _UPDATE_STATE = (
-    "UPDATE states SET status = $3, metadata = $4, version = $5, revision = $6, created_at = $7, "
-    "updated_at = $8 WHERE entity_type = $1 AND entity_id = $2"
+    "UPDATE states SET status = $3, metadata = $4, version = $5, revision = $6, updated_at = $7 "
+    "WHERE entity_type = $1 AND entity_id = $2"
 )
-_INSERT_STATE = f"INSERT INTO states ({STATE_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)"
+_INSERT_STATE = f"INSERT INTO states ({STATE_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $7)"
 _INSERT_HISTORY = (
     "INSERT INTO state_history (revision, entity_type, entity_id, version, event, "
     "previous_status, new_status, metadata, reason, actor, changed_at) "
@@ -444,12 +442,12 @@ def _is_about_the_connection(exc: asyncpg.PostgresError) -> bool:
 
 def _arguments(groups: Sequence[ChangeSet]) -> list[object]:
     """The `_APPLY` parameters for these change sets (`cs` = their index)."""
-    columns: list[list[object]] = [[] for _ in range(36)]
+    columns: list[list[object]] = [[] for _ in range(35)]
     (
         e_cs, e_type, e_id, e_version,
         sets_cs, sets_n,
         d_cs, d_type, d_id,
-        w_cs, w_type, w_id, w_status, w_metadata, w_version, w_off, w_created, w_new,
+        w_cs, w_type, w_id, w_status, w_metadata, w_version, w_off, w_new,
         h_cs, h_off, h_type, h_id, h_version, h_event, h_previous, h_new, h_metadata, h_reason,
         h_actor,
         o_cs, o_off, o_event_id, o_event, o_type, o_id, o_data,
@@ -474,7 +472,6 @@ def _arguments(groups: Sequence[ChangeSet]) -> list[object]:
             w_metadata.append(s.metadata)
             w_version.append(s.version)
             w_off.append(s.offset)
-            w_created.append(s.created_at)
             w_new.append(s.is_new)
         for h in changes.history:
             h_cs.append(cs)
@@ -534,22 +531,20 @@ WITH expected AS (
         AS d(cs, entity_type, entity_id) USING (cs)
     WHERE s.entity_type = d.entity_type AND s.entity_id = d.entity_id
 ), written AS (
-    SELECT w.*, c.base + sets.before + w.off AS revision,
-        coalesce(w.created_at, c.at) AS since, c.at
+    SELECT w.*, c.base + sets.before + w.off AS revision, c.at
     FROM counter c, sets JOIN unnest(
         $10::int[], $11::text[], $12::text[], $13::text[], $14::text[], $15::int[], $16::int[],
-        $17::timestamptz[], $18::bool[]
-    ) AS w(cs, entity_type, entity_id, status, metadata, version, off, created_at, is_new)
-        USING (cs)
+        $17::bool[]
+    ) AS w(cs, entity_type, entity_id, status, metadata, version, off, is_new) USING (cs)
 ), changed AS (
     UPDATE states s SET status = w.status, metadata = w.metadata::jsonb, version = w.version,
-        revision = w.revision, created_at = w.since, updated_at = w.at
+        revision = w.revision, updated_at = w.at
     FROM written w
     WHERE NOT w.is_new AND s.entity_type = w.entity_type AND s.entity_id = w.entity_id
 ), created AS (
     INSERT INTO states ({STATE_COLUMNS})
     SELECT w.entity_type, w.entity_id, w.status, w.metadata::jsonb, w.version, w.revision,
-        w.since, w.at
+        w.at, w.at
     FROM written w WHERE w.is_new
 ), history AS (
     INSERT INTO state_history (revision, entity_type, entity_id, version, event,
@@ -557,8 +552,8 @@ WITH expected AS (
     SELECT c.base + sets.before + h.off, h.entity_type, h.entity_id, h.version, h.event,
         h.previous_status, h.new_status, h.metadata::jsonb, h.reason, h.actor, c.at
     FROM counter c, sets JOIN unnest(
-        $19::int[], $20::int[], $21::text[], $22::text[], $23::int[], $24::text[], $25::text[],
-        $26::text[], $27::text[], $28::text[], $29::text[]
+        $18::int[], $19::int[], $20::text[], $21::text[], $22::int[], $23::text[], $24::text[],
+        $25::text[], $26::text[], $27::text[], $28::text[]
     ) AS h(cs, off, entity_type, entity_id, version, event, previous_status, new_status,
         metadata, reason, actor) USING (cs)
 ), events AS (
@@ -566,7 +561,7 @@ WITH expected AS (
     SELECT c.base + sets.before + o.off, o.event_id, o.event, o.entity_type, o.entity_id,
         o.data, c.at
     FROM counter c, sets JOIN unnest(
-        $30::int[], $31::int[], $32::text[], $33::text[], $34::text[], $35::text[], $36::text[]
+        $29::int[], $30::int[], $31::text[], $32::text[], $33::text[], $34::text[], $35::text[]
     ) AS o(cs, off, event_id, event, entity_type, entity_id, data) USING (cs)
 ), notified AS (
     SELECT pg_notify('{OUTBOX_CHANNEL}', (base + (SELECT n FROM total))::text) FROM counter
