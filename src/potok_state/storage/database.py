@@ -26,7 +26,7 @@ import sqlite3
 import threading
 from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
@@ -413,9 +413,15 @@ class PostgresDatabase:
                     )
         return self._pool
 
+    def connection(self) -> AbstractAsyncContextManager[asyncpg.Connection]:
+        """A pooled connection (`async with`), released when the block ends."""
+        if self._pool is None:
+            return self._first_connection()
+        return self._pool.acquire()  # type: ignore[no-any-return]
+
     @asynccontextmanager
-    async def connection(self) -> AsyncIterator[asyncpg.Connection]:
-        pool = self._pool or await self.pool()
+    async def _first_connection(self) -> AsyncIterator[asyncpg.Connection]:
+        pool = await self.pool()
         async with pool.acquire() as connection:
             yield connection
 

@@ -44,11 +44,10 @@ from potok_state.storage.port import (
     StateQuery,
 )
 from potok_state.storage.rows import (
-    GET_STATE,
     OUTBOX_COLUMNS,
+    StateReads,
     event_record,
     load_states,
-    state_from_row,
 )
 from potok_state.storage.writers import CommitHook, change_writer
 
@@ -77,6 +76,7 @@ class SqlStateStore:
             postgres_dsn=self.db.dsn if isinstance(self.db, PostgresDatabase) else None
         )
         self._writer = change_writer(self.db, commit_hook)
+        self._reads = StateReads(self.db)
 
     @property
     def is_sqlite(self) -> bool:
@@ -139,7 +139,9 @@ class SqlStateStore:
         if not missing:
             return known
         if len(missing) == 1:
-            read = await self.db.read_point(lambda tx: load_states(tx, missing))
+            entity, entity_id = missing[0]
+            state = await self._reads.get(entity, entity_id)
+            read = {} if state is None else {entity_id: state}
         else:
             read = await self.db.read(lambda tx: load_states(tx, missing))
         return {**known, **read}
@@ -147,8 +149,7 @@ class SqlStateStore:
     # -- reads --------------------------------------------------------------------
 
     async def get_state(self, entity: str, entity_id: str) -> StoredState | None:
-        row = await self.db.read_point(lambda tx: tx.fetchrow(GET_STATE, entity, entity_id))
-        return None if row is None else state_from_row(self.dialect, row)
+        return await self._reads.get(entity, entity_id)
 
     async def query_states(self, query: StateQuery) -> list[ListedState]:
         dialect = self.dialect
