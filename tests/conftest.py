@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 import os
 import uuid
-from collections.abc import AsyncIterator, Coroutine, Iterator
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TypeVar
@@ -21,6 +21,7 @@ from potok_state.app import create_app
 from potok_state.settings import Settings
 from potok_state.storage.migrate import upgrade_to_head
 from potok_state.storage.tables import metadata
+from tests.support.redis_server import RedisServer
 
 POSTGRES_ADMIN_URL = os.environ.get(
     "POTOK_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres"
@@ -126,3 +127,22 @@ async def client(app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
         transport=transport, base_url="http://potok.test", headers={"x-api-key": API_KEY}
     ) as http:
         yield http
+
+
+@pytest.fixture
+def redis_servers(tmp_path: Path) -> Iterator[Callable[[], RedisServer]]:
+    """Start private `redis-server` processes on free ports; all are killed at
+    teardown."""
+    started: list[RedisServer] = []
+
+    def start() -> RedisServer:
+        workdir = tmp_path / f"redis-{len(started)}"
+        workdir.mkdir()
+        server = RedisServer(workdir)
+        started.append(server)
+        server.start()
+        return server
+
+    yield start
+    for server in started:
+        server.kill()

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import os
 import re
-import socket
 import subprocess
 import sys
 import time
@@ -15,10 +14,9 @@ from pathlib import Path
 
 import httpx
 import pytest
-from pydantic import AliasChoices
-from pydantic_settings import BaseSettings
 
-from potok_state.settings import Settings
+from tests.support.ports import free_port
+from tests.support.settings import setting_names
 
 ROOT = Path(__file__).resolve().parent.parent
 EXPECTATION = re.compile(r"^# → (\d{3})\s*(.*)$")
@@ -45,12 +43,6 @@ def readme_examples() -> list[tuple[str, int, str]]:
             examples.append((pending, int(match.group(1)), match.group(2)))
             pending = None
     return examples
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 @pytest.fixture
@@ -121,27 +113,6 @@ def test_every_readme_curl_example_answers_as_shown(server: str, tmp_path: Path)
             found = body.find(fragment, position)
             assert found >= 0, f"expected {fragment!r} in order\n{context}"
             position = found + len(fragment)
-
-
-def setting_names() -> set[str]:
-    """Every environment variable the service reads."""
-    names: set[str] = set()
-
-    def collect(model: type[BaseSettings]) -> None:
-        prefix = str(model.model_config.get("env_prefix", ""))
-        for name, field in model.model_fields.items():
-            annotation = field.annotation
-            if isinstance(annotation, type) and issubclass(annotation, BaseSettings):
-                collect(annotation)
-            elif isinstance(field.validation_alias, str):
-                names.add(field.validation_alias)
-            elif isinstance(field.validation_alias, AliasChoices):
-                names.update(str(c) for c in field.validation_alias.choices if str(c).isupper())
-            else:
-                names.add((prefix + name).upper())
-
-    collect(Settings)
-    return names
 
 
 def test_readme_documents_every_setting() -> None:

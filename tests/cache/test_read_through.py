@@ -8,13 +8,9 @@ import pytest
 from fastapi import FastAPI
 
 from potok_state.settings import Settings
-from tests.cache.conftest import (
-    RedisServer,
-    api_client,
-    cache_requests,
-    cache_settings,
-    running_app,
-)
+from tests.support.apps import api_client, running_app
+from tests.support.cache import cache_requests, cache_settings
+from tests.support.redis_server import RedisServer
 
 
 @pytest.fixture

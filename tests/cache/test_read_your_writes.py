@@ -13,7 +13,9 @@ import random
 import httpx
 import redis
 
-from tests.cache.conftest import RedisServer, api_client, cache_settings, running_app
+from tests.support.apps import api_client, running_app
+from tests.support.cache import cache_settings
+from tests.support.redis_server import RedisServer
 
 WORKERS = 20
 ROUNDS = 12

@@ -14,8 +14,9 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.cache.conftest import RedisServer, free_port
 from tests.conftest import API_KEY, TEST_API_KEYS, reset_postgres, run_in_thread
+from tests.support.ports import free_port
+from tests.support.redis_server import RedisServer
 
 PROPAGATION_SECONDS = 1.0
 START_TIMEOUT_SECONDS = 60.0

@@ -10,13 +10,9 @@ from collections.abc import Awaitable, Callable
 import httpx
 from fastapi import FastAPI
 
-from tests.cache.conftest import (
-    RedisServer,
-    api_client,
-    cache_requests,
-    cache_settings,
-    running_app,
-)
+from tests.support.apps import api_client, running_app
+from tests.support.cache import cache_requests, cache_settings
+from tests.support.redis_server import RedisServer
 
 RECOVERY_SECONDS = 15.0
 

@@ -5,8 +5,10 @@ from __future__ import annotations
 from fastapi import FastAPI
 
 from potok_state.app import create_app
-from tests.cache.conftest import api_client, cache_settings, free_port, running_app
 from tests.conftest import make_settings
+from tests.support.apps import api_client, running_app
+from tests.support.cache import cache_settings
+from tests.support.ports import free_port
 
 
 async def test_the_default_service_runs_without_any_redis(database_url: str) -> None:

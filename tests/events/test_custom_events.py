@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import httpx
 
-from tests.webhooks.hub import in_process, settled_deliveries, subscribe, webhook_settings
-from tests.webhooks.receivers import running_receiver
+from tests.support.hub import in_process, settled_deliveries, subscribe, webhook_settings
+from tests.support.receivers import running_receiver
 
 
 async def test_a_custom_event_is_recorded_and_returned(client: httpx.AsyncClient) -> None:

@@ -1,5 +1,5 @@
-"""Fixtures for the operations tests: private Redis servers and webhook receivers
-(the same real processes and servers the cache and webhook tests use)."""
+"""Fixtures for the operations tests: webhook receivers (private Redis servers
+come from the `redis_servers` fixture of tests/conftest.py)."""
 
 from __future__ import annotations
 
@@ -7,8 +7,7 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from tests.cache.conftest import redis_servers as redis_servers  # the same fixture
-from tests.webhooks.receivers import Receiver
+from tests.support.receivers import Receiver
 
 
 @pytest.fixture

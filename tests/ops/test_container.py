@@ -12,7 +12,7 @@ import pytest
 import yaml
 
 from potok_state.settings import Settings
-from tests.test_readme import setting_names
+from tests.support.settings import setting_names
 
 ROOT = Path(__file__).resolve().parents[2]
 COMMANDS = {"serve", "worker", "migrate"}

@@ -20,8 +20,9 @@ from fastapi import FastAPI
 
 from potok_state.app import create_app
 from tests.conftest import API_KEY, make_settings
-from tests.webhooks.hub import ServiceProcess, http_service, remote_client, service_env
-from tests.webhooks.receivers import eventually, free_port
+from tests.support.hub import ServiceProcess, http_service, remote_client, service_env
+from tests.support.polling import eventually
+from tests.support.ports import free_port
 
 BODY_LIMIT = 4096
 HELMET_HEADERS = {

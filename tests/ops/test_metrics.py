@@ -11,11 +11,12 @@ from fastapi import FastAPI
 
 from potok_state.app import create_app
 from potok_state.metrics import Metrics
-from tests.cache.conftest import RedisServer
 from tests.conftest import API_KEY, make_settings
 from tests.ops.scrape import parse, scrape
-from tests.webhooks.hub import FAST_WEBHOOKS, record, subscribe
-from tests.webhooks.receivers import Receiver, eventually
+from tests.support.hub import FAST_WEBHOOKS, record, subscribe
+from tests.support.polling import eventually
+from tests.support.receivers import Receiver
+from tests.support.redis_server import RedisServer
 
 STATES = "/api/v1/states/{entity}"
 ONE_STATE = "/api/v1/states/{entity}/{entity_id}"

@@ -13,8 +13,8 @@ from pydantic import ValidationError
 from sqlalchemy.engine import make_url
 
 from potok_state.settings import Settings
-from tests.webhooks.hub import POTOK_STATE, http_service, remote_client
-from tests.webhooks.receivers import free_port
+from tests.support.hub import POTOK_STATE, http_service, remote_client
+from tests.support.ports import free_port
 
 REAL_WEBHOOK_SECRET = "whsec-ops-test-0c5a1d9e"
 SECRETS = {

@@ -9,12 +9,13 @@ from __future__ import annotations
 import asyncio
 import itertools
 import signal
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import httpx
 
 from tests.conftest import API_KEY
-from tests.webhooks.hub import (
+from tests.support.hub import (
     ServiceProcess,
     http_service,
     remote_client,
@@ -22,7 +23,9 @@ from tests.webhooks.hub import (
     subscribe,
     wait_ready,
 )
-from tests.webhooks.receivers import Receiver, eventually, free_port
+from tests.support.polling import eventually
+from tests.support.ports import free_port
+from tests.support.receivers import Receiver
 
 WRITERS = 200
 CONFIRMED_BEFORE_SIGTERM = 200
@@ -85,6 +88,31 @@ async def test_sigterm_under_load_loses_no_accepted_write(
                 if sigterm.is_set():
                     confirmed_after_sigterm += 1
 
+        async def slow_writer() -> None:
+            """A write the server accepted before SIGTERM whose body only ends after
+            it: at least one request is in flight at SIGTERM, however fast the
+            others are answered."""
+            nonlocal confirmed_after_sigterm
+            entity_id = "load-slow"
+            body = b'{"entityId":"load-slow","status":"created"}'
+
+            async def chunks() -> AsyncIterator[bytes]:
+                yield body[:10]
+                await sigterm.wait()
+                yield body[10:]
+
+            response = await http.post(
+                "/api/v1/states/task",
+                content=chunks(),
+                headers={"content-type": "application/json"},
+            )
+            if response.status_code != 201:
+                failed.append((entity_id, response.status_code, response.text))
+                return
+            confirmed.add(entity_id)
+            confirmed_after_sigterm += 1
+
+        slow = asyncio.create_task(slow_writer())
         writers = [asyncio.create_task(writer()) for _ in range(WRITERS)]
 
         async def loaded() -> bool:
@@ -93,7 +121,7 @@ async def test_sigterm_under_load_loses_no_accepted_write(
         await eventually(loaded, timeout=60, what="the service to be under load")
         server.process.send_signal(signal.SIGTERM)
         sigterm.set()
-        await asyncio.wait_for(asyncio.gather(*writers), 120)
+        await asyncio.wait_for(asyncio.gather(slow, *writers), 120)
 
     returncode = await asyncio.wait_for(server.process.wait(), 60)
     log = server.log

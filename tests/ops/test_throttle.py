@@ -13,10 +13,11 @@ from fastapi import FastAPI
 
 from potok_state.app import create_app
 from potok_state.settings import Settings
-from tests.cache.conftest import RedisServer
 from tests.conftest import API_KEY, make_settings
-from tests.webhooks.hub import http_service, remote_client, service_env
-from tests.webhooks.receivers import eventually, free_port
+from tests.support.hub import http_service, remote_client, service_env
+from tests.support.polling import eventually
+from tests.support.ports import free_port
+from tests.support.redis_server import RedisServer
 
 THROTTLED = "/api/v1/states/task"
 

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import socket
 import subprocess
 import sys
 import uuid
@@ -20,10 +19,11 @@ from sqlalchemy import inspect
 from sqlalchemy.engine import Connection
 
 from potok_state.app import SchemaNotCurrent, create_app
-from potok_state.storage.migrate import current_revision, head_revision, upgrade_to_head
 from potok_state.storage.engine import create_engine
+from potok_state.storage.migrate import current_revision, head_revision, upgrade_to_head
 from potok_state.storage.tables import metadata
 from tests.conftest import POSTGRES_ADMIN_URL, _admin, make_settings, run_in_thread, sqlalchemy_url
+from tests.support.ports import free_port
 
 CLI = str(Path(sys.executable).with_name("potok-state"))
 
@@ -136,13 +136,6 @@ async def test_server_refuses_an_unmigrated_postgres_database(empty_postgres_url
             assert await connection.run_sync(table_names) == set()
     finally:
         await engine.dispose()
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
 
 
 def test_serve_command_exits_with_the_migrate_hint(empty_postgres_url: str, tmp_path: Path) -> None:

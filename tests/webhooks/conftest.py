@@ -5,8 +5,8 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 import httpx
 import pytest
 
-from tests.webhooks.hub import in_process, webhook_settings
-from tests.webhooks.receivers import Receiver
+from tests.support.hub import in_process, webhook_settings
+from tests.support.receivers import Receiver
 
 StartReceiver = Callable[[], Awaitable[Receiver]]
 

@@ -8,7 +8,7 @@ from datetime import datetime, timedelta, timezone
 import httpx
 import pytest
 
-from tests.webhooks.hub import (
+from tests.support.hub import (
     in_process,
     publish,
     record,
@@ -16,7 +16,8 @@ from tests.webhooks.hub import (
     subscribe,
     webhook_settings,
 )
-from tests.webhooks.receivers import Receiver, Reply, eventually
+from tests.support.polling import eventually
+from tests.support.receivers import Receiver, Reply
 from tests.webhooks.test_signing import PLAIN_SECRET, assert_delivery_headers
 
 

@@ -8,8 +8,7 @@ from collections.abc import AsyncIterator
 import httpx
 import pytest
 
-from tests.webhooks.conftest import StartReceiver
-from tests.webhooks.hub import (
+from tests.support.hub import (
     deliveries,
     in_process,
     record,
@@ -17,7 +16,8 @@ from tests.webhooks.hub import (
     subscribe,
     webhook_settings,
 )
-from tests.webhooks.receivers import Receiver, Reply
+from tests.support.receivers import Receiver, Reply
+from tests.webhooks.conftest import StartReceiver
 
 UPDATES = 100
 

@@ -11,7 +11,7 @@ from datetime import datetime
 import httpx
 import pytest
 
-from tests.webhooks.hub import (
+from tests.support.hub import (
     Json,
     deliveries,
     in_process,
@@ -21,7 +21,8 @@ from tests.webhooks.hub import (
     subscription,
     webhook_settings,
 )
-from tests.webhooks.receivers import Receiver, Reply, eventually
+from tests.support.polling import eventually
+from tests.support.receivers import Receiver, Reply
 
 BASE_MS = 50
 

@@ -10,7 +10,7 @@ from contextlib import AsyncExitStack
 from pathlib import Path
 
 from tests.conftest import reset_postgres
-from tests.webhooks.hub import (
+from tests.support.hub import (
     ServiceProcess,
     all_changes,
     http_service,
@@ -19,7 +19,9 @@ from tests.webhooks.hub import (
     settled_deliveries,
     subscribe,
 )
-from tests.webhooks.receivers import eventually, free_port, running_receiver
+from tests.support.polling import eventually
+from tests.support.ports import free_port
+from tests.support.receivers import running_receiver
 
 EVENTS = 2000
 WORKERS = 2

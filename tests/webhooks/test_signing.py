@@ -14,8 +14,8 @@ import pytest
 from standardwebhooks import Webhook, WebhookVerificationError
 
 from potok_state.webhooks.signing import signature_headers, verify_signature
-from tests.webhooks.hub import record, subscribe
-from tests.webhooks.receivers import Received, Receiver
+from tests.support.hub import record, subscribe
+from tests.support.receivers import Received, Receiver
 
 PLAIN_SECRET = "s3cr3t-for-the-gateway"
 TIMESTAMP = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$")

@@ -8,7 +8,7 @@ from collections.abc import AsyncIterator
 import httpx
 import pytest
 
-from tests.webhooks.hub import (
+from tests.support.hub import (
     in_process,
     publish,
     record,
@@ -16,7 +16,7 @@ from tests.webhooks.hub import (
     subscribe,
     webhook_settings,
 )
-from tests.webhooks.receivers import Receiver
+from tests.support.receivers import Receiver
 
 SUBSCRIPTIONS = "/api/v1/webhooks/subscriptions"
 

@@ -1,24 +1,23 @@
 """Real HTTP webhook receivers on 127.0.0.1 for the tests: an aiohttp server in
 the test's event loop that records every request and answers from a script.
 
-Tests wait for outcomes with `eventually` (poll with a deadline), never with a
-fixed sleep.
+Tests wait for outcomes with `eventually` (tests/support/polling.py: poll with
+a deadline), never with a fixed sleep.
 """
 
 from __future__ import annotations
 
 import asyncio
-import socket
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Any
 
 import orjson
 from aiohttp import web
 
-T = TypeVar("T")
+from tests.support.polling import eventually
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,6 +54,7 @@ class Reply:
 class Receiver:
     def __init__(self) -> None:
         self.requests: list[Received] = []
+        self.answered = 0  # requests answered so far (after their gate, if any)
         self.script: list[Reply] = []
         self.default = Reply()
         self.port = 0
@@ -92,6 +92,7 @@ class Receiver:
         reply = self.script.pop(0) if self.script else self.default
         if reply.gate is not None:
             await reply.gate.wait()
+        self.answered += 1
         return web.Response(status=reply.status, headers=reply.headers)
 
     async def start(self, port: int = 0) -> None:
@@ -140,29 +141,3 @@ async def running_receiver(port: int = 0) -> AsyncIterator[Receiver]:
         yield receiver
     finally:
         await receiver.stop()
-
-
-def free_port() -> int:
-    """A port nothing listens on right now (for a receiver that comes up later)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
-
-
-async def eventually(
-    probe: Callable[[], Awaitable[T | None]],
-    *,
-    timeout: float = 10.0,  # noqa: ASYNC109
-    interval: float = 0.02,
-    what: str = "the condition",
-) -> T:
-    """Poll `probe` until it returns something other than None (or False)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        result = await probe()
-        if result is not None and result is not False:
-            return result
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")
-        await asyncio.sleep(interval)

@@ -17,7 +17,7 @@ import httpx
 from potok_state.app import create_app
 from potok_state.settings import Settings
 from tests.conftest import API_KEY, TEST_API_KEYS, make_settings
-from tests.webhooks.receivers import eventually
+from tests.support.polling import eventually
 
 POTOK_STATE = Path(sys.executable).with_name("potok-state")
 # Fast delivery for tests: a 50 ms backoff base and short per-attempt timeouts.

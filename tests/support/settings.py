@@ -1,0 +1,29 @@
+"""The service's settings as environment variable names."""
+
+from __future__ import annotations
+
+from pydantic import AliasChoices
+from pydantic_settings import BaseSettings
+
+from potok_state.settings import Settings
+
+
+def setting_names() -> set[str]:
+    """Every environment variable the service reads."""
+    names: set[str] = set()
+
+    def collect(model: type[BaseSettings]) -> None:
+        prefix = str(model.model_config.get("env_prefix", ""))
+        for name, field in model.model_fields.items():
+            annotation = field.annotation
+            if isinstance(annotation, type) and issubclass(annotation, BaseSettings):
+                collect(annotation)
+            elif isinstance(field.validation_alias, str):
+                names.add(field.validation_alias)
+            elif isinstance(field.validation_alias, AliasChoices):
+                names.update(str(c) for c in field.validation_alias.choices if str(c).isupper())
+            else:
+                names.add((prefix + name).upper())
+
+    collect(Settings)
+    return names
