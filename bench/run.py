@@ -7,7 +7,7 @@
     .venv/bin/python -m bench.run --only delivery_latency,deliveries  # webhook delivery only
 
 Every req/s figure is reported as a ratio to the trivial endpoint measured on the
-same server in the same run (DESIGN.md §9); with `--workers 1,2` every server
+same server in the same run (bench/README.md); with `--workers 1,2` every server
 profile runs once as `serve` and once as `serve --workers 2`, each against its
 own ceiling.
 """

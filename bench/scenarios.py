@@ -21,7 +21,7 @@ BACKEND_TITLES = {"sqlite": "SQLite", "postgresql": "PostgreSQL"}
 
 @dataclass(frozen=True)
 class Goal:
-    """A DESIGN.md §9 goal: a share of the ceiling's req/s, or a latency bound.
+    """A bench/README.md goal: a share of the ceiling's req/s, or a latency bound.
     A goal for one backend only says so in its `text`."""
 
     text: str
@@ -195,7 +195,7 @@ def section_label(backend: str, workers: int, profile: ServerProfile) -> str:
 
 @dataclass(frozen=True)
 class DeliveryScenario:
-    """A webhook delivery figure (DESIGN.md §9), measured by `bench/webhooks.py`
+    """A webhook delivery figure (bench/README.md), measured by `bench/webhooks.py`
     (always against one-worker servers and one delivery worker)."""
 
     key: str

@@ -1,4 +1,4 @@
-"""Webhook delivery figures of DESIGN.md §9, against the real service.
+"""Webhook delivery figures of bench/README.md, against the real service.
 
 * change → first delivery attempt: changes are written at a fixed rate (open
   loop, each a POST with a new entity id); a receiver in this process on

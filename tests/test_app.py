@@ -1,5 +1,5 @@
 """Operational surface: health, request ids, offline API docs, `potok-state
-config`, and production settings that refuse to start (DESIGN.md §4, §7)."""
+config`, and production settings that refuse to start (docs/operations.md)."""
 
 from __future__ import annotations
 

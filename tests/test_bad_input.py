@@ -1,4 +1,4 @@
-"""Every kind of bad input is a 4xx with the error body of DESIGN.md §7, never a
+"""Every kind of bad input is a 4xx with the error body of docs/operations.md, never a
 500, and never writes anything (no revision is spent, nothing reaches the
 change feed)."""
 

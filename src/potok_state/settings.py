@@ -1,4 +1,4 @@
-"""Service settings, read from the environment and `.env` (names as in DESIGN.md §7).
+"""Service settings, read from the environment and `.env` (names as in docs/operations.md).
 
 Durations named `*_TIMEOUT` and `*_DELAY` are milliseconds, `*_TTL` are seconds,
 as in the original service.

@@ -1,4 +1,4 @@
-"""Read-your-writes on one replica under concurrency (DESIGN.md §5).
+"""Read-your-writes on one replica under concurrency (docs/architecture.md, "Caches").
 
 Twenty workers write and read the same few entities while an evictor keeps
 deleting the cached copies, so reads keep missing and refilling the tiers while

@@ -1,5 +1,5 @@
 """Tiers die mid-traffic and come back: no request fails, no data is wrong, and
-the tiers are used again without a restart (DESIGN.md §5)."""
+the tiers are used again without a restart (docs/architecture.md, "Caches")."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""GET /api/v1/changes: the global change feed by revision (DESIGN.md §2, §4)."""
+"""GET /api/v1/changes: the global change feed by revision (docs/data-model.md)."""
 
 from __future__ import annotations
 

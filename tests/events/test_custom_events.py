@@ -1,5 +1,5 @@
 """Custom events: POST /api/v1/events publishes `custom.*` events to the change
-feed and to matching webhook subscribers (DESIGN.md §4)."""
+feed and to matching webhook subscribers (docs/data-model.md)."""
 
 from __future__ import annotations
 

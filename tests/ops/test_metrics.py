@@ -1,4 +1,4 @@
-"""GET /metrics after real traffic: every family DESIGN.md §7 names is present
+"""GET /metrics after real traffic: every family docs/operations.md names is present
 and moves (HTTP, transitions, webhook deliveries, outbox lag, cache tiers)."""
 
 from __future__ import annotations

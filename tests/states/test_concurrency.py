@@ -1,5 +1,5 @@
 """Concurrent writers on one entity: versions and revisions never skip, repeat or
-go backwards (DESIGN.md §2), on SQLite and PostgreSQL.
+go backwards (docs/data-model.md), on SQLite and PostgreSQL.
 
 The requests run in-process but truly concurrently: each is its own task on the
 loop, and on PostgreSQL each transaction holds its own pooled connection (pool

@@ -1,4 +1,4 @@
-"""A change is all or nothing (DESIGN.md §2): a failure after the state row is
+"""A change is all or nothing (docs/data-model.md): a failure after the state row is
 written (here: a real database trigger refusing the history row of entity
 `boom`) leaves no state, no history, no outbox event and no spent revision."""
 

@@ -1,6 +1,6 @@
 """No loss on crash: the real server is killed with SIGKILL while deliveries are
 queued and failing, or while finished attempts wait to be recorded in a batch,
-restarted, and every event still arrives (DESIGN.md §4: at-least-once from the
+restarted, and every event still arrives (docs/guarantees.md: at-least-once from the
 transactional outbox)."""
 
 from __future__ import annotations

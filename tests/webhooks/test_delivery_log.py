@@ -1,4 +1,4 @@
-"""The delivery log, manual retry, replay and the test ping (DESIGN.md §4)."""
+"""The delivery log, manual retry, replay and the test ping (docs/data-model.md)."""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
 """Events of one entity reach a subscriber in revision order, whatever another
-subscriber does (DESIGN.md §4 "Delivery rules")."""
+subscriber does (docs/guarantees.md, "Webhook delivery")."""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
 """Delivery rules: retries with exponential backoff, timeouts, Retry-After, 410,
-auto-disable after consecutive failures and re-enabling (DESIGN.md §4)."""
+auto-disable after consecutive failures and re-enabling (docs/data-model.md)."""
 
 from __future__ import annotations
 

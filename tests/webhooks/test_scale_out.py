@@ -1,6 +1,6 @@
 """Scale-out on PostgreSQL: separate `potok-state worker` processes share the
 delivery queue (FOR UPDATE SKIP LOCKED, woken by LISTEN/NOTIFY) and send every
-event exactly once to a receiver that always answers 200 (DESIGN.md §4)."""
+event exactly once to a receiver that always answers 200 (docs/data-model.md)."""
 
 from __future__ import annotations
 

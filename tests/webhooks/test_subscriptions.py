@@ -1,4 +1,4 @@
-"""Subscription CRUD, URL rules and event filters (DESIGN.md §4)."""
+"""Subscription CRUD, URL rules and event filters (docs/data-model.md)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Two-tier Redis cache (DESIGN.md §5); the mechanism is described in `tiers.py`."""
+"""Two-tier Redis cache (docs/architecture.md, "Caches"); the mechanism is described in `tiers.py`."""
 
 from potok_state.cache.tiers import (
     ListLookup,

@@ -1,4 +1,4 @@
-"""Two-tier Redis cache of states and query results (DESIGN.md §5).
+"""Two-tier Redis cache of states and query results (docs/architecture.md, "Caches").
 
 Tiers and the circuit
     A read tries the local Redis, then the global Redis (a hit there is copied into

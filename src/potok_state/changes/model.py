@@ -3,7 +3,7 @@ store made of it (an `AppliedChange` with its revision), and the rows it leaves
 (the state, its history entry, its outbox event).
 
 A change is decided by a pure function over the current states (`Decide`) and
-applied by the store in one transaction with a fresh revision (DESIGN.md §2).
+applied by the store in one transaction with a fresh revision (docs/data-model.md).
 """
 
 from __future__ import annotations

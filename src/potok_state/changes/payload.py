@@ -1,4 +1,4 @@
-"""The event payload of DESIGN.md §4, shared by webhooks, the watch stream and
+"""The event payload of docs/data-model.md, shared by webhooks, the watch stream and
 the change feed.
 
 The outbox stores an event's `data` as JSON text; the full body is assembled

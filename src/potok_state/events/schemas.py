@@ -1,4 +1,4 @@
-"""Wire models of the change feed: each item is the event payload of DESIGN.md §4."""
+"""Wire models of the change feed: each item is the event payload of docs/data-model.md."""
 
 from __future__ import annotations
 

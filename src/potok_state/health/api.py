@@ -83,5 +83,5 @@ async def readiness(service: Service, response: Response) -> Readiness:
     redis = all(check.up for check in await service.check_cache())
     if not storage.up:
         response.status_code = 503
-    # A cache tier being down is "degraded", never "not ready" (DESIGN.md §7).
+    # A cache tier being down is "degraded", never "not ready" (docs/operations.md).
     return Readiness(ready=storage.up, storage=storage.up, redis=redis, externalDb=True)

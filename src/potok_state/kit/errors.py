@@ -1,4 +1,4 @@
-"""One error hierarchy and one renderer for the error body of DESIGN.md §7."""
+"""One error hierarchy and one renderer for the error body of docs/operations.md."""
 
 from __future__ import annotations
 

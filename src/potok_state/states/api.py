@@ -1,4 +1,4 @@
-"""States API routes (DESIGN.md §4). Parsing and status codes only; the rules
+"""States API routes (docs/data-model.md). Parsing and status codes only; the rules
 live in `service.py`."""
 
 from __future__ import annotations

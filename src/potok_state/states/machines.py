@@ -1,4 +1,4 @@
-"""Declarative transition tables per entity type (DESIGN.md §3).
+"""Declarative transition tables per entity type (docs/data-model.md, "Transition tables").
 
 Built-in tables cover `task`, `user` and `process`; a YAML file
 (`STATE_MACHINES_FILE`) overrides or extends them. Tables are checked when they

@@ -1,4 +1,4 @@
-"""State rules: validated transitions, versions, batch, queries (DESIGN.md §2–§4).
+"""State rules: validated transitions, versions, batch, queries (docs/data-model.md).
 
 Every change is a pure decision over the current states, applied by the store
 in one transaction (see `storage.port`). Nothing here knows about HTTP.

@@ -1,11 +1,13 @@
-"""The storage port: the one small interface the services use, implemented by the
-SQL backend (SQLite/PostgreSQL) and the external Admin Service backend.
+"""The storage port: the one small interface the services use, implemented by
+the SQL backend (`sql.py`, SQLite or PostgreSQL).
 
-A change is applied by `StateStore.apply`: the store loads the current states of
-the named entities (locked against concurrent writers), hands them to the
-service's pure `decide` function, and writes what it returns (states, history,
-outbox, idempotency record) in one transaction with fresh revisions. Rules live
-in `decide`; atomicity and ordering live in the store.
+A change is applied by `StateStore.apply`: the store gets the current states of
+the named entities (from a hint or the database, without locks), hands them to
+the service's pure `decide` function, and writes what it returns (states,
+history, outbox, idempotency record) in one transaction with fresh revisions,
+if every entity is still at the version the decision saw; otherwise it decides
+again (docs/architecture.md, "The write path"). Rules live in `decide`;
+atomicity and ordering live in the store.
 """
 
 from __future__ import annotations

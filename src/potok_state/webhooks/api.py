@@ -1,4 +1,4 @@
-"""Webhooks API routes (DESIGN.md §4 "Events and webhooks")."""
+"""Webhooks API routes (docs/data-model.md, "Webhooks")."""
 
 from __future__ import annotations
 

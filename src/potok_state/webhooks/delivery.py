@@ -1,4 +1,4 @@
-"""The delivery worker (DESIGN.md §4 "Delivery rules").
+"""The delivery worker (docs/guarantees.md, "Webhook delivery").
 
 Two loops share one process:
 * dispatch: reads the outbox after the dispatch cursor and turns each event

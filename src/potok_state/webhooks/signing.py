@@ -1,4 +1,4 @@
-"""Webhook signatures (DESIGN.md §4).
+"""Webhook signatures (docs/data-model.md).
 
 Two signatures on every delivery, over the exact body bytes:
 * `X-Webhook-Signature: sha256=<hex>`: HMAC-SHA256 keyed with the secret's UTF-8
