@@ -1,4 +1,5 @@
-"""Reads go local → global → store and fill the tiers on the way back (docs/architecture.md, "Caches")."""
+"""Reads go local → global → store and fill the tiers on the way back
+(docs/architecture.md, "Caches")."""
 
 from __future__ import annotations
 

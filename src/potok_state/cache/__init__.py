@@ -1,4 +1,5 @@
-"""Two-tier Redis cache (docs/architecture.md, "Caches"); the mechanism is described in `tiers.py`."""
+"""The caches (docs/architecture.md, "Caches"): revision floors, the near cache
+and the two Redis tiers, whose mechanism `tiers.py` describes."""
 
 from potok_state.cache.tiers import (
     ListLookup,
