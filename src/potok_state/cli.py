@@ -8,6 +8,7 @@ import json
 import os
 import sys
 import tempfile
+from collections.abc import Callable
 
 import uvicorn
 from pydantic import SecretStr, ValidationError
@@ -79,9 +80,19 @@ def worker(_: argparse.Namespace) -> None:
     from potok_state.app import SchemaNotCurrent, run_worker
 
     try:
-        asyncio.run(run_worker(settings))
+        # The event loop `serve` runs on too (uvicorn picks uvloop when installed).
+        with asyncio.Runner(loop_factory=_loop_factory()) as runner:
+            runner.run(run_worker(settings))
     except SchemaNotCurrent as exc:
         sys.exit(f"potok-state: {exc}")
+
+
+def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
+    try:
+        import uvloop
+    except ImportError:
+        return None
+    return uvloop.new_event_loop
 
 
 def migrate(_: argparse.Namespace) -> None:

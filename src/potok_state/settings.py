@@ -79,11 +79,12 @@ class WebhookSettings(BaseSettings):
         64, ge=1, le=1000, description="Delivery attempts in flight per worker process."
     )
     max_in_flight_per_subscription: int = Field(
-        32,
+        48,
         ge=1,
         le=1000,
         description="Delivery attempts one subscription may have in flight in one worker "
-        "process (never two for the same entity).",
+        "process (never two for the same entity); while several subscriptions have work, "
+        "each gets its share of WEBHOOK_WORKER_CONCURRENCY.",
     )
 
 

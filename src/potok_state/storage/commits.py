@@ -27,6 +27,7 @@ import asyncpg
 import structlog
 
 from potok_state.changes.model import EventRecord
+from potok_state.storage.database import SESSION_SETTINGS
 from potok_state.wakeup import Wakeup
 
 log = structlog.get_logger(__name__)
@@ -103,7 +104,9 @@ class CommitFeed:
         assert self.postgres_dsn is not None
         while True:
             try:
-                connection = await asyncpg.connect(self.postgres_dsn)
+                connection = await asyncpg.connect(
+                    self.postgres_dsn, server_settings=SESSION_SETTINGS
+                )
             except (OSError, asyncpg.PostgresError) as exc:
                 log.warning("commits.listen_failed", error=type(exc).__name__)
                 await asyncio.sleep(RECONNECT_SECONDS)

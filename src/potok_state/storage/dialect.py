@@ -40,6 +40,11 @@ class Dialect:
     def read_bool(self, value: object) -> bool:
         return bool(value)
 
+    def refresh_statistics(self, table: str) -> str | None:
+        """A statement that refreshes the planner's statistics of `table`, if
+        the database keeps any."""
+        return None
+
     def json_field_text(self, column: str, key_param: str) -> str:
         """SQL for the JSON text of one top-level field of a JSON column
         (`"high"`, `5`, `true`), the key given as a bound parameter."""
@@ -125,6 +130,9 @@ class PostgresDialect(Dialect):
 
     def json_text(self, column: str) -> str:
         return f"{column}::text"
+
+    def refresh_statistics(self, table: str) -> str | None:
+        return f"ANALYZE {table}"
 
     def not_in_list(self, param: str) -> str:
         return f"<> ALL({param}::text[])"

@@ -41,7 +41,7 @@ from potok_state.changes.model import AppliedChange, IdempotencyWrite, StoredSta
 from potok_state.clock import utc_now
 from potok_state.storage.changeset import ChangeSet, Decision, StateRow
 from potok_state.storage.commits import OUTBOX_CHANNEL
-from potok_state.storage.database import Database, PostgresDatabase, Tx
+from potok_state.storage.database import SESSION_SETTINGS, Database, PostgresDatabase, Tx
 from potok_state.storage.dialect import POSTGRES
 from potok_state.storage.port import IdempotencyConflict, WriteContention
 from potok_state.storage.rows import OUTBOX_COLUMNS, STATE_COLUMNS, load_states, state_from_row
@@ -361,7 +361,8 @@ class PostgresChangeWriter(ChangeWriter):
         it) and it never waits for a pooled connection."""
         if self._connection is None or self._connection.is_closed():
             self._connection = await asyncpg.connect(
-                self.db.dsn, server_settings={"plan_cache_mode": "force_generic_plan"}
+                self.db.dsn,
+                server_settings={**SESSION_SETTINGS, "plan_cache_mode": "force_generic_plan"},
             )
         return self._connection
 

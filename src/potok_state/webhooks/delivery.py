@@ -34,6 +34,7 @@ from potok_state.metrics import Metrics
 from potok_state.settings import WebhookSettings
 from potok_state.webhooks.repository import (
     DISPATCH_BATCH,
+    PENDING,
     SUCCEEDED,
     AttemptResult,
     ClaimedDelivery,
@@ -51,6 +52,8 @@ POLL_SECONDS = 1.0
 DISPATCH_WINDOW_SECONDS = 0.002
 IDLE_DISPATCH_WINDOW_SECONDS = 0.1
 RECORD_BATCH = 500
+# Attempts answered but not yet recorded, per slot, before claiming pauses.
+RECORD_BACKLOG_PER_SLOT = 4
 # While attempts are in flight, the claim loop lets freed slots gather this long
 # before it claims again: one claim transaction then leases many deliveries.
 CLAIM_WINDOW_SECONDS = 0.001
@@ -138,6 +141,17 @@ def parse_retry_after(value: str | None) -> float | None:
     return min(max(seconds, 0.0), MAX_RETRY_AFTER_SECONDS)
 
 
+@dataclass(frozen=True, slots=True)
+class _Finished:
+    """An attempt the receiver answered, waiting to be recorded."""
+
+    delivery: ClaimedDelivery
+    result: AttemptResult
+    duration_ms: int
+    retry_in: float
+    """Seconds until a retry, should the attempt have failed."""
+
+
 class DeliveryWorker:
     def __init__(
         self,
@@ -166,8 +180,9 @@ class DeliveryWorker:
         self._per_subscription: dict[str, int] = {}
         self._loops: list[asyncio.Task[None]] = []
         self._recorder: asyncio.Task[None] | None = None
-        self._to_record: list[tuple[AttemptResult, asyncio.Future[str]]] = []
+        self._to_record: list[_Finished] = []
         self._record_ready = asyncio.Event()
+        self._recorded = asyncio.Event()
         self._stopping = asyncio.Event()
 
     async def start(self) -> None:
@@ -193,6 +208,10 @@ class DeliveryWorker:
                 list(self._in_flight.values()), timeout=self.sender.timeout.total or 30
             )
         if self._recorder is not None:
+            # What was sent is recorded before the worker stops.
+            while self._to_record and not self._recorder.done():
+                self._record_ready.set()
+                await asyncio.sleep(0.01)
             self._recorder.cancel()
             await asyncio.gather(self._recorder, return_exceptions=True)
         await self.sender.close()
@@ -210,22 +229,22 @@ class DeliveryWorker:
     async def _dispatch_loop(self) -> None:
         while not self._stopping.is_set():
             try:
-                events, created = await self.repository.dispatch(self.attempt_limit)
-                caught_up = events < DISPATCH_BATCH
+                dispatched = await self.repository.dispatch(self.attempt_limit)
+                caught_up = dispatched.events < DISPATCH_BATCH
                 self.metrics.outbox_lag.set(0 if caught_up else await self.repository.outbox_lag())
             except Exception:
                 log.exception("webhook.dispatch.failed")
                 await asyncio.sleep(POLL_SECONDS)
                 continue
-            if created:
+            if dispatched.deliveries:
                 self._due.notify()
             if not caught_up:
                 continue
             if await self._outbox.wait(POLL_SECONDS):
-                window = (
-                    DISPATCH_WINDOW_SECONDS if created or events else IDLE_DISPATCH_WINDOW_SECONDS
+                subscribed = dispatched.subscribed
+                await asyncio.sleep(
+                    DISPATCH_WINDOW_SECONDS if subscribed else IDLE_DISPATCH_WINDOW_SECONDS
                 )
-                await asyncio.sleep(window)
 
     @property
     def attempt_limit(self) -> int:
@@ -235,6 +254,11 @@ class DeliveryWorker:
 
     async def _deliver_loop(self) -> None:
         while not self._stopping.is_set():
+            if len(self._to_record) >= RECORD_BACKLOG_PER_SLOT * self.concurrency:
+                # Recording lags: let it catch up before sending more.
+                self._recorded.clear()
+                await self._recorded.wait()
+                continue
             free = self.concurrency - len(self._in_flight)
             claimed: list[ClaimedDelivery] = []
             if free > 0:
@@ -244,6 +268,7 @@ class DeliveryWorker:
                         lease=self.lease,
                         in_flight=self._per_subscription,
                         per_subscription=self.per_subscription,
+                        concurrency=self.concurrency,
                     )
                 except Exception:
                     log.exception("webhook.claim.failed")
@@ -268,7 +293,7 @@ class DeliveryWorker:
             self._per_subscription[delivery.subscription_id] = remaining
         else:
             self._per_subscription.pop(delivery.subscription_id, None)
-        # A slot is free, and the next event of the same entity may be due now.
+        # A slot is free.
         self._due.notify()
 
     async def _attempt(self, delivery: ClaimedDelivery) -> None:
@@ -298,40 +323,15 @@ class DeliveryWorker:
             gone=outcome.status_code == 410,
             retry_at=utc_now() + timedelta(seconds=delay),
         )
-        recorded: asyncio.Future[str] = asyncio.get_running_loop().create_future()
-        self._to_record.append((result, recorded))
+        # The slot is free once the receiver answered; the attempt is recorded
+        # with others in the next batch (until then the delivery stays pending
+        # and leased, so neither it nor the next event of its entity is claimed).
+        self._to_record.append(_Finished(delivery, result, outcome.duration_ms, delay))
         self._record_ready.set()
-        try:
-            status = await recorded
-        except Exception:
-            # The lease runs out and the delivery is sent again: at-least-once.
-            log.exception("webhook.attempt.record_failed", deliveryId=delivery.id)
-            return
-        outcome_label = (
-            "succeeded"
-            if status == SUCCEEDED
-            else ("retrying" if status == "pending" else "failed")
-        )
-        self.metrics.deliveries.labels(outcome=outcome_label).inc()
-        self.metrics.delivery_latency.observe(outcome.duration_ms / 1000)
-        log.info(
-            "webhook.attempt",
-            deliveryId=delivery.id,
-            subscriptionId=delivery.subscription_id,
-            eventType=delivery.event.event,
-            revision=delivery.event.revision,
-            attempt=delivery.attempt,
-            statusCode=outcome.status_code,
-            durationMs=outcome.duration_ms,
-            outcome=outcome_label,
-            error=outcome.error,
-        )
-        if status == "pending":
-            asyncio.get_running_loop().call_later(delay, self._due.notify)
 
     async def _record_loop(self) -> None:
         """Record every attempt that finished since the last record, in one
-        transaction; attempts wait for their record before freeing their slot."""
+        transaction, then count, log and schedule what each one led to."""
         while True:
             await self._record_ready.wait()
             self._record_ready.clear()
@@ -340,14 +340,39 @@ class DeliveryWorker:
                 del self._to_record[:RECORD_BATCH]
                 try:
                     statuses = await self.repository.record_attempts(
-                        [result for result, _ in batch],
+                        [finished.result for finished in batch],
                         max_consecutive_failures=self.settings.max_consecutive_failures,
                     )
-                except Exception as exc:
-                    for _, recorded in batch:
-                        if not recorded.done():
-                            recorded.set_exception(exc)
+                except Exception:
+                    # Their leases run out and they are sent again: at-least-once.
+                    log.exception("webhook.attempt.record_failed", attempts=len(batch))
                     continue
-                for (_, recorded), status in zip(batch, statuses, strict=True):
-                    if not recorded.done():
-                        recorded.set_result(status)
+                finally:
+                    self._recorded.set()
+                for finished, status in zip(batch, statuses, strict=True):
+                    self._recorded_attempt(finished, status)
+
+    def _recorded_attempt(self, finished: _Finished, status: str) -> None:
+        delivery, result = finished.delivery, finished.result
+        outcome_label = (
+            "succeeded" if status == SUCCEEDED else ("retrying" if status == PENDING else "failed")
+        )
+        self.metrics.deliveries.labels(outcome=outcome_label).inc()
+        self.metrics.delivery_latency.observe(finished.duration_ms / 1000)
+        log.info(
+            "webhook.attempt",
+            deliveryId=delivery.id,
+            subscriptionId=delivery.subscription_id,
+            eventType=delivery.event.event,
+            revision=delivery.event.revision,
+            attempt=delivery.attempt,
+            statusCode=result.status_code,
+            durationMs=finished.duration_ms,
+            outcome=outcome_label,
+            error=result.error,
+        )
+        # Recorded: the next event of this entity (or this one's retry) may be due.
+        if status == PENDING:
+            asyncio.get_running_loop().call_later(finished.retry_in, self._due.notify)
+        else:
+            self._due.notify()

@@ -11,6 +11,7 @@ leases many deliveries, and one records every attempt that finished meanwhile.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -29,6 +30,12 @@ PENDING = "pending"
 SUCCEEDED = "succeeded"
 FAILED = "failed"
 DISPATCH_BATCH = 500
+# The queue's planner statistics are refreshed once this many deliveries were
+# queued since the last refresh, at most every STATISTICS_EVERY seconds: a queue
+# that grew by thousands in seconds is otherwise planned as if it were empty
+# (a claim then sorts the whole backlog instead of walking the due index).
+STATISTICS_AFTER_ROWS = 1000
+STATISTICS_EVERY = 30.0
 LAST_DELIVERY_RESOLUTION = timedelta(seconds=1)
 
 SUBSCRIPTION_COLUMNS = (
@@ -105,6 +112,15 @@ class ClaimedDelivery:
 
 
 @dataclass(frozen=True, slots=True)
+class Dispatched:
+    events: int
+    """Outbox events read (DISPATCH_BATCH: there may be more)."""
+    deliveries: int
+    subscribed: bool
+    """Some subscription is active."""
+
+
+@dataclass(frozen=True, slots=True)
 class AttemptResult:
     delivery_id: int
     subscription_id: str
@@ -176,6 +192,8 @@ class WebhookRepository:
         # Set when deliveries become due (dispatched, retried, replayed) in this
         # process; other processes hear NOTIFY on DELIVERIES_CHANNEL.
         self.deliveries_ready = store.commits.deliveries_ready
+        self._queued_since_statistics = 0
+        self._statistics_at = 0.0
 
     async def _announce_deliveries(self, tx: Tx) -> None:
         if tx.dialect.name == "postgresql":
@@ -399,14 +417,13 @@ class WebhookRepository:
 
     # -- the worker's side ----------------------------------------------------------
 
-    async def dispatch(self, attempt_limit: int) -> tuple[int, int]:
+    async def dispatch(self, attempt_limit: int) -> Dispatched:
         """Turn the next outbox events (at most DISPATCH_BATCH) into deliveries
-        for the active subscriptions that match them; returns how many events
-        were read and how many deliveries were created."""
+        for the active subscriptions that match them."""
         dialect = self.dialect
         now = utc_now()
 
-        async def work(tx: Tx) -> tuple[int, int]:
+        async def work(tx: Tx) -> Dispatched:
             cursor = await tx.fetchval(
                 "SELECT revision FROM webhook_dispatch_cursor WHERE id = 1" + dialect.for_update
             )
@@ -419,12 +436,12 @@ class WebhookRepository:
             if not active:
                 # Nothing to deliver to: move the cursor to the head without
                 # reading the events (a subscription made later starts there).
-                moved = await tx.execute(
+                await tx.execute(
                     "UPDATE webhook_dispatch_cursor SET revision = "
                     "(SELECT value FROM revision_counter WHERE id = 1) "
                     "WHERE id = 1 AND revision < (SELECT value FROM revision_counter WHERE id = 1)"
                 )
-                return moved, 0
+                return Dispatched(0, 0, subscribed=False)
             records = [
                 event_record(dialect, row)
                 for row in await tx.fetch(
@@ -435,7 +452,7 @@ class WebhookRepository:
                 )
             ]
             if not records:
-                return 0, 0
+                return Dispatched(0, 0, subscribed=True)
             rows = [
                 _delivery_values(dialect, subscription.id, record, attempt_limit, now)
                 for record in records
@@ -450,9 +467,25 @@ class WebhookRepository:
                 "UPDATE webhook_dispatch_cursor SET revision = $1 WHERE id = 1",
                 records[-1].revision,
             )
-            return len(records), len(rows)
+            return Dispatched(len(records), len(rows), subscribed=True)
 
-        return await self.db.write(work)
+        dispatched = await self.db.write(work)
+        await self._keep_statistics(dispatched.deliveries)
+        return dispatched
+
+    async def _keep_statistics(self, queued: int) -> None:
+        refresh = self.dialect.refresh_statistics("webhook_deliveries")
+        if refresh is None:
+            return
+        self._queued_since_statistics += queued
+        now = time.monotonic()
+        if (
+            self._queued_since_statistics >= STATISTICS_AFTER_ROWS
+            and now - self._statistics_at >= STATISTICS_EVERY
+        ):
+            self._queued_since_statistics = 0
+            self._statistics_at = now
+            await self.db.read(lambda tx: tx.execute(refresh))
 
     async def outbox_lag(self) -> int:
         async def work(tx: Tx) -> int:
@@ -469,12 +502,17 @@ class WebhookRepository:
         lease: timedelta,
         in_flight: Mapping[str, int],
         per_subscription: int,
+        concurrency: int,
     ) -> list[ClaimedDelivery]:
-        """Lease up to `limit` due deliveries, at most `per_subscription` in
-        flight per subscription (`in_flight`: what this worker already sends)
-        and at most one per ordering key: a delivery waits while an older one
-        for the same entity and subscription is still pending, so each
-        subscriber sees an entity's events in revision order."""
+        """Lease up to `limit` due deliveries, at most one in flight per
+        ordering key: a delivery waits while an older one for the same entity
+        and subscription is still pending, so each subscriber sees an entity's
+        events in revision order.
+
+        Slots are shared fairly: while several subscriptions have work, each may
+        hold its share of the worker's `concurrency` (`in_flight`: what this
+        worker already sends per subscription), and never more than
+        `per_subscription`, so one slow receiver cannot take every slot."""
         dialect = self.dialect
         now = utc_now()
         saturated = dialect.text_list(
@@ -487,19 +525,26 @@ class WebhookRepository:
             # A subscription disabled through the API pauses its deliveries.
             "AND EXISTS (SELECT 1 FROM webhook_subscriptions s "
             "WHERE s.id = d.subscription_id AND s.active) "
-            "AND NOT EXISTS (SELECT 1 FROM webhook_deliveries e "
-            "WHERE e.ordering_key = d.ordering_key AND e.status = 'pending' AND e.id < d.id) "
+            # The oldest pending delivery of its ordering key. Written as a
+            # min() so the probe can only be answered from the ordering index:
+            # as `NOT EXISTS (an older one)`, a table without statistics yet was
+            # planned over the due index, O(n^2) (5.8 s a claim with 9,000 queued).
+            "AND d.id = (SELECT min(e.id) FROM webhook_deliveries e "
+            "WHERE e.ordering_key = d.ordering_key AND e.status = 'pending') "
             f"AND d.subscription_id {dialect.not_in_list('$3')} "
             "ORDER BY d.next_attempt_at, d.id LIMIT $2" + dialect.skip_locked
         )
 
         async def work(tx: Tx) -> Sequence[Row]:
-            room = dict(in_flight)
+            found = await tx.fetch(candidates, dialect.time(now), 2 * limit, saturated)
+            busy = set(in_flight) | {row["subscription_id"] for row in found}
+            cap = min(per_subscription, max(1, concurrency // max(1, len(busy))))
+            taken = dict(in_flight)
             ids: list[int] = []
-            for row in await tx.fetch(candidates, dialect.time(now), 2 * limit, saturated):
-                taken = room.get(row["subscription_id"], 0)
-                if taken < per_subscription:
-                    room[row["subscription_id"]] = taken + 1
+            for row in found:
+                subscription = row["subscription_id"]
+                if taken.get(subscription, 0) < cap:
+                    taken[subscription] = taken.get(subscription, 0) + 1
                     ids.append(row["id"])
                     if len(ids) == limit:
                         break
