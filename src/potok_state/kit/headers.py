@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+from dataclasses import dataclass
 from typing import Annotated
 
 from fastapi import Depends, Header, Request
@@ -10,18 +11,35 @@ from fastapi import Depends, Header, Request
 from potok_state.changes.pipeline import IdempotencyKey
 from potok_state.kit.errors import BadRequest
 
+IdempotencyKeyHeader = Annotated[
+    str | None,
+    Header(
+        alias="Idempotency-Key",
+        min_length=1,
+        max_length=255,
+        description="Replays the first response for a repeat within IDEMPOTENCY_TTL (24 h).",
+    ),
+]
+IfMatchHeader = Annotated[
+    str | None,
+    Header(
+        alias="If-Match",
+        max_length=64,
+        description='Apply only at this version: the ETag, e.g. "3".',
+    ),
+]
+
+
+@dataclass(frozen=True, slots=True)
+class WriteConditions:
+    """What a write to an existing state may be conditioned on."""
+
+    expected_version: int | None
+    idempotency: IdempotencyKey | None
+
 
 async def idempotency_key(
-    request: Request,
-    key: Annotated[
-        str | None,
-        Header(
-            alias="Idempotency-Key",
-            min_length=1,
-            max_length=255,
-            description="Replays the first response for a repeat within 24 h.",
-        ),
-    ] = None,
+    request: Request, key: IdempotencyKeyHeader = None
 ) -> IdempotencyKey | None:
     if key is None:
         return None
@@ -32,16 +50,14 @@ async def idempotency_key(
     return IdempotencyKey(key=key, fingerprint=digest.hexdigest())
 
 
-async def expected_version(
-    if_match: Annotated[
-        str | None,
-        Header(
-            alias="If-Match",
-            max_length=64,
-            description='Apply only at this version: the ETag, e.g. "3".',
-        ),
-    ] = None,
-) -> int | None:
+async def write_conditions(
+    request: Request, if_match: IfMatchHeader = None, key: IdempotencyKeyHeader = None
+) -> WriteConditions:
+    """If-Match and Idempotency-Key in one dependency (one less to solve per request)."""
+    return WriteConditions(expected_version(if_match), await idempotency_key(request, key))
+
+
+def expected_version(if_match: str | None) -> int | None:
     if if_match is None or if_match.strip() == "*":
         return None
     tag = if_match.strip().removeprefix("W/").strip('"')
@@ -53,7 +69,7 @@ async def expected_version(
 
 
 Idempotency = Annotated[IdempotencyKey | None, Depends(idempotency_key)]
-ExpectedVersion = Annotated[int | None, Depends(expected_version)]
+Conditions = Annotated[WriteConditions, Depends(write_conditions)]
 
 
 def etag(version: int) -> str:

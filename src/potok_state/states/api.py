@@ -12,7 +12,7 @@ from potok_state.changes.pipeline import Applied
 from potok_state.clock import as_utc
 from potok_state.kit.auth import Actor
 from potok_state.kit.errors import BadRequest, InvalidInput, error_responses
-from potok_state.kit.headers import ExpectedVersion, Idempotency, etag
+from potok_state.kit.headers import Conditions, Idempotency, WriteConditions, etag
 from potok_state.kit.json_body import JsonBodyRoute
 from potok_state.kit.responses import JsonBytes
 from potok_state.states.encoding import EncodedState
@@ -170,8 +170,7 @@ async def _update(
     body: UpdateStateRequest,
     service: StateService,
     actor: str,
-    version: int | None,
-    idempotency: Idempotency,
+    conditions: WriteConditions,
     *,
     merge: bool,
 ) -> Response:
@@ -181,8 +180,8 @@ async def _update(
         body,
         merge=merge,
         actor=actor,
-        expected_version=version,
-        idempotency=idempotency,
+        expected_version=conditions.expected_version,
+        idempotency=conditions.idempotency,
     )
     return _state_response(applied)
 
@@ -199,12 +198,9 @@ async def replace_state(
     body: UpdateStateRequest,
     request: Request,
     actor: Actor,
-    version: ExpectedVersion,
-    idempotency: Idempotency,
+    conditions: Conditions,
 ) -> Response:
-    return await _update(
-        entity, entity_id, body, _service(request), actor, version, idempotency, merge=False
-    )
+    return await _update(entity, entity_id, body, _service(request), actor, conditions, merge=False)
 
 
 @router.patch(
@@ -219,12 +215,9 @@ async def patch_state(
     body: UpdateStateRequest,
     request: Request,
     actor: Actor,
-    version: ExpectedVersion,
-    idempotency: Idempotency,
+    conditions: Conditions,
 ) -> Response:
-    return await _update(
-        entity, entity_id, body, _service(request), actor, version, idempotency, merge=True
-    )
+    return await _update(entity, entity_id, body, _service(request), actor, conditions, merge=True)
 
 
 @router.delete(
@@ -239,11 +232,14 @@ async def delete_state(
     entity_id: EntityIdPath,
     request: Request,
     actor: Actor,
-    version: ExpectedVersion,
-    idempotency: Idempotency,
+    conditions: Conditions,
 ) -> Response:
     applied = await _service(request).delete_state(
-        entity, entity_id, actor=actor, expected_version=version, idempotency=idempotency
+        entity,
+        entity_id,
+        actor=actor,
+        expected_version=conditions.expected_version,
+        idempotency=conditions.idempotency,
     )
     headers = {"Idempotent-Replayed": "true"} if applied.replayed else None
     return Response(status_code=status.HTTP_204_NO_CONTENT, headers=headers)
