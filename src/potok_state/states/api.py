@@ -11,9 +11,9 @@ from fastapi import APIRouter, Path, Query, Request, Response, status
 from potok_state.changes.pipeline import Applied
 from potok_state.clock import as_utc
 from potok_state.kit.auth import Actor
+from potok_state.kit.compiled_route import CompiledRoute
 from potok_state.kit.errors import BadRequest, InvalidInput, error_responses
 from potok_state.kit.headers import Conditions, Idempotency, WriteConditions, etag
-from potok_state.kit.json_body import JsonBodyRoute
 from potok_state.kit.responses import JsonBytes
 from potok_state.states.encoding import EncodedState
 from potok_state.states.errors import (
@@ -37,7 +37,7 @@ from potok_state.states.schemas import (
 )
 from potok_state.states.service import StateFilter, StateService
 
-router = APIRouter(prefix="/api/v1", tags=["states"], route_class=JsonBodyRoute)
+router = APIRouter(prefix="/api/v1", tags=["states"], route_class=CompiledRoute)
 
 EntityPath = Annotated[str, Path(pattern=ENTITY_TYPE_PATTERN, description="Entity type.")]
 EntityIdPath = Annotated[str, Path(pattern=ENTITY_ID_PATTERN, description="Entity id.")]
