@@ -68,6 +68,23 @@ BAD_REQUESTS = [
         json=record(status="nope"),
     ),
     Bad("PUT status not a name", "PUT", f"{STATES}/task/t1", 422, json={"status": "A B"}),
+    # NUL, which PostgreSQL cannot store as text
+    Bad(
+        "NUL in a metadata value",
+        "POST",
+        f"{STATES}/task",
+        422,
+        json=record(metadata={"a": "x\x00"}),
+    ),
+    Bad("NUL in a metadata key", "POST", f"{STATES}/task", 422, json=record(metadata={"\x00": 1})),
+    Bad("NUL in a reason", "POST", f"{STATES}/task", 422, json=record(reason="\x00")),
+    Bad(
+        "NUL in custom event data",
+        "POST",
+        "/api/v1/events",
+        422,
+        json={"type": "custom.x", "data": {"deep": [{"k": "\x00"}]}},
+    ),
     # metadata
     Bad("metadata an array", "POST", f"{STATES}/task", 422, json=record(metadata=[1, 2])),
     Bad("metadata a string", "POST", f"{STATES}/task", 422, json=record(metadata="x")),
@@ -309,6 +326,14 @@ async def test_bad_input_against_an_existing_state_keeps_it(client: httpx.AsyncC
 
 def raw_record_update(metadata: bytes) -> bytes:
     return b'{"metadata":' + metadata + b"}"
+
+
+async def test_text_spelling_the_nul_escape_is_fine(client: httpx.AsyncClient) -> None:
+    response = await client.post(
+        f"{STATES}/task", json=record(metadata={"path": "C:\\u0000"}, reason="\\u0000")
+    )
+    assert response.status_code == 201, response.text
+    assert response.json()["metadata"] == {"path": "C:\\u0000"}
 
 
 async def test_integer_beyond_64_bits_is_read_as_a_double(client: httpx.AsyncClient) -> None:

@@ -29,7 +29,7 @@ from fastapi.dependencies.models import Dependant
 from fastapi.exceptions import RequestValidationError
 from fastapi.routing import _effective_route_context_var
 
-from potok_state.kit.json_body import JsonBodyRoute
+from potok_state.kit.json_body import JsonBodyRoute, decode_json
 
 Handler = Callable[[Request], Coroutine[Any, Any, Response]]
 
@@ -154,7 +154,7 @@ async def _json_body(request: Request) -> Any:
         media.startswith("application/") and media.endswith("+json")
     ):
         try:
-            return orjson.loads(raw)
+            return decode_json(raw)
         except orjson.JSONDecodeError as exc:
             raise RequestValidationError(
                 [
