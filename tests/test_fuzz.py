@@ -65,6 +65,9 @@ def test_api_conforms_to_its_openapi_document(api_schema: schemathesis.BaseSchem
                 suppress_health_check=list(HealthCheck),
             )
             def exercise(case: schemathesis.Case[Any]) -> None:
+                if case.path.endswith("/watch"):
+                    # A watch stream is endless by design; this one ends after its replay.
+                    case.query = {**(case.query or {}), "timeout": 0}
                 case.call_and_validate(headers={"x-api-key": API_KEY}, checks=CHECKS)
 
             try:

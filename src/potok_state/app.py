@@ -26,6 +26,7 @@ from potok_state.kit.body_limit import RequestBodyLimitMiddleware
 from potok_state.kit.errors import install_error_handlers
 from potok_state.kit.request_context import RequestContextMiddleware
 from potok_state.kit.security_headers import SecurityHeadersMiddleware
+from potok_state.kit.shutdown import on_exit_signal
 from potok_state.kit.throttle import Throttle
 from potok_state.logging import configure_logging
 from potok_state.metrics import Metrics
@@ -36,6 +37,8 @@ from potok_state.states.machines import load_machines
 from potok_state.states.service import StateService
 from potok_state.storage.migrate import head_revision, schema_revision, upgrade_to_head
 from potok_state.storage.sql import SqlStateStore
+from potok_state.watch.api import router as watch_router
+from potok_state.watch.hub import WatchHub
 from potok_state.webhooks.api import router as webhooks_router
 from potok_state.webhooks.delivery import DeliveryWorker
 from potok_state.webhooks.repository import WebhookRepository
@@ -44,6 +47,10 @@ from potok_state.webhooks.service import WebhookService
 log = structlog.get_logger(__name__)
 
 VERSION = version("potok-state")
+# How often the watch hub looks for changes it was not told of: on SQLite,
+# other processes' commits on the same file; on PostgreSQL a safety net under
+# LISTEN/NOTIFY.
+WATCH_POLL_SECONDS = {"sqlite": 0.1, "postgresql": 1.0}
 GZIP_MINIMUM_BYTES = 1024
 # Set by `serve --workers N` for its worker processes: the file holding the
 # revision floors they share (cache/floors.py).
@@ -119,10 +126,20 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         else None
     )
 
+    watch_hub = WatchHub(
+        store,
+        store.commits.outbox_wakeup(),
+        metrics,
+        max_clients=settings.watch.max_clients,
+        queue_size=settings.watch.queue_size,
+        poll_seconds=WATCH_POLL_SECONDS["sqlite" if settings.is_sqlite else "postgresql"],
+    )
+
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         await prepare_schema(store)
         await store.commits.start()
+        on_exit_signal(watch_hub.close)
         if cache is not None:
             await cache.start()
         if worker is not None:
@@ -131,6 +148,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         try:
             yield
         finally:
+            watch_hub.close()
             if worker is not None:
                 await worker.stop()
             await webhook_service.close()
@@ -167,6 +185,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         metrics=metrics,
     )
     app.state.change_feed = ChangeFeed(store)
+    app.state.watch_hub = watch_hub
     app.state.event_publisher = EventPublisher(
         store,
         data_max_bytes=settings.metadata_max_bytes,
@@ -186,6 +205,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(SecurityHeadersMiddleware)
     app.include_router(metrics_router)
     app.include_router(health_router)
+    # Before the states routes: `/states/{entity}/watch` would otherwise be read
+    # as the state whose id is "watch" (an id the service refuses to create).
+    app.include_router(watch_router)
     app.include_router(states_router)
     app.include_router(events_router)
     app.include_router(webhooks_router)

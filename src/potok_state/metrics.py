@@ -70,6 +70,13 @@ class Metrics:
             "Connected watch (SSE) clients.",
             registry=self.registry,
         )
+        self.watch_cut_off = Counter(
+            "potok_watch_cut_off_total",
+            "Watch streams ended by the service: too_slow (fell behind by WATCH_QUEUE_SIZE), "
+            "too_old (resumed from a revision no longer kept), shutdown.",
+            ["reason"],
+            registry=self.registry,
+        )
         self._http_children: dict[tuple[str, str, int], tuple[Counter, Histogram]] = {}
         self._transition_children: dict[tuple[str, str, str], Counter] = {}
 

@@ -107,6 +107,23 @@ class CacheSettings(BaseSettings):
     )
 
 
+class WatchSettings(BaseSettings):
+    model_config = _config("WATCH_")
+
+    heartbeat: int = Field(
+        15_000, ge=100, description="Comment line sent on an idle watch stream every so many ms."
+    )
+    max_clients: int = Field(
+        1_000, ge=1, description="Open watch streams per API key and process; 429 beyond."
+    )
+    queue_size: int = Field(
+        10_000,
+        ge=1,
+        description="Events a watch stream may fall behind by before it is cut off "
+        "(it gets a reset event saying where to resume).",
+    )
+
+
 class RedisTierSettings(BaseSettings):
     host: str = Field("localhost", description="Redis host.")
     port: int = Field(6379, ge=1, le=65535, description="Redis port.")
@@ -199,6 +216,7 @@ class Settings(BaseSettings):
 
     webhooks: WebhookSettings = Field(default_factory=WebhookSettings)
     cache: CacheSettings = Field(default_factory=CacheSettings)
+    watch: WatchSettings = Field(default_factory=WatchSettings)
     redis_local: RedisLocalSettings = Field(default_factory=RedisLocalSettings)
     redis_global: RedisGlobalSettings = Field(default_factory=RedisGlobalSettings)
     throttle: ThrottleSettings = Field(default_factory=ThrottleSettings)

@@ -192,11 +192,13 @@ class StateLookup:
 
 @dataclass(frozen=True, slots=True)
 class ListLookup:
-    """A cached query result: `body` is the StatePage JSON on a hit, None on a miss."""
+    """A cached query result: `body` is the StatePage JSON on a hit (read at
+    `revision`), None on a miss."""
 
     key: str
     as_of_ms: int
     body: bytes | None = None
+    revision: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -351,12 +353,14 @@ class TieredCache:
                 continue
             self._count(tier, "hit")
             if tier is not self.local and self._local_writable(as_of):
-                await self._set(self.local, key, encode_value(0, as_of, value[2]), self.list_ttl)
-            return ListLookup(key, as_of, value[2])
+                await self._set(
+                    self.local, key, encode_value(value[0], as_of, value[2]), self.list_ttl
+                )
+            return ListLookup(key, as_of, value[2], value[0])
         return ListLookup(key, as_of)
 
-    async def fill_list(self, lookup: ListLookup, body: bytes) -> None:
-        value = encode_value(0, lookup.as_of_ms, body)
+    async def fill_list(self, lookup: ListLookup, body: bytes, revision: int) -> None:
+        value = encode_value(revision, lookup.as_of_ms, body)
         for tier in self._writable(lookup.as_of_ms):
             await self._set(tier, lookup.key, value, self.list_ttl)
 

@@ -115,6 +115,17 @@ def error_responses(*errors: type[ServiceError]) -> dict[int | str, dict[str, ob
     }
 
 
+def json_error_responses(*errors: type[ServiceError]) -> dict[int | str, dict[str, object]]:
+    """As `error_responses`, for a route whose own responses are not JSON (an event
+    stream): FastAPI would document a `model` under the route's media type."""
+    statuses = sorted({e.status_code for e in errors} | {401, 422})
+    content = {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorBody"}}}
+    return {
+        status: {"description": HTTPStatus(status).phrase, "content": content}
+        for status in statuses
+    }
+
+
 _HTTP_CODES = {
     400: "bad_request",
     401: "unauthorized",

@@ -30,6 +30,10 @@ IfMatchHeader = Annotated[
 ]
 
 
+REVISION_HEADER = "X-Potok-Revision"
+"""On a list: the revision the page was read at; watch from it to miss nothing."""
+
+
 @dataclass(frozen=True, slots=True)
 class WriteConditions:
     """What a write to an existing state may be conditioned on."""

@@ -13,7 +13,13 @@ from potok_state.clock import as_utc
 from potok_state.kit.auth import Actor
 from potok_state.kit.compiled_route import CompiledRoute
 from potok_state.kit.errors import BadRequest, InvalidInput, error_responses
-from potok_state.kit.headers import Conditions, Idempotency, WriteConditions, etag
+from potok_state.kit.headers import (
+    REVISION_HEADER,
+    Conditions,
+    Idempotency,
+    WriteConditions,
+    etag,
+)
 from potok_state.kit.responses import JsonBytes
 from potok_state.states.encoding import EncodedState
 from potok_state.states.errors import (
@@ -96,7 +102,19 @@ async def record_state(
     "/states/{entity}",
     response_model=StatePage,
     summary="Query states of one entity type",
-    responses=error_responses(InvalidInput),
+    responses={
+        200: {
+            "description": "A page of states",
+            "headers": {
+                REVISION_HEADER: {
+                    "description": "The revision the page was read at: watch from it "
+                    "(`?after=`) to see every later change.",
+                    "schema": {"type": "integer"},
+                }
+            },
+        },
+        **error_responses(InvalidInput),
+    },
 )
 async def query_states(
     request: Request,
@@ -128,7 +146,8 @@ async def query_states(
         limit=limit,
         cursor=cursor,
     )
-    return JsonBytes(await _service(request).query_states(entity, query))
+    page = await _service(request).query_states(entity, query)
+    return JsonBytes(page.body, headers={REVISION_HEADER: str(page.revision)})
 
 
 @router.post(

@@ -23,6 +23,10 @@ class UnknownStatus(InvalidInput):
     code = "unknown_status"
 
 
+class ReservedId(InvalidInput):
+    code = "reserved_id"
+
+
 class UnknownEntityType(InvalidInput):
     code = "unknown_entity_type"
 

@@ -47,6 +47,7 @@ from potok_state.states.errors import (
     InvalidTransition,
     MachineNotFound,
     MetadataTooLarge,
+    ReservedId,
     StateNotFound,
     UnknownEntityType,
     UnknownStatus,
@@ -86,6 +87,14 @@ class EncodedBatch:
     states: tuple[EncodedState, ...] = ()
 
 
+@dataclass(frozen=True, slots=True)
+class EncodedPage:
+    """A StatePage as JSON and the revision it was read at."""
+
+    body: bytes
+    revision: int
+
+
 class _StateCodec:
     def encode(self, outcome: EncodedState) -> bytes:
         return outcome.body
@@ -105,6 +114,10 @@ class _BatchCodec:
 STATE_CODEC = _StateCodec()
 BATCH_CODEC = _BatchCodec()
 DELETED_CODEC = ModelCodec(Deleted)
+
+
+RESERVED_IDS = frozenset({"watch"})
+"""Ids a state may not have: they name routes under /states/{entity}/."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -455,6 +468,12 @@ class StateService:
                 details={"status": status, "statuses": list(machine.statuses)},
             )
         if existing is None:
+            if entity_id in RESERVED_IDS:
+                raise ReservedId(
+                    f"{entity_id!r} cannot be an entity id: GET /states/{entity}/{entity_id} "
+                    "is a route of its own.",
+                    details={"entityId": entity_id},
+                )
             if machine is not None and not machine.allows_initial(status):
                 raise InvalidTransition(
                     f"A new {entity} cannot start as {status!r}.",
@@ -555,7 +574,7 @@ class StateService:
             await self.cache.fill_state(lookup, encoded.revision, encoded.body)
         return encoded
 
-    async def query_states(self, entity: str, query: StateFilter) -> bytes:
+    async def query_states(self, entity: str, query: StateFilter) -> EncodedPage:
         descending = query.sort.startswith("-")
         try:
             sort = SortField(query.sort.removeprefix("-"))
@@ -579,8 +598,8 @@ class StateService:
         if self.cache is not None:
             lookup = await self.cache.get_list(entity, _query_fingerprint(query))
             if lookup is not None and lookup.body is not None:
-                return lookup.body
-        rows = await self.store.query_states(
+                return EncodedPage(lookup.body, lookup.revision)
+        listed = await self.store.query_states(
             StateQuery(
                 entity=entity,
                 statuses=query.statuses,
@@ -593,13 +612,14 @@ class StateService:
                 limit=query.limit + 1,
             )
         )
+        rows = listed.states
         items = rows[: query.limit]
         next_cursor = None
         if len(rows) > query.limit:
             next_cursor = _encode_state_cursor(items[-1], sort, query.sort)
-        page = state_page_json(items, next_cursor)
+        page = EncodedPage(state_page_json(items, next_cursor), listed.revision)
         if self.cache is not None and lookup is not None:
-            await self.cache.fill_list(lookup, page)
+            await self.cache.fill_list(lookup, page.body, page.revision)
         return page
 
     async def history(

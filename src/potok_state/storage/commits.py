@@ -12,8 +12,9 @@ tells whoever listens (docs/architecture.md, "Hearing of commits").
 * On SQLite every process of the host shares the revision floors, so nothing
   needs to be followed for the caches.
 
-Wakeups for the webhook worker come from here too: `outbox_ready` when events
-were committed anywhere, `deliveries_ready` when deliveries became due.
+Wakeups come from here too: every `outbox_wakeup()` (the webhook dispatcher,
+the watch hub) is notified when events were committed anywhere this process
+can hear of, `deliveries_ready` when deliveries became due.
 """
 
 from __future__ import annotations
@@ -57,7 +58,7 @@ HeadRevision = Callable[[], Awaitable[int]]
 class CommitFeed:
     def __init__(self, *, postgres_dsn: str | None = None) -> None:
         self.postgres_dsn = postgres_dsn
-        self.outbox_ready = Wakeup()
+        self._outbox_wakeups: list[Wakeup] = []
         self.deliveries_ready = Wakeup()
         self._followers: list[Follower] = []
         self._read_events: ReadEvents | None = None
@@ -84,9 +85,19 @@ class CommitFeed:
         if not self.sighted:
             follower.on_blind()
 
+    def outbox_wakeup(self) -> Wakeup:
+        """A wakeup of its own, notified whenever events were committed."""
+        wakeup = Wakeup()
+        self._outbox_wakeups.append(wakeup)
+        return wakeup
+
     def local(self) -> None:
         """A change committed in this process."""
-        self.outbox_ready.notify()
+        self._outbox_committed()
+
+    def _outbox_committed(self) -> None:
+        for wakeup in self._outbox_wakeups:
+            wakeup.notify()
 
     async def start(self) -> None:
         if self.postgres_dsn is not None and self._task is None:
@@ -117,7 +128,7 @@ class CommitFeed:
                 await connection.add_listener(OUTBOX_CHANNEL, self._on_outbox)
                 await connection.add_listener(DELIVERIES_CHANNEL, self._on_deliveries)
                 # Anything committed before LISTEN took effect is picked up now.
-                self.outbox_ready.notify()
+                self._outbox_committed()
                 self.deliveries_ready.notify()
                 if self._followers:
                     await self._catch_up()
@@ -131,7 +142,7 @@ class CommitFeed:
             await asyncio.sleep(RECONNECT_SECONDS)
 
     def _on_outbox(self, *_: object) -> None:
-        self.outbox_ready.notify()
+        self._outbox_committed()
         self._heard.set()
 
     def _on_deliveries(self, *_: object) -> None:

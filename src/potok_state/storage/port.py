@@ -68,6 +68,24 @@ class ListedState:
     updated_at: str
 
 
+@dataclass(frozen=True, slots=True)
+class ListedPage:
+    """A query result and the revision it was read at: it holds every change up
+    to `revision` and none after (list-then-watch resumes from there)."""
+
+    states: list[ListedState]
+    revision: int
+
+
+@dataclass(frozen=True, slots=True)
+class RevisionBounds:
+    """The change feed as stored: `head` is the newest revision, `oldest` the
+    oldest one still kept (None when none is)."""
+
+    oldest: int | None
+    head: int
+
+
 class IdempotencyConflict(Exception):
     """Another request with the same idempotency key committed first."""
 
@@ -96,13 +114,15 @@ class StateStore(Protocol):
 
     async def get_state(self, entity: str, entity_id: str) -> StoredState | None: ...
 
-    async def query_states(self, query: StateQuery) -> list[ListedState]: ...
+    async def query_states(self, query: StateQuery) -> ListedPage: ...
 
     async def history(
         self, entity: str, entity_id: str, after_revision: int, limit: int
     ) -> list[HistoryRecord]: ...
 
     async def changes(self, after_revision: int, limit: int) -> list[EventRecord]: ...
+
+    async def revision_bounds(self) -> RevisionBounds: ...
 
     async def idempotency_record(
         self, scope: str, not_before: datetime

@@ -174,7 +174,7 @@ class DeliveryWorker:
             connections=concurrency,
         )
         self.lease = timedelta(milliseconds=settings.delivery_timeout) + LEASE_MARGIN
-        self._outbox = repository.store.commits.outbox_ready
+        self._outbox = repository.store.commits.outbox_wakeup()
         self._due = repository.deliveries_ready
         self._in_flight: dict[int, asyncio.Task[None]] = {}
         self._per_subscription: dict[str, int] = {}

@@ -19,6 +19,7 @@ from datetime import datetime, timedelta
 import orjson
 
 from potok_state.changes.model import EventRecord
+from potok_state.changes.selection import event_selected
 from potok_state.clock import utc_now
 from potok_state.storage.commits import DELIVERIES_CHANNEL
 from potok_state.storage.database import Row, Tx
@@ -68,8 +69,7 @@ class SubscriptionRow:
     def matches(self, event: str, entity: str | None) -> bool:
         if entity is not None and self.entity_types is not None and entity not in self.entity_types:
             return False
-        family = event.split(".", 1)[0] + ".*"
-        return any(pattern in ("*", family, event) for pattern in self.events)
+        return event_selected(self.events, event)
 
 
 @dataclass(frozen=True, slots=True)

@@ -7,13 +7,10 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
 
+from potok_state.changes.selection import EVENT_FILTER_PATTERN
 from potok_state.clock import Timestamp
 from potok_state.states.schemas import EntityType
 
-EVENT_FILTER_PATTERN = (
-    r"^(\*|entity\.\*|entity\.(created|updated|deleted)"
-    r"|custom\.\*|custom\.[a-z0-9][a-z0-9_.-]{0,99})$"
-)
 EventFilter = Annotated[str, StringConstraints(pattern=EVENT_FILTER_PATTERN)]
 WebhookUrl = Annotated[str, StringConstraints(min_length=8, max_length=2048)]
 Secret = Annotated[str, StringConstraints(min_length=16, max_length=256)]

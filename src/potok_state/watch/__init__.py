@@ -1,0 +1,1 @@
+"""Watch streams: the change feed as Server-Sent Events (docs/watch.md)."""

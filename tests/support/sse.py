@@ -1,0 +1,88 @@
+"""A Server-Sent Events reader over a real HTTP connection (httpx streaming)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+import orjson
+
+
+@dataclass(frozen=True)
+class SseEvent:
+    event: str
+    data: str
+    id: str | None = None
+
+    @property
+    def json(self) -> Any:
+        return orjson.loads(self.data)
+
+    @property
+    def revision(self) -> int:
+        assert self.id is not None, self
+        return int(self.id)
+
+
+class SseStream:
+    def __init__(self, response: httpx.Response) -> None:
+        self.response = response
+        self.retry: int | None = None
+        self.heartbeats = 0
+        self._lines = response.aiter_lines()
+
+    async def next(self, timeout: float = 5.0) -> SseEvent | None:  # noqa: ASYNC109
+        """The next event; None when the stream ended."""
+        return await asyncio.wait_for(self._next(), timeout)
+
+    async def _next(self) -> SseEvent | None:
+        fields: dict[str, list[str]] = {}
+        async for line in self._lines:
+            if line == "":
+                if "data" in fields or "event" in fields:
+                    return SseEvent(
+                        event=fields.get("event", ["message"])[-1],
+                        data="\n".join(fields.get("data", [])),
+                        id=fields.get("id", [None])[-1],
+                    )
+                continue
+            if line.startswith(":"):
+                self.heartbeats += line.strip() == ": heartbeat"
+                continue
+            name, _, value = line.partition(":")
+            value = value.removeprefix(" ")
+            if name == "retry":
+                self.retry = int(value)
+            else:
+                fields.setdefault(name, []).append(value)
+        return None
+
+    async def take(self, count: int, timeout: float = 10.0) -> list[SseEvent]:  # noqa: ASYNC109
+        events: list[SseEvent] = []
+        while len(events) < count:
+            event = await self.next(timeout)
+            assert event is not None, f"the stream ended after {events}"
+            events.append(event)
+        return events
+
+    async def rest(self, timeout: float = 10.0) -> list[SseEvent]:  # noqa: ASYNC109
+        """Every event until the server ends the stream."""
+        events: list[SseEvent] = []
+        while (event := await self.next(timeout)) is not None:
+            events.append(event)
+        return events
+
+
+@asynccontextmanager
+async def watch(
+    client: httpx.AsyncClient, path: str = "/api/v1/watch", **kwargs: Any
+) -> AsyncIterator[SseStream]:
+    """An open watch stream; the connection is closed on exit."""
+    async with client.stream("GET", path, timeout=httpx.Timeout(30, read=None), **kwargs) as r:
+        assert r.status_code == 200, (r.status_code, await r.aread())
+        assert r.headers["content-type"].startswith("text/event-stream")
+        yield SseStream(r)
