@@ -28,6 +28,8 @@ from potok_state.kit.request_context import RequestContextMiddleware
 from potok_state.kit.security_headers import SecurityHeadersMiddleware
 from potok_state.kit.shutdown import on_exit_signal
 from potok_state.kit.throttle import Throttle
+from potok_state.leases.api import router as leases_router
+from potok_state.leases.reaper import LeaseReaper
 from potok_state.logging import configure_logging
 from potok_state.metrics import Metrics
 from potok_state.metrics import router as metrics_router
@@ -126,6 +128,17 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         else None
     )
 
+    state_service = StateService(
+        store,
+        machines,
+        metadata_max_bytes=settings.metadata_max_bytes,
+        idempotency_ttl=settings.idempotency_ttl,
+        floors=floors,
+        near=near,
+        cache=cache,
+        metrics=metrics,
+    )
+    reaper = LeaseReaper(store, state_service)
     watch_hub = WatchHub(
         store,
         store.commits.outbox_wakeup(),
@@ -144,11 +157,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             await cache.start()
         if worker is not None:
             await worker.start()
+        await reaper.start()
         log.info("service.started", app=settings.app_name, env=settings.app_env.value)
         try:
             yield
         finally:
             watch_hub.close()
+            await reaper.stop()
             if worker is not None:
                 await worker.stop()
             await webhook_service.close()
@@ -174,16 +189,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.api_keys = ApiKeyRing(settings.parsed_api_keys)
     app.state.throttle = throttle
     app.state.store = store
-    app.state.state_service = StateService(
-        store,
-        machines,
-        metadata_max_bytes=settings.metadata_max_bytes,
-        idempotency_ttl=settings.idempotency_ttl,
-        floors=floors,
-        near=near,
-        cache=cache,
-        metrics=metrics,
-    )
+    app.state.state_service = state_service
     app.state.change_feed = ChangeFeed(store)
     app.state.watch_hub = watch_hub
     app.state.event_publisher = EventPublisher(
@@ -208,6 +214,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     # Before the states routes: `/states/{entity}/watch` would otherwise be read
     # as the state whose id is "watch" (an id the service refuses to create).
     app.include_router(watch_router)
+    app.include_router(leases_router)
     app.include_router(states_router)
     app.include_router(events_router)
     app.include_router(webhooks_router)

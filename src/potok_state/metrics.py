@@ -70,6 +70,19 @@ class Metrics:
             "Connected watch (SSE) clients.",
             registry=self.registry,
         )
+        self.lease_heartbeats = Counter(
+            "potok_lease_heartbeats_total",
+            "Heartbeats: renewed, or refused (no such state, no lease, or it had lapsed).",
+            ["outcome"],
+            registry=self.registry,
+        )
+        self.lease_expiries = Counter(
+            "potok_lease_expiries_total",
+            "Lapsed leases: changed (the state went to onExpire or was deleted), or dropped "
+            "(it was already there).",
+            ["outcome"],
+            registry=self.registry,
+        )
         self.watch_cut_off = Counter(
             "potok_watch_cut_off_total",
             "Watch streams ended by the service: too_slow (fell behind by WATCH_QUEUE_SIZE), "

@@ -38,7 +38,9 @@ async def test_lists_the_built_in_tables(client: httpx.AsyncClient) -> None:
     response = await client.get(MACHINES)
     assert response.status_code == 200
     tables = {table["entity"]: table for table in response.json()}
-    assert list(tables) == ["process", "task", "user"]
+    assert list(tables) == ["process", "service", "task", "user"]
+    assert tables["service"]["lease"] == {"ttl": 15, "onExpire": "down"}
+    assert tables["service"]["final"] == []
     assert tables["task"] == {
         "entity": "task",
         "statuses": ["created", "in_progress", "completed", "failed"],
@@ -49,6 +51,7 @@ async def test_lists_the_built_in_tables(client: httpx.AsyncClient) -> None:
             "in_progress": ["completed", "failed"],
             "failed": ["in_progress"],
         },
+        "lease": None,
     }
     assert tables["process"]["initial"] == ["pending"]
     assert tables["process"]["final"] == ["finished"]
@@ -90,7 +93,7 @@ async def test_a_file_overrides_and_extends_the_built_ins(
     custom_client: httpx.AsyncClient,
 ) -> None:
     tables = {t["entity"]: t for t in (await custom_client.get(MACHINES)).json()}
-    assert sorted(tables) == ["order", "process", "task", "user"]
+    assert sorted(tables) == ["order", "process", "service", "task", "user"]
     assert tables["task"]["statuses"] == ["todo", "doing", "done"]
     assert tables["task"]["final"] == ["done"]
     assert tables["order"]["final"] == ["shipped", "cancelled"]
@@ -128,6 +131,39 @@ def write(tmp_path: Path, text: str) -> str:
 
 
 BROKEN = {
+    "lease onExpire not a status": (
+        """\
+machines:
+  user:
+    statuses: [online, offline]
+    transitions: "*"
+    lease: {ttl: 60, onExpire: gone}
+""",
+        ["user", "lease.onExpire", "gone"],
+    ),
+    "lease onExpire unreachable": (
+        """\
+machines:
+  job:
+    statuses: [new, running, parked]
+    initial: [new]
+    transitions:
+      new: [running]
+      running: [parked]
+      parked: [running]
+    lease: {ttl: 5, onExpire: parked}
+""",
+        ["job", "'parked'", "cannot be reached from new"],
+    ),
+    "lease ttl not seconds": (
+        """\
+machines:
+  user:
+    statuses: [online, offline]
+    lease: {ttl: soon, onExpire: offline}
+""",
+        ["user", "lease.ttl"],
+    ),
     "unknown status in transitions": (
         """\
 machines:
@@ -236,7 +272,7 @@ def test_create_app_refuses_a_broken_file(tmp_path: Path) -> None:
 def test_a_valid_file_loads_with_the_built_ins(tmp_path: Path) -> None:
     registry = load_machines(write(tmp_path, CUSTOM), strict=True)
     assert registry.strict
-    assert [m.entity for m in registry.all()] == ["order", "process", "task", "user"]
+    assert [m.entity for m in registry.all()] == ["order", "process", "service", "task", "user"]
     order = registry.get("order")
     assert order is not None
     assert order.allows("placed", "paid")

@@ -25,6 +25,8 @@ class NearEntry:
     version: int
     body: bytes
     """The state's JSON; empty for a state deleted at `revision`."""
+    leased: bool = False
+    """Kept to decide writes on, never served: its lease expiry may be old."""
 
 
 class NearCache:

@@ -34,6 +34,9 @@ class StoredState:
     revision: int
     created_at: datetime
     updated_at: datetime
+    lease_ttl: int | None = None
+    """Seconds a heartbeat or write extends the lease by; None: no lease."""
+    lease_expires_at: datetime | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,6 +80,8 @@ class StateChange:
     version: int
     reason: str | None
     actor: str
+    lease_ttl: int | None = None
+    """The state's lease after the change (renewed from the commit time); None: none."""
 
 
 @dataclass(frozen=True, slots=True)

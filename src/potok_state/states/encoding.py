@@ -29,15 +29,32 @@ class EncodedState:
     version: int
     revision: int
     body: bytes
+    leased: bool = False
+    """The body shows a lease, whose expiry heartbeats move without a new
+    revision: such a body is never served from a cache."""
 
     @classmethod
     def of(cls, state: StoredState) -> EncodedState:
-        return cls(state.entity, state.entity_id, state.version, state.revision, state_json(state))
+        return cls(
+            state.entity,
+            state.entity_id,
+            state.version,
+            state.revision,
+            state_json(state),
+            state.lease_ttl is not None,
+        )
 
     @classmethod
     def from_json(cls, body: bytes) -> EncodedState:
         view = orjson.loads(body)
-        return cls(view["entity"], view["entityId"], view["version"], view["revision"], body)
+        return cls(
+            view["entity"],
+            view["entityId"],
+            view["version"],
+            view["revision"],
+            body,
+            "lease" in view,
+        )
 
 
 def stored_state(body: bytes) -> StoredState:
@@ -52,11 +69,15 @@ def stored_state(body: bytes) -> StoredState:
         revision=view["revision"],
         created_at=datetime.fromisoformat(view["createdAt"]),
         updated_at=datetime.fromisoformat(view["updatedAt"]),
+        lease_ttl=view["lease"]["ttl"] if "lease" in view else None,
+        lease_expires_at=(
+            datetime.fromisoformat(view["lease"]["expiresAt"]) if "lease" in view else None
+        ),
     )
 
 
 def _state_view(state: StoredState) -> dict[str, object]:
-    return {
+    view: dict[str, object] = {
         "entity": state.entity,
         "entityId": state.entity_id,
         "status": state.status,
@@ -66,6 +87,12 @@ def _state_view(state: StoredState) -> dict[str, object]:
         "createdAt": format_timestamp(state.created_at),
         "updatedAt": format_timestamp(state.updated_at),
     }
+    if state.lease_ttl is not None and state.lease_expires_at is not None:
+        view["lease"] = {
+            "ttl": state.lease_ttl,
+            "expiresAt": format_timestamp(state.lease_expires_at),
+        }
+    return view
 
 
 def state_json(state: StoredState) -> bytes:
@@ -74,23 +101,24 @@ def state_json(state: StoredState) -> bytes:
 
 def state_page_json(states: Iterable[ListedState], next_cursor: str | None) -> bytes:
     return orjson.dumps(
-        {
-            "items": [
-                {
-                    "entity": state.entity,
-                    "entityId": state.entity_id,
-                    "status": state.status,
-                    "metadata": orjson.Fragment(state.metadata),
-                    "version": state.version,
-                    "revision": state.revision,
-                    "createdAt": state.created_at,
-                    "updatedAt": state.updated_at,
-                }
-                for state in states
-            ],
-            "nextCursor": next_cursor,
-        }
+        {"items": [_listed_view(state) for state in states], "nextCursor": next_cursor}
     )
+
+
+def _listed_view(state: ListedState) -> dict[str, object]:
+    view: dict[str, object] = {
+        "entity": state.entity,
+        "entityId": state.entity_id,
+        "status": state.status,
+        "metadata": orjson.Fragment(state.metadata),
+        "version": state.version,
+        "revision": state.revision,
+        "createdAt": state.created_at,
+        "updatedAt": state.updated_at,
+    }
+    if state.lease_ttl is not None and state.lease_expires_at is not None:
+        view["lease"] = {"ttl": state.lease_ttl, "expiresAt": state.lease_expires_at}
+    return view
 
 
 def history_page_json(records: Sequence[HistoryRecord], next_cursor: str | None) -> bytes:

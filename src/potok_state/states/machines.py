@@ -1,6 +1,6 @@
 """Declarative transition tables per entity type (docs/data-model.md, "Transition tables").
 
-Built-in tables cover `task`, `user` and `process`; a YAML file
+Built-in tables cover `task`, `user`, `process` and `service`; a YAML file
 (`STATE_MACHINES_FILE`) overrides or extends them. Tables are checked when they
 load, so a broken table stops startup with a message that names the problem
 instead of misbehaving later.
@@ -16,6 +16,8 @@ from pathlib import Path
 import yaml
 
 ANY = "*"
+DELETE = "delete"
+MAX_LEASE_TTL = 30 * 86_400
 STATUS_PATTERN = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
 ENTITY_PATTERN = re.compile(r"^[a-z][a-z0-9_-]{0,63}$")
 
@@ -25,12 +27,22 @@ class MachineDefinitionError(ValueError):
 
 
 @dataclass(frozen=True, slots=True)
+class LeasePolicy:
+    """A type's lease default (docs/leases.md): new states hold a lease of `ttl`
+    seconds; when one lapses the state goes to `on_expire` (None: it is deleted)."""
+
+    ttl: int
+    on_expire: str | None
+
+
+@dataclass(frozen=True, slots=True)
 class StateMachine:
     entity: str
     statuses: tuple[str, ...]
     initial: tuple[str, ...]
     transitions: Mapping[str, tuple[str, ...]]
     final: tuple[str, ...]
+    lease: LeasePolicy | None = None
 
     def allows_initial(self, status: str) -> bool:
         return status in self.initial
@@ -65,7 +77,7 @@ def build_machine(entity: str, definition: object) -> StateMachine:
         raise MachineDefinitionError(f"{entity!r}: not a valid entity type name")
     if not isinstance(definition, dict):
         raise MachineDefinitionError(f"{entity}: the table must be a mapping")
-    extra = set(definition) - {"statuses", "initial", "transitions", "final"}
+    extra = set(definition) - {"statuses", "initial", "transitions", "final", "lease"}
     if extra:
         raise MachineDefinitionError(f"{entity}: unknown key(s) {', '.join(sorted(extra))}")
     raw_statuses = definition.get("statuses")
@@ -120,7 +132,40 @@ def build_machine(entity: str, definition: object) -> StateMachine:
             f"{entity}: status(es) {', '.join(unreachable)} "
             "cannot be reached from an initial status"
         )
-    return StateMachine(entity, statuses, initial, transitions, final)
+    machine = StateMachine(entity, statuses, initial, transitions, final)
+    if "lease" in definition:
+        machine = StateMachine(
+            entity, statuses, initial, transitions, final, _lease(machine, definition["lease"])
+        )
+    return machine
+
+
+def _lease(machine: StateMachine, value: object) -> LeasePolicy:
+    entity = machine.entity
+    if not isinstance(value, dict) or set(value) - {"ttl", "onExpire"}:
+        raise MachineDefinitionError(f"{entity}: 'lease' must be {{ttl: <seconds>, onExpire: …}}")
+    ttl = value.get("ttl")
+    if not isinstance(ttl, int) or isinstance(ttl, bool) or not 1 <= ttl <= MAX_LEASE_TTL:
+        raise MachineDefinitionError(
+            f"{entity}: lease.ttl must be a whole number of seconds, 1 to {MAX_LEASE_TTL}"
+        )
+    on_expire = value.get("onExpire", DELETE)
+    if on_expire == DELETE:
+        return LeasePolicy(ttl, None)
+    if on_expire not in machine.statuses:
+        raise MachineDefinitionError(
+            f'{entity}: lease.onExpire must be one of its statuses or "delete", got {on_expire!r}'
+        )
+    stuck = [
+        status
+        for status in machine.statuses
+        if status not in machine.final and not machine.allows(status, on_expire)
+    ]
+    if stuck:
+        raise MachineDefinitionError(
+            f"{entity}: lease.onExpire {on_expire!r} cannot be reached from {', '.join(stuck)}"
+        )
+    return LeasePolicy(ttl, on_expire)
 
 
 BUILT_IN: dict[str, object] = {
@@ -138,6 +183,19 @@ BUILT_IN: dict[str, object] = {
         "statuses": ["pending", "running", "finished"],
         "initial": ["pending"],
         "transitions": {"pending": ["running"], "running": ["finished"]},
+    },
+    # Service discovery: instances register, heartbeat, and go down by themselves
+    # when they stop heartbeating.
+    "service": {
+        "statuses": ["starting", "up", "draining", "down"],
+        "initial": ["starting", "up"],
+        "transitions": {
+            "starting": ["up", "down"],
+            "up": ["draining", "down"],
+            "draining": ["up", "down"],
+            "down": ["starting", "up"],
+        },
+        "lease": {"ttl": 15, "onExpire": "down"},
     },
 }
 

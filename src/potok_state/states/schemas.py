@@ -21,6 +21,17 @@ EntityId = Annotated[str, StringConstraints(pattern=ENTITY_ID_PATTERN)]
 Status = Annotated[str, StringConstraints(pattern=STATUS_PATTERN)]
 Metadata = dict[str, JsonValue]
 Reason = Annotated[str, StringConstraints(max_length=1000)]
+MAX_LEASE_TTL = 30 * 86_400
+LeaseTtl = Annotated[
+    int,
+    Field(
+        ge=0,
+        le=MAX_LEASE_TTL,
+        description="Hold a lease of this many seconds (renewed by heartbeats and writes; when it "
+        "lapses the state changes by itself); 0 drops the lease. Omitted: a leased state keeps "
+        "its lease, a new one gets its type's default.",
+    ),
+]
 
 
 class RequestModel(BaseModel):
@@ -34,12 +45,44 @@ class RecordStateRequest(RequestModel):
         None, description="Replaces the metadata when given; kept when omitted."
     )
     reason: Reason | None = None
+    ttl: LeaseTtl | None = None
 
 
 class UpdateStateRequest(RequestModel):
     status: Status | None = None
     metadata: Metadata | None = None
     reason: Reason | None = None
+    ttl: LeaseTtl | None = None
+
+
+class LeaseView(BaseModel):
+    ttl: int
+    expiresAt: Timestamp
+
+
+class HeartbeatRequest(RequestModel):
+    ttl: Annotated[int, Field(ge=1, le=MAX_LEASE_TTL)] | None = Field(
+        None, description="A new lease length, s; omitted: the lease's own."
+    )
+
+
+class BatchHeartbeatRequest(HeartbeatRequest):
+    ids: list[EntityId] = Field(min_length=1, max_length=1000)
+
+
+class HeartbeatResult(BaseModel):
+    entityId: str
+    ok: bool
+    lease: LeaseView | None = None
+    error: str | None = Field(
+        None, description="`state_not_found`, `no_lease` (none, or it has lapsed)."
+    )
+
+
+class BatchHeartbeatResult(BaseModel):
+    renewed: int
+    failed: int
+    items: list[HeartbeatResult]
 
 
 class StateView(BaseModel):
@@ -51,6 +94,7 @@ class StateView(BaseModel):
     revision: int
     createdAt: Timestamp
     updatedAt: Timestamp
+    lease: LeaseView | None = Field(None, description="Present while the state holds a lease.")
 
     @classmethod
     def of(cls, state: StoredState) -> StateView:
@@ -108,6 +152,7 @@ class BatchItem(RequestModel):
     metadata: Metadata | None = None
     reason: Reason | None = None
     expectedVersion: int | None = Field(None, ge=1, le=2_147_483_647)
+    ttl: LeaseTtl | None = None
 
 
 class BatchRequest(RequestModel):
@@ -137,9 +182,15 @@ class BatchResult(BaseModel):
     items: list[BatchItemResult]
 
 
+class LeasePolicyView(BaseModel):
+    ttl: int
+    onExpire: str = Field(description='The status a lapsed lease moves to, or "delete".')
+
+
 class StateMachineView(BaseModel):
     entity: str
     statuses: list[str]
     initial: list[str]
     final: list[str]
     transitions: dict[str, list[str]]
+    lease: LeasePolicyView | None = Field(None, description="The lease new states get.")

@@ -53,17 +53,20 @@ from potok_state.states.errors import (
     UnknownStatus,
     VersionMismatch,
 )
-from potok_state.states.machines import MachineRegistry, StateMachine
+from potok_state.states.machines import DELETE, MachineRegistry, StateMachine
 from potok_state.states.schemas import (
     BatchRequest,
     ItemError,
+    LeasePolicyView,
     Metadata,
     RecordStateRequest,
     StateMachineView,
     UpdateStateRequest,
 )
 from potok_state.storage.port import (
+    DueLeases,
     ListedState,
+    Renewal,
     SortField,
     StateQuery,
     StateStore,
@@ -115,6 +118,11 @@ STATE_CODEC = _StateCodec()
 BATCH_CODEC = _BatchCodec()
 DELETED_CODEC = ModelCodec(Deleted)
 
+
+LEASE_ACTOR = "system:lease"
+LEASE_REASON = "lease expired"
+# Lapsed leases of one type expired per change set (one transaction).
+LEASE_EXPIRY_CHUNK = 250
 
 RESERVED_IDS = frozenset({"watch"})
 """Ids a state may not have: they name routes under /states/{entity}/."""
@@ -178,6 +186,7 @@ class StateService:
                     metadata=request.metadata,
                     reason=request.reason,
                     actor=actor,
+                    ttl=request.ttl,
                 )
             ]
 
@@ -196,8 +205,8 @@ class StateService:
         idempotency: IdempotencyKey | None = None,
     ) -> Applied[EncodedState]:
         """Change an existing state; metadata replaces (PUT) or merges (PATCH)."""
-        if request.status is None and request.metadata is None:
-            raise EmptyUpdate("Give a new status, new metadata, or both.")
+        if request.status is None and request.metadata is None and request.ttl is None:
+            raise EmptyUpdate("Give a new status, new metadata, a lease ttl, or several.")
         if request.metadata is not None and not merge:
             self._check_metadata_size(request.metadata)
 
@@ -219,6 +228,7 @@ class StateService:
                     metadata=metadata,
                     reason=request.reason,
                     actor=actor,
+                    ttl=request.ttl,
                 )
             ]
 
@@ -316,6 +326,7 @@ class StateService:
                         metadata=item.metadata,
                         reason=item.reason,
                         actor=actor,
+                        ttl=item.ttl,
                     )
                 except ServiceError as error:
                     failures[index] = error
@@ -385,6 +396,87 @@ class StateService:
             await self._written(applied.outcome.states)
         return applied
 
+    # -- leases (docs/leases.md) ---------------------------------------------------
+
+    async def renew_leases(
+        self, entity: str, entity_ids: Sequence[str], ttl: int | None
+    ) -> list[Renewal]:
+        """Heartbeats: extend leases in place (no revision, history or event)."""
+        renewals = await self.store.renew_leases(entity, entity_ids, ttl)
+        if self.metrics is not None:
+            renewed = sum(1 for renewal in renewals if renewal.expires_at is not None)
+            self.metrics.lease_heartbeats.labels("renewed").inc(renewed)
+            if renewed < len(renewals):
+                self.metrics.lease_heartbeats.labels("refused").inc(len(renewals) - renewed)
+        return renewals
+
+    async def expire_leases(self, due: DueLeases) -> int:
+        """Apply the lapse of these leases: each one that is still lapsed at
+        `due.now` changes its state to its type's `onExpire` (or deletes it) as
+        an ordinary change by `system:lease`. Exactly once: a change is written
+        only if the state is still at the version it was decided on, so of two
+        processes expiring the same lease one writes and the other, deciding
+        again, finds no lease. Returns how many states changed."""
+        by_type: dict[str, list[str]] = {}
+        for entity, entity_id in due.keys:
+            by_type.setdefault(entity, []).append(entity_id)
+        changed = 0
+        for entity, entity_ids in by_type.items():
+            for start in range(0, len(entity_ids), LEASE_EXPIRY_CHUNK):
+                chunk = entity_ids[start : start + LEASE_EXPIRY_CHUNK]
+                changed += await self._expire(entity, chunk, due.now)
+        return changed
+
+    async def _expire(self, entity: str, entity_ids: list[str], now: datetime) -> int:
+        machine = self.machines.get(entity)
+        policy = machine.lease if machine is not None else None
+        target = policy.on_expire if policy is not None else None
+        settled: list[tuple[str, int]] = []
+
+        def decide(current: Mapping[str, StoredState]) -> list[Mutation]:
+            settled.clear()
+            mutations: list[Mutation] = []
+            for entity_id in entity_ids:
+                state = current.get(entity_id)
+                if state is None or state.lease_expires_at is None or state.lease_expires_at > now:
+                    continue  # gone, renewed by a write, or expired by another process
+                if target is None:
+                    mutations.append(_lapse(state, None, EventType.DELETED))
+                elif state.status == target or (
+                    machine is not None and not machine.allows(state.status, target)
+                ):
+                    settled.append((entity_id, state.version))
+                else:
+                    mutations.append(_lapse(state, target, EventType.UPDATED))
+            return mutations
+
+        applied = await apply_change(
+            self.store,
+            targets=[(entity, entity_id) for entity_id in entity_ids],
+            decide=decide,
+            respond=list,
+            codec=_NO_REPLAY,
+            actor=LEASE_ACTOR,
+            idempotency=None,
+            ttl_seconds=self.idempotency_ttl,
+            metrics=self.metrics,
+        )
+        written = [
+            EncodedState.of(change.state)
+            if change.state is not None
+            else EncodedState(
+                entity, change.mutation.entity_id, change.mutation.version, change.revision, b""
+            )
+            for change in applied.outcome
+            if isinstance(change.mutation, StateChange)
+        ]
+        await self._written(written)
+        await self.store.drop_leases(entity, settled, now)
+        if self.metrics is not None:
+            self.metrics.lease_expiries.labels("changed").inc(len(written))
+            self.metrics.lease_expiries.labels("dropped").inc(len(settled))
+        return len(written)
+
     async def _apply(
         self,
         entity: str,
@@ -439,7 +531,7 @@ class StateService:
         for state in states:
             self.near.put(
                 state_key(state.entity, state.entity_id),
-                NearEntry(state.revision, state.version, state.body),
+                NearEntry(state.revision, state.version, state.body, state.leased),
                 epoch,
             )
         if self.cache is not None:
@@ -460,8 +552,15 @@ class StateService:
         metadata: JsonObject | None,
         reason: str | None,
         actor: str,
+        ttl: int | None = None,
     ) -> StateChange:
         machine = self.machines.get(entity)
+        if ttl is not None:  # 0 drops the lease
+            lease_ttl = ttl or None
+        elif existing is not None:  # a write renews the lease the state holds
+            lease_ttl = existing.lease_ttl
+        else:
+            lease_ttl = machine.lease.ttl if machine is not None and machine.lease else None
         if machine is not None and status not in machine.statuses:
             raise UnknownStatus(
                 f"{status!r} is not a status of {entity}.",
@@ -495,6 +594,7 @@ class StateService:
                 version=1,
                 reason=reason,
                 actor=actor,
+                lease_ttl=lease_ttl,
             )
         if machine is not None and not machine.allows(existing.status, status):
             raise InvalidTransition(
@@ -517,6 +617,7 @@ class StateService:
             version=existing.version + 1,
             reason=reason,
             actor=actor,
+            lease_ttl=lease_ttl,
         )
 
     def _check_entity_type(self, entity: str) -> None:
@@ -545,13 +646,20 @@ class StateService:
     async def get_state(self, entity: str, entity_id: str) -> EncodedState:
         key = state_key(entity, entity_id)
         near = self.near.get(key)
-        if near is not None:
+        if near is not None and not near.leased:
             if not near.body:  # cached deletion
                 raise StateNotFound(f"No {entity} with id {entity_id!r}.")
             return EncodedState(entity, entity_id, near.version, near.revision, near.body)
         epoch = self.near.epoch
-        encoded = await self._read_through(entity, entity_id)
-        self.near.put(key, NearEntry(encoded.revision, encoded.version, encoded.body), epoch)
+        if near is not None:  # leased: its lease is read fresh
+            encoded = await self._read_store(entity, entity_id)
+        else:
+            encoded = await self._read_through(entity, entity_id)
+        self.near.put(
+            key,
+            NearEntry(encoded.revision, encoded.version, encoded.body, encoded.leased),
+            epoch,
+        )
         if not encoded.body:
             raise StateNotFound(f"No {entity} with id {entity_id!r}.")
         return encoded
@@ -565,14 +673,20 @@ class StateService:
             if lookup.body == b"":
                 return EncodedState(entity, entity_id, 0, lookup.revision, b"")
             if lookup.body is not None:
-                return EncodedState.from_json(lookup.body)
+                cached = EncodedState.from_json(lookup.body)
+                if not cached.leased:
+                    return cached
+                return await self._read_store(entity, entity_id)
+        encoded = await self._read_store(entity, entity_id)
+        if self.cache is not None and lookup is not None and not encoded.leased:
+            await self.cache.fill_state(lookup, encoded.revision, encoded.body)
+        return encoded
+
+    async def _read_store(self, entity: str, entity_id: str) -> EncodedState:
         state = await self.store.get_state(entity, entity_id)
         if state is None:
             return EncodedState(entity, entity_id, 0, 0, b"")
-        encoded = EncodedState.of(state)
-        if self.cache is not None and lookup is not None:
-            await self.cache.fill_state(lookup, encoded.revision, encoded.body)
-        return encoded
+        return EncodedState.of(state)
 
     async def query_states(self, entity: str, query: StateFilter) -> EncodedPage:
         descending = query.sort.startswith("-")
@@ -690,6 +804,33 @@ def _check_version(existing: StoredState, expected: int | None) -> None:
         )
 
 
+def _lapse(state: StoredState, status: str | None, event: EventType) -> StateChange:
+    return StateChange(
+        entity=state.entity,
+        entity_id=state.entity_id,
+        event=event,
+        status=status,
+        previous_status=state.status,
+        metadata=state.metadata,
+        version=state.version + 1,
+        reason=LEASE_REASON,
+        actor=LEASE_ACTOR,
+    )
+
+
+class _NoReplay:
+    """Lease expiries carry no idempotency key, so nothing is ever replayed."""
+
+    def encode(self, outcome: list[AppliedChange]) -> bytes:
+        raise NotImplementedError
+
+    def decode(self, data: bytes) -> list[AppliedChange]:
+        raise NotImplementedError
+
+
+_NO_REPLAY = _NoReplay()
+
+
 def _preview(change: StateChange, existing: StoredState | None) -> StoredState:
     """The state a batch item leaves behind, so a later item for the same id is
     validated against it. Only status, metadata and version are read from it;
@@ -704,6 +845,7 @@ def _preview(change: StateChange, existing: StoredState | None) -> StoredState:
         revision=existing.revision if existing else 0,
         created_at=existing.created_at if existing else datetime.min,
         updated_at=existing.updated_at if existing else datetime.min,
+        lease_ttl=change.lease_ttl,
     )
 
 
@@ -819,4 +961,7 @@ def _machine_view(machine: StateMachine) -> StateMachineView:
         initial=list(machine.initial),
         final=list(machine.final),
         transitions={source: list(targets) for source, targets in machine.transitions.items()},
+        lease=None
+        if machine.lease is None
+        else LeasePolicyView(ttl=machine.lease.ttl, onExpire=machine.lease.on_expire or DELETE),
     )

@@ -14,7 +14,7 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 
 import orjson
 
@@ -58,6 +58,7 @@ class StateRow:
     is_new: bool
     """Insert a row created at the commit time; otherwise update the row (its
     creation time stays)."""
+    lease_ttl: int | None = None
 
 
 @dataclass(slots=True)
@@ -192,6 +193,7 @@ class ChangeSet:
                     version=change.version,
                     offset=offset,
                     is_new=reborn or not existed,
+                    lease_ttl=change.lease_ttl,
                 )
             )
         return cls(
@@ -225,9 +227,15 @@ class ChangeSet:
                     revision=base + offset,
                     created_at=since or at,
                     updated_at=at,
+                    lease_ttl=mutation.lease_ttl,
+                    lease_expires_at=lease_expiry(at, mutation.lease_ttl),
                 )
             applied.append(AppliedChange(mutation, base + offset, next(event_ids), at, state))
         return applied
+
+
+def lease_expiry(at: datetime, ttl: int | None) -> datetime | None:
+    return None if ttl is None else at + timedelta(seconds=ttl)
 
 
 def _event_ids(count: int) -> list[str]:

@@ -66,6 +66,8 @@ class ListedState:
     revision: int
     created_at: str
     updated_at: str
+    lease_ttl: int | None = None
+    lease_expires_at: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,6 +77,26 @@ class ListedPage:
 
     states: list[ListedState]
     revision: int
+
+
+@dataclass(frozen=True, slots=True)
+class Renewal:
+    """What a heartbeat did to one state's lease: renewed (`expires_at` set),
+    or why not (`found` False: no such state; otherwise it holds no lease, or
+    the lease has lapsed)."""
+
+    entity_id: str
+    found: bool
+    ttl: int | None = None
+    expires_at: datetime | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class DueLeases:
+    """Leases that lapsed by `now` (the database's clock), oldest first."""
+
+    now: datetime
+    keys: list[tuple[str, str]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -123,6 +145,22 @@ class StateStore(Protocol):
     async def changes(self, after_revision: int, limit: int) -> list[EventRecord]: ...
 
     async def revision_bounds(self) -> RevisionBounds: ...
+
+    async def renew_leases(
+        self, entity: str, entity_ids: Sequence[str], ttl: int | None
+    ) -> list[Renewal]:
+        """Extend the leases of these states from now by `ttl` (or their own):
+        no revision, no history, no event. A lapsed lease is not renewed."""
+        ...
+
+    async def due_leases(self, limit: int) -> DueLeases: ...
+
+    async def drop_leases(
+        self, entity: str, versions: Sequence[tuple[str, int]], lapsed_by: datetime
+    ) -> None:
+        """Remove lapsed leases from states still at these versions (a lapse
+        that changes nothing: the state is already where it would go)."""
+        ...
 
     async def idempotency_record(
         self, scope: str, not_before: datetime

@@ -13,7 +13,8 @@ from potok_state.storage.database import Database, PostgresDatabase, Row, Tx
 from potok_state.storage.dialect import Dialect
 
 STATE_COLUMNS = (
-    "entity_type, entity_id, status, metadata, version, revision, created_at, updated_at"
+    "entity_type, entity_id, status, metadata, version, revision, created_at, updated_at, "
+    "lease_ttl, lease_expires_at"
 )
 OUTBOX_COLUMNS = "revision, event_id, event, entity_type, entity_id, data, created_at"
 GET_STATE = f"SELECT {STATE_COLUMNS} FROM states WHERE entity_type = $1 AND entity_id = $2"
@@ -29,6 +30,10 @@ def state_from_row(dialect: Dialect, row: Row) -> StoredState:
         revision=row["revision"],
         created_at=dialect.read_time(row["created_at"]),
         updated_at=dialect.read_time(row["updated_at"]),
+        lease_ttl=row["lease_ttl"],
+        lease_expires_at=(
+            None if row["lease_expires_at"] is None else dialect.read_time(row["lease_expires_at"])
+        ),
     )
 
 

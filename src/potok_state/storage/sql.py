@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Mapping, Sequence
-from datetime import datetime
+from datetime import datetime, timedelta
 
 import orjson
 
@@ -29,18 +29,22 @@ from potok_state.changes.model import (
     IdempotencyWrite,
     StoredState,
 )
+from potok_state.clock import utc_now
 from potok_state.storage.changeset import Decision
 from potok_state.storage.commits import CommitFeed
 from potok_state.storage.database import (
     Database,
     PostgresDatabase,
     SqliteDatabase,
+    Tx,
     open_database,
 )
 from potok_state.storage.dialect import Dialect
 from potok_state.storage.port import (
+    DueLeases,
     ListedPage,
     ListedState,
+    Renewal,
     RevisionBounds,
     SortField,
     StateQuery,
@@ -192,7 +196,8 @@ class SqlStateStore:
         sql = (
             "SELECT head.value, entity_type, entity_id, status, "
             f"{dialect.json_text('metadata')}, version, revision, "
-            f"{dialect.api_time('created_at')}, {dialect.api_time('updated_at')} "
+            f"{dialect.api_time('created_at')}, {dialect.api_time('updated_at')}, "
+            f"lease_ttl, {dialect.api_time('lease_expires_at')} "
             "FROM revision_counter AS head LEFT JOIN "
             f"(SELECT * FROM states WHERE {' AND '.join(conditions)} "
             f"{order} LIMIT {param(query.limit)}) AS page ON 1 = 1 "
@@ -204,7 +209,9 @@ class SqlStateStore:
         rows = await self.db.read_point(lambda tx: tx.fetch(sql, *args))
         return ListedPage(
             [
-                ListedState(row[1], row[2], row[3], row[4], row[5], row[6], row[7], row[8])
+                ListedState(
+                    row[1], row[2], row[3], row[4], row[5], row[6], row[7], row[8], row[9], row[10]
+                )
                 for row in rows
                 if row[1] is not None
             ],
@@ -251,6 +258,50 @@ class SqlStateStore:
         value = await self.db.read_point(lambda tx: tx.fetchval(_HEAD))
         return int(value or 0)
 
+    # -- leases (docs/leases.md) ---------------------------------------------------
+
+    async def renew_leases(
+        self, entity: str, entity_ids: Sequence[str], ttl: int | None
+    ) -> list[Renewal]:
+        if self.is_sqlite:
+            return await self.db.write(lambda tx: _renew_on_sqlite(tx, entity, entity_ids, ttl))
+        rows = await self.db.read(lambda tx: tx.fetch(_RENEW, entity, list(entity_ids), ttl))
+        read_time = self.dialect.read_time
+        return [
+            Renewal(
+                row["entity_id"],
+                row["found"],
+                row["lease_ttl"],
+                None if row["lease_expires_at"] is None else read_time(row["lease_expires_at"]),
+            )
+            for row in rows
+        ]
+
+    async def due_leases(self, limit: int) -> DueLeases:
+        if self.is_sqlite:
+            now = utc_now()
+            rows = await self.db.read_point(
+                lambda tx: tx.fetch(_DUE_SQLITE, self.dialect.time(now), limit)
+            )
+        else:
+            rows = await self.db.read_point(lambda tx: tx.fetch(_DUE_POSTGRES, limit))
+            now = rows[0]["now"] if rows else utc_now()
+        return DueLeases(now, [(row["entity_type"], row["entity_id"]) for row in rows])
+
+    async def drop_leases(
+        self, entity: str, versions: Sequence[tuple[str, int]], lapsed_by: datetime
+    ) -> None:
+        if not versions:
+            return
+        when = self.dialect.time(lapsed_by)
+
+        async def drop(tx: Tx) -> None:
+            await tx.executemany(
+                _DROP_LEASE, [(entity, entity_id, version, when) for entity_id, version in versions]
+            )
+
+        await self.db.write(drop)
+
     async def revision_bounds(self) -> RevisionBounds:
         row = await self.db.read_point(lambda tx: tx.fetchrow(_BOUNDS))
         assert row is not None
@@ -267,4 +318,72 @@ _IDEMPOTENCY = (
     "SELECT fingerprint, outcome FROM idempotency_keys WHERE scope = $1 AND created_at >= $2"
 )
 _HEAD = "SELECT value FROM revision_counter WHERE id = 1"
+# One statement for a batch of heartbeats. The final SELECT sees the states as
+# they were before the UPDATE (one snapshot), which is all it asks: whether
+# each one exists. Times are the database's clock, as for every write.
+_RENEW = """
+WITH k AS (SELECT * FROM unnest($2::text[]) WITH ORDINALITY AS k(entity_id, n)),
+renewed AS (
+    UPDATE states s SET lease_ttl = coalesce($3, s.lease_ttl),
+        lease_expires_at = date_trunc('milliseconds', clock_timestamp())
+            + make_interval(secs => coalesce($3, s.lease_ttl))
+    FROM k
+    WHERE s.entity_type = $1 AND s.entity_id = k.entity_id
+        AND s.lease_expires_at > clock_timestamp()
+    RETURNING s.entity_id, s.lease_ttl, s.lease_expires_at
+)
+SELECT k.entity_id, r.lease_ttl, r.lease_expires_at, st.entity_id IS NOT NULL AS found
+FROM k LEFT JOIN renewed r USING (entity_id)
+    LEFT JOIN states st ON st.entity_type = $1 AND st.entity_id = k.entity_id
+ORDER BY k.n
+"""
+_DUE_POSTGRES = (
+    "SELECT entity_type, entity_id, clock_timestamp() AS now FROM states "
+    "WHERE lease_expires_at <= clock_timestamp() ORDER BY lease_expires_at LIMIT $1"
+)
+_DUE_SQLITE = (
+    "SELECT entity_type, entity_id FROM states WHERE lease_expires_at <= $1 "
+    "ORDER BY lease_expires_at LIMIT $2"
+)
+_DROP_LEASE = (
+    "UPDATE states SET lease_ttl = NULL, lease_expires_at = NULL "
+    "WHERE entity_type = $1 AND entity_id = $2 AND version = $3 AND lease_expires_at <= $4"
+)
+_LEASES_SQLITE = (
+    "SELECT entity_id, lease_ttl, lease_expires_at FROM states "
+    "WHERE entity_type = $1 AND entity_id IN (SELECT value FROM json_each($2))"
+)
+_SET_LEASE_SQLITE = (
+    "UPDATE states SET lease_ttl = $3, lease_expires_at = $4 "
+    "WHERE entity_type = $1 AND entity_id = $2"
+)
+
+
+async def _renew_on_sqlite(
+    tx: Tx, entity: str, entity_ids: Sequence[str], ttl: int | None
+) -> list[Renewal]:
+    """A unit of the writer thread: read, decide and write under the write lock."""
+    dialect = tx.dialect
+    now = utc_now()
+    rows = await tx.fetch(_LEASES_SQLITE, entity, orjson.dumps(list(entity_ids)).decode())
+    held = {row["entity_id"]: row for row in rows}
+    renewals: list[Renewal] = []
+    updates: list[tuple[object, ...]] = []
+    for entity_id in entity_ids:
+        row = held.get(entity_id)
+        if row is None:
+            renewals.append(Renewal(entity_id, found=False))
+            continue
+        expires = row["lease_expires_at"]
+        if expires is None or dialect.read_time(expires) <= now:
+            renewals.append(Renewal(entity_id, found=True))
+            continue
+        length = ttl or row["lease_ttl"]
+        until = now + timedelta(seconds=length)
+        updates.append((entity, entity_id, length, dialect.time(until)))
+        renewals.append(Renewal(entity_id, True, length, until))
+    await tx.executemany(_SET_LEASE_SQLITE, updates)
+    return renewals
+
+
 _BOUNDS = f"SELECT (SELECT min(revision) FROM outbox), ({_HEAD})"

@@ -38,10 +38,19 @@ states = Table(
     Column("revision", BigInteger, nullable=False),
     Column("created_at", Timestamp, nullable=False),
     Column("updated_at", Timestamp, nullable=False),
+    # A lease (docs/leases.md): seconds, and when it lapses unless renewed.
+    Column("lease_ttl", Integer),
+    Column("lease_expires_at", Timestamp),
     Index("ix_states_type_status", "entity_type", "status"),
     Index("ix_states_type_updated", "entity_type", "updated_at", "entity_id"),
     Index("ix_states_type_created", "entity_type", "created_at", "entity_id"),
     Index("ix_states_type_revision", "entity_type", "revision"),
+    Index(
+        "ix_states_lease_due",
+        "lease_expires_at",
+        postgresql_where=text("lease_expires_at IS NOT NULL"),
+        sqlite_where=text("lease_expires_at IS NOT NULL"),
+    ),
 )
 
 state_history = Table(

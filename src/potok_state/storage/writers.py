@@ -39,7 +39,7 @@ import structlog
 
 from potok_state.changes.model import AppliedChange, IdempotencyWrite, StoredState
 from potok_state.clock import utc_now
-from potok_state.storage.changeset import ChangeSet, Decision, StateRow
+from potok_state.storage.changeset import ChangeSet, Decision, StateRow, lease_expiry
 from potok_state.storage.commits import OUTBOX_CHANNEL
 from potok_state.storage.database import SESSION_SETTINGS, Database, PostgresDatabase, Tx
 from potok_state.storage.dialect import POSTGRES
@@ -128,6 +128,7 @@ class SqliteChangeWriter(ChangeWriter):
         now = dialect.time(at)
 
         def state_row(row: StateRow) -> tuple[object, ...]:
+            expires = lease_expiry(at, row.lease_ttl)
             return (
                 row.entity,
                 row.entity_id,
@@ -136,6 +137,8 @@ class SqliteChangeWriter(ChangeWriter):
                 row.version,
                 base + row.offset,
                 now,
+                row.lease_ttl,
+                None if expires is None else dialect.time(expires),
             )
 
         await tx.executemany(_DELETE_STATE, changes.deletes)
@@ -189,10 +192,12 @@ _VERSION = "SELECT version FROM states WHERE entity_type = $1 AND entity_id = $2
 _BUMP_COUNTER = "UPDATE revision_counter SET value = value + $1 WHERE id = 1 RETURNING value"
 _DELETE_STATE = "DELETE FROM states WHERE entity_type = $1 AND entity_id = $2"
 _UPDATE_STATE = (
-    "UPDATE states SET status = $3, metadata = $4, version = $5, revision = $6, updated_at = $7 "
-    "WHERE entity_type = $1 AND entity_id = $2"
+    "UPDATE states SET status = $3, metadata = $4, version = $5, revision = $6, updated_at = $7, "
+    "lease_ttl = $8, lease_expires_at = $9 WHERE entity_type = $1 AND entity_id = $2"
 )
-_INSERT_STATE = f"INSERT INTO states ({STATE_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $7)"
+_INSERT_STATE = (
+    f"INSERT INTO states ({STATE_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $7, $8, $9)"
+)
 _INSERT_HISTORY = (
     "INSERT INTO state_history (revision, entity_type, entity_id, version, event, "
     "previous_status, new_status, metadata, reason, actor, changed_at) "
@@ -443,7 +448,7 @@ def _is_about_the_connection(exc: asyncpg.PostgresError) -> bool:
 
 def _arguments(groups: Sequence[ChangeSet]) -> list[object]:
     """The `_APPLY` parameters for these change sets (`cs` = their index)."""
-    columns: list[list[object]] = [[] for _ in range(35)]
+    columns: list[list[object]] = [[] for _ in range(36)]
     (
         e_cs, e_type, e_id, e_version,
         sets_cs, sets_n,
@@ -452,6 +457,7 @@ def _arguments(groups: Sequence[ChangeSet]) -> list[object]:
         h_cs, h_off, h_type, h_id, h_version, h_event, h_previous, h_new, h_metadata, h_reason,
         h_actor,
         o_cs, o_off, o_event_id, o_event, o_type, o_id, o_data,
+        w_lease,
     ) = columns  # fmt: skip
     for cs, changes in enumerate(groups):
         sets_cs.append(cs)
@@ -474,6 +480,7 @@ def _arguments(groups: Sequence[ChangeSet]) -> list[object]:
             w_version.append(s.version)
             w_off.append(s.offset)
             w_new.append(s.is_new)
+            w_lease.append(s.lease_ttl)
         for h in changes.history:
             h_cs.append(cs)
             h_off.append(h.offset)
@@ -535,17 +542,19 @@ WITH expected AS (
     SELECT w.*, c.base + sets.before + w.off AS revision, c.at
     FROM counter c, sets JOIN unnest(
         $10::int[], $11::text[], $12::text[], $13::text[], $14::text[], $15::int[], $16::int[],
-        $17::bool[]
-    ) AS w(cs, entity_type, entity_id, status, metadata, version, off, is_new) USING (cs)
+        $17::bool[], $36::int[]
+    ) AS w(cs, entity_type, entity_id, status, metadata, version, off, is_new, lease_ttl)
+        USING (cs)
 ), changed AS (
     UPDATE states s SET status = w.status, metadata = w.metadata::jsonb, version = w.version,
-        revision = w.revision, updated_at = w.at
+        revision = w.revision, updated_at = w.at, lease_ttl = w.lease_ttl,
+        lease_expires_at = w.at + make_interval(secs => w.lease_ttl)
     FROM written w
     WHERE NOT w.is_new AND s.entity_type = w.entity_type AND s.entity_id = w.entity_id
 ), created AS (
     INSERT INTO states ({STATE_COLUMNS})
     SELECT w.entity_type, w.entity_id, w.status, w.metadata::jsonb, w.version, w.revision,
-        w.at, w.at
+        w.at, w.at, w.lease_ttl, w.at + make_interval(secs => w.lease_ttl)
     FROM written w WHERE w.is_new
 ), history AS (
     INSERT INTO state_history (revision, entity_type, entity_id, version, event,
@@ -569,11 +578,12 @@ WITH expected AS (
 )
 SELECT sets.cs, c.base + sets.before AS base, c.at, NULL::text AS entity_type,
     NULL::text AS entity_id, NULL::text AS status, NULL::text AS metadata, NULL::int AS version,
-    NULL::bigint AS revision, NULL::timestamptz AS created_at, NULL::timestamptz AS updated_at
+    NULL::bigint AS revision, NULL::timestamptz AS created_at, NULL::timestamptz AS updated_at,
+    NULL::int AS lease_ttl, NULL::timestamptz AS lease_expires_at
 FROM sets, counter c, (SELECT count(*) FROM notified) n
 UNION ALL
 SELECT f.cs, NULL, NULL, e.entity_type, e.entity_id, l.status, l.metadata::text, l.version,
-    l.revision, l.created_at, l.updated_at
+    l.revision, l.created_at, l.updated_at, l.lease_ttl, l.lease_expires_at
 FROM failed f JOIN expected e USING (cs)
     LEFT JOIN locked l USING (entity_type, entity_id)
 """

@@ -1,0 +1,1 @@
+"""Leases: states that change by themselves when heartbeats stop (docs/leases.md)."""

@@ -1,0 +1,89 @@
+"""Heartbeats: `POST /states/{entity}/{id}/heartbeat` and the batch form
+`POST /states/{entity}/heartbeat` (docs/leases.md)."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Path, Request
+
+from potok_state.kit.auth import Actor
+from potok_state.kit.errors import Conflict, error_responses
+from potok_state.kit.json_body import JsonBodyRoute
+from potok_state.states.errors import StateNotFound
+from potok_state.states.schemas import (
+    ENTITY_ID_PATTERN,
+    ENTITY_TYPE_PATTERN,
+    BatchHeartbeatRequest,
+    BatchHeartbeatResult,
+    HeartbeatRequest,
+    HeartbeatResult,
+    LeaseView,
+)
+from potok_state.states.service import StateService
+from potok_state.storage.port import Renewal
+
+router = APIRouter(prefix="/api/v1", tags=["leases"], route_class=JsonBodyRoute)
+
+EntityPath = Annotated[str, Path(pattern=ENTITY_TYPE_PATTERN, description="Entity type.")]
+EntityIdPath = Annotated[str, Path(pattern=ENTITY_ID_PATTERN, description="Entity id.")]
+
+
+class NoLease(Conflict):
+    code = "no_lease"
+
+
+def _service(request: Request) -> StateService:
+    service: StateService = request.app.state.state_service
+    return service
+
+
+@router.post(
+    "/states/{entity}/{entity_id}/heartbeat",
+    response_model=LeaseView,
+    summary="Renew a state's lease (no revision, history or event)",
+    responses=error_responses(StateNotFound, NoLease),
+)
+async def heartbeat(
+    request: Request,
+    entity: EntityPath,
+    entity_id: EntityIdPath,
+    _: Actor,
+    body: HeartbeatRequest | None = None,
+) -> LeaseView:
+    """404 when the state does not exist; 409 `no_lease` when it holds none or
+    its lease has already lapsed (write the state again to take a new one)."""
+    ttl = body.ttl if body is not None else None
+    [renewal] = await _service(request).renew_leases(entity, [entity_id], ttl)
+    if not renewal.found:
+        raise StateNotFound(f"No {entity} with id {entity_id!r}.")
+    if renewal.ttl is None or renewal.expires_at is None:
+        raise NoLease(
+            f"{entity} {entity_id!r} holds no lease, or its lease has lapsed: write the state "
+            "again with a ttl to take a new one.",
+            details={"entity": entity, "entityId": entity_id},
+        )
+    return LeaseView(ttl=renewal.ttl, expiresAt=renewal.expires_at)
+
+
+@router.post(
+    "/states/{entity}/heartbeat",
+    response_model=BatchHeartbeatResult,
+    summary="Renew the leases of many states in one call",
+    responses=error_responses(),
+)
+async def heartbeat_many(
+    request: Request, entity: EntityPath, body: BatchHeartbeatRequest, _: Actor
+) -> BatchHeartbeatResult:
+    renewals = await _service(request).renew_leases(entity, body.ids, body.ttl)
+    items = [_result(renewal) for renewal in renewals]
+    renewed = sum(1 for item in items if item.ok)
+    return BatchHeartbeatResult(renewed=renewed, failed=len(items) - renewed, items=items)
+
+
+def _result(renewal: Renewal) -> HeartbeatResult:
+    if renewal.ttl is not None and renewal.expires_at is not None:
+        lease = LeaseView(ttl=renewal.ttl, expiresAt=renewal.expires_at)
+        return HeartbeatResult(entityId=renewal.entity_id, ok=True, lease=lease)
+    error = "no_lease" if renewal.found else "state_not_found"
+    return HeartbeatResult(entityId=renewal.entity_id, ok=False, error=error)

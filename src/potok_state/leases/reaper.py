@@ -1,0 +1,56 @@
+"""The lease reaper: every `serve` process looks for lapsed leases a few times a
+second and applies their lapse (`StateService.expire_leases`). Every process
+may find the same lease; the versioned write lets exactly one of them change
+the state (docs/leases.md, "Exactly once")."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+
+import structlog
+
+from potok_state.states.service import StateService
+from potok_state.storage.port import StateStore
+
+log = structlog.get_logger(__name__)
+
+POLL_SECONDS = 0.25
+DUE_BATCH = 2000
+RETRY_AFTER_ERROR = 1.0
+
+
+class LeaseReaper:
+    def __init__(
+        self, store: StateStore, states: StateService, *, poll_seconds: float = POLL_SECONDS
+    ) -> None:
+        self.store = store
+        self.states = states
+        self.poll_seconds = poll_seconds
+        self._task: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        if self._task is None:
+            self._task = asyncio.create_task(self._run(), name="lease-reaper")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+
+    async def _run(self) -> None:
+        while True:
+            try:
+                due = await self.store.due_leases(DUE_BATCH)
+                if due.keys:
+                    changed = await self.states.expire_leases(due)
+                    log.info("lease.expired", due=len(due.keys), changed=changed)
+                    if len(due.keys) == DUE_BATCH:
+                        continue  # more are due: no pause
+            except Exception as exc:  # the store is down: try again, nothing is lost
+                log.warning("lease.reap_failed", error=type(exc).__name__)
+                await asyncio.sleep(RETRY_AFTER_ERROR)
+                continue
+            await asyncio.sleep(self.poll_seconds)
