@@ -6,6 +6,7 @@ in one transaction (see `storage.port`). Nothing here knows about HTTP.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 from collections.abc import Mapping, Sequence
@@ -420,12 +421,16 @@ class StateService:
         by_type: dict[str, list[str]] = {}
         for entity, entity_id in due.keys:
             by_type.setdefault(entity, []).append(entity_id)
-        changed = 0
-        for entity, entity_ids in by_type.items():
-            for start in range(0, len(entity_ids), LEASE_EXPIRY_CHUNK):
-                chunk = entity_ids[start : start + LEASE_EXPIRY_CHUNK]
-                changed += await self._expire(entity, chunk, due.now)
-        return changed
+        # Concurrently: the store writes the change sets that wait together in
+        # one transaction (group commit).
+        counts = await asyncio.gather(
+            *(
+                self._expire(entity, entity_ids[start : start + LEASE_EXPIRY_CHUNK], due.now)
+                for entity, entity_ids in by_type.items()
+                for start in range(0, len(entity_ids), LEASE_EXPIRY_CHUNK)
+            )
+        )
+        return sum(counts)
 
     async def _expire(self, entity: str, entity_ids: list[str], now: datetime) -> int:
         machine = self.machines.get(entity)
