@@ -145,6 +145,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         metrics,
         max_clients=settings.watch.max_clients,
         queue_size=settings.watch.queue_size,
+        heartbeat_seconds=settings.watch.heartbeat / 1000,
         poll_seconds=WATCH_POLL_SECONDS["sqlite" if settings.is_sqlite else "postgresql"],
     )
 

@@ -331,3 +331,25 @@ async def test_workers_on_sqlite_hear_each_other(database_url: str, tmp_path: Pa
                 assert time.monotonic() - started < 1.0
     finally:
         await process.stop()
+
+
+async def test_heartbeats_and_batches_larger_than_the_queue(
+    database_url: str, tmp_path: Path
+) -> None:
+    env = {"WATCH_HEARTBEAT": "200", "WATCH_QUEUE_SIZE": "5"}
+    async with server(database_url, tmp_path, **env) as (_, client):
+        async with watch(client) as stream:
+            response = await client.post(
+                f"{USERS}/batch",
+                json={"items": [{"entityId": f"b{i}", "status": "online"} for i in range(50)]},
+            )
+            assert response.status_code == 200, response.text
+            # One change set of 50 events, ten times the queue: a reader that keeps
+            # up is never cut off for it.
+            assert revisions(await stream.take(50)) == list(range(1, 51))
+            await asyncio.sleep(0.7)
+            later = await put(client, "after-idle", "online")
+            assert revisions(await stream.take(1)) == [later]
+            assert stream.heartbeats >= 2
+        metrics = (await client.get("/metrics")).text
+        assert "potok_watch_cut_off_total{" not in metrics

@@ -15,7 +15,6 @@ from potok_state.kit.errors import (
     Unavailable,
     json_error_responses,
 )
-from potok_state.settings import WatchSettings
 from potok_state.states.schemas import ENTITY_TYPE_PATTERN, STATUS_PATTERN
 from potok_state.watch.hub import WatchFilter, WatchHub
 from potok_state.watch.stream import EventStream
@@ -167,13 +166,7 @@ async def _open(
             )
         after = int(value)
     hub: WatchHub = request.app.state.watch_hub
-    settings: WatchSettings = request.app.state.settings.watch
     opened = await hub.open(actor, watch_filter, after)
     if opened.watcher is None:
         return EventStream(final=opened.reset or b"")
-    return EventStream(
-        hub,
-        opened.watcher,
-        heartbeat_seconds=settings.heartbeat / 1000,
-        timeout_seconds=duration,
-    )
+    return EventStream(hub, opened.watcher, timeout_seconds=duration)

@@ -17,6 +17,7 @@ hands every new event to the open watch streams (docs/watch.md).
 from __future__ import annotations
 
 import asyncio
+import contextvars
 from collections import Counter
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
@@ -36,6 +37,13 @@ log = structlog.get_logger(__name__)
 
 READ_BATCH = 1000
 RETRY_AFTER_STORE_ERROR = 1.0
+HEARTBEAT = b": heartbeat\n\n"
+# Reads of new events are spaced by this much per open stream (at most
+# MAX_FAN_OUT_PAUSE): each round costs every stream a wake-up and a socket
+# write, so with many streams fewer, larger rounds keep the loop free for
+# writers (1,000 streams: a round per 20 ms at most).
+FAN_OUT_PAUSE_PER_STREAM = 0.000_02
+MAX_FAN_OUT_PAUSE = 0.05
 
 SendChunk = Callable[[bytes, int], Awaitable[None]]
 """Send SSE bytes that end with the event of the given revision."""
@@ -116,14 +124,18 @@ class Watcher:
     sending: bool = False
     task: asyncio.Task[object] | None = None
     cut_while_sending: bool = False
+    sent_since_beat: bool = False
+    _heartbeat_due: bool = False
     _chunks: list[bytes] = field(default_factory=list)
     _queued: int = 0
     _last: int = 0
     _ready: asyncio.Event = field(default_factory=asyncio.Event)
 
     def push(self, chunk: bytes, count: int, revision: int) -> bool:
-        """Queue events; False when that would put the stream too far behind."""
-        if self._queued + count > self.limit:
+        """Queue events; False when that would put the stream too far behind.
+        A stream with nothing queued takes any batch: one atomic change set may
+        be larger than the limit, and a reader that keeps up is never cut."""
+        if self._queued and self._queued + count > self.limit:
             return False
         self._chunks.append(chunk)
         self._queued += count
@@ -144,19 +156,28 @@ class Watcher:
             self.cut_while_sending = True
             self.task.cancel()
 
-    async def next_chunk(self, heartbeat_seconds: float) -> tuple[bytes, int] | None:
-        """The queued chunk and its last revision; None when idle for a heartbeat."""
-        if not self._ready.is_set():
-            try:
-                async with asyncio.timeout(heartbeat_seconds):
-                    await self._ready.wait()
-            except TimeoutError:
-                return None
+    def beat(self) -> None:
+        """Ask for a heartbeat if nothing was sent since the last one."""
+        if not self.sent_since_beat and self.final is None:
+            self._heartbeat_due = True
+            self._ready.set()
+        self.sent_since_beat = False
+
+    async def next_chunk(self) -> tuple[bytes, int]:
+        """What to send next (the queued events, or a heartbeat) and the
+        revision it reaches."""
+        await self._ready.wait()
         self._ready.clear()
-        chunk = b"".join(self._chunks)
-        self._chunks.clear()
-        self._queued = 0
-        return chunk, self._last
+        if self._chunks:
+            chunk = b"".join(self._chunks) if len(self._chunks) > 1 else self._chunks[0]
+            self._chunks.clear()
+            self._queued = 0
+            self._heartbeat_due = False
+            return chunk, self._last
+        if self._heartbeat_due:
+            self._heartbeat_due = False
+            return HEARTBEAT, self.delivered
+        return b"", self.delivered
 
 
 @dataclass(frozen=True, slots=True)
@@ -177,8 +198,10 @@ class WatchHub:
         max_clients: int,
         queue_size: int,
         poll_seconds: float,
+        heartbeat_seconds: float,
     ) -> None:
         self.store = store
+        self.heartbeat_seconds = heartbeat_seconds
         self.metrics = metrics
         self.max_clients = max_clients
         self.queue_size = queue_size
@@ -190,6 +213,7 @@ class WatchHub:
         self._live: dict[WatchFilter, list[Watcher]] = {}
         self._per_actor: Counter[str] = Counter()
         self._task: asyncio.Task[None] | None = None
+        self._ticker: asyncio.Task[None] | None = None
         self._closed = False
 
     @property
@@ -205,10 +229,16 @@ class WatchHub:
                 f"This API key has {self.max_clients} open watch streams here (WATCH_MAX_CLIENTS).",
                 details={"limit": self.max_clients},
             )
-        bounds = await self.store.revision_bounds()
+        self._per_actor[actor] += 1  # held across the await below, so the limit holds
+        try:
+            bounds = await self.store.revision_bounds()
+        except BaseException:
+            self._release(actor)
+            raise
         if after is not None:
             kept_from = bounds.oldest if bounds.oldest is not None else bounds.head + 1
             if after > bounds.head or after < kept_from - 1:
+                self._release(actor)
                 reason = "revision_unknown" if after > bounds.head else "revision_too_old"
                 self.metrics.watch_cut_off.labels(reason).inc()
                 return Opened(
@@ -223,11 +253,21 @@ class WatchHub:
         )
         watcher.delivered = watcher.cursor
         self._watchers.add(watcher)
-        self._per_actor[actor] += 1
         self.metrics.watch_clients.inc()
         if self._task is None:
-            self._task = asyncio.create_task(self._tail(), name="watch-hub")
+            # Contexts of their own, not the first stream's request (its log fields).
+            self._task = asyncio.create_task(
+                self._tail(), name="watch-hub", context=contextvars.Context()
+            )
+            self._ticker = asyncio.create_task(
+                self._beat(), name="watch-heartbeats", context=contextvars.Context()
+            )
         return Opened(watcher)
+
+    def _release(self, actor: str) -> None:
+        self._per_actor[actor] -= 1
+        if not self._per_actor[actor]:
+            del self._per_actor[actor]
 
     async def catch_up(self, watcher: Watcher, send: SendChunk) -> None:
         """Replay from storage what the stream missed, then join the live fan-out."""
@@ -250,9 +290,7 @@ class WatchHub:
         if watcher not in self._watchers:
             return
         self._watchers.discard(watcher)
-        self._per_actor[watcher.actor] -= 1
-        if not self._per_actor[watcher.actor]:
-            del self._per_actor[watcher.actor]
+        self._release(watcher.actor)
         self.metrics.watch_clients.dec()
         group = self._live.get(watcher.filter)
         if group is not None and watcher in group:
@@ -267,9 +305,18 @@ class WatchHub:
             if watcher.final is None:
                 self.metrics.watch_cut_off.labels("shutdown").inc()
             watcher.end()
-        if self._task is not None:
-            self._task.cancel()
-            self._task = None
+        for task in (self._task, self._ticker):
+            if task is not None:
+                task.cancel()
+        self._task = self._ticker = None
+
+    async def _beat(self) -> None:
+        """One timer for every stream: each that sent nothing for a heartbeat
+        interval sends a comment line."""
+        while True:
+            await asyncio.sleep(self.heartbeat_seconds)
+            for watcher in list(self._watchers):
+                watcher.beat()
 
     # -- the tail -------------------------------------------------------------
 
@@ -283,6 +330,10 @@ class WatchHub:
             except Exception as exc:  # the store is down: streams wait, nothing is lost
                 log.warning("watch.read_failed", error=type(exc).__name__)
                 await asyncio.sleep(RETRY_AFTER_STORE_ERROR)
+                continue
+            pause = min(MAX_FAN_OUT_PAUSE, len(self._watchers) * FAN_OUT_PAUSE_PER_STREAM)
+            if pause > 0.001:
+                await asyncio.sleep(pause)
 
     async def _read_new(self) -> None:
         while self._watchers:

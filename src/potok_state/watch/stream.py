@@ -4,16 +4,14 @@ the ASGI `send`, one chunk per batch of events."""
 from __future__ import annotations
 
 import asyncio
-import time
 
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
-from potok_state.watch.hub import Watcher, WatchHub
+from potok_state.watch.hub import HEARTBEAT, Watcher, WatchHub
 
 RETRY_MS = 2000
 """How long an EventSource waits before it reconnects (the `retry:` field)."""
-HEARTBEAT = b": heartbeat\n\n"
 
 
 class EventStream(Response):
@@ -25,7 +23,6 @@ class EventStream(Response):
         watcher: Watcher | None = None,
         *,
         final: bytes = b"",
-        heartbeat_seconds: float = 15.0,
         timeout_seconds: float | None = None,
     ) -> None:
         # No Response.__init__: it would declare a Content-Length.
@@ -40,7 +37,6 @@ class EventStream(Response):
         self.hub = hub
         self.watcher = watcher
         self.final = final
-        self.heartbeat_seconds = heartbeat_seconds
         self.timeout_seconds = timeout_seconds
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -78,24 +74,25 @@ class EventStream(Response):
             watcher.delivered = revision
 
         await send_chunk(opening, watcher.delivered)
-        await self.hub.catch_up(watcher, send_chunk)
-        deadline = None if self.timeout_seconds is None else time.monotonic() + self.timeout_seconds
-        while watcher.final is None:
-            wait = self.heartbeat_seconds
-            if deadline is not None:
-                wait = min(wait, deadline - time.monotonic())
-                if wait <= 0:
-                    return
-            batch = await watcher.next_chunk(wait)
-            if watcher.final is not None:
-                break
-            if batch is None:
-                if deadline is None or time.monotonic() < deadline:
-                    await send_chunk(HEARTBEAT, watcher.delivered)
-                continue
-            await send_chunk(*batch)
-        if watcher.final:
-            await send_chunk(watcher.final, watcher.delivered)
+        ends = None
+        if self.timeout_seconds is not None:
+            ends = asyncio.get_running_loop().call_later(self.timeout_seconds, watcher.end)
+        try:
+            await self.hub.catch_up(watcher, send_chunk)
+            if self.timeout_seconds == 0:
+                return
+            while watcher.final is None:
+                chunk, revision = await watcher.next_chunk()
+                if watcher.final is not None:
+                    break
+                if chunk:
+                    await send_chunk(chunk, revision)
+                    watcher.sent_since_beat = chunk is not HEARTBEAT
+            if watcher.final:
+                await send_chunk(watcher.final, watcher.delivered)
+        finally:
+            if ends is not None:
+                ends.cancel()
 
     @staticmethod
     async def _until_disconnect(receive: Receive, watcher: Watcher) -> None:
