@@ -243,7 +243,7 @@ def postgres_cpu_seconds() -> float:
     return sum(s.ticks for s in all_processes() if s.name == "postgres") / _TICKS
 
 
-def _machine_ticks() -> tuple[int, int]:
+def machine_ticks() -> tuple[int, int]:
     """(busy, total) jiffies over all cores."""
     try:
         with open("/proc/stat", encoding="ascii") as stat:
@@ -266,7 +266,7 @@ class _CpuSnapshot:
     @classmethod
     def take(cls, server_pid: int) -> _CpuSnapshot:
         server, postgres = _ticks(server_pid)
-        busy, total = _machine_ticks()
+        busy, total = machine_ticks()
         return cls(
             at=time.perf_counter(),
             server=server,

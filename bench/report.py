@@ -27,11 +27,14 @@ from bench.scenarios import (
 from bench.webhooks import percentile
 
 if TYPE_CHECKING:
+    from bench.load import LoadResult
     from bench.run import BenchRun, Measurement
+    from bench.watch import FanOut, Spread, SteadyWrites, WatchResult
     from bench.webhooks import LatencyResult, ThroughputResult
 
 ANALYSIS_START = "<!-- ANALYSIS:START (hand-written, kept when the report is regenerated) -->"
 ANALYSIS_END = "<!-- ANALYSIS:END -->"
+WATCH_HEADING = "## Watch streams"
 _ANALYSIS_PLACEHOLDER = "_No analysis written yet for this run._"
 _BACKEND_TITLES = BACKEND_TITLES
 
@@ -297,6 +300,270 @@ def _webhook_section(run: BenchRun) -> list[str]:
     return out
 
 
+def _fan_out_met(result: WatchResult) -> bool | None:
+    fan = result.fan_out
+    goal = next(
+        (s.goal_for(result.backend) for s in result.scenarios if s.key == "watch_latency"), None
+    )
+    if fan is None or goal is None or goal.max_p99_ms is None or not fan.after_response.count:
+        return None
+    return fan.after_response.p99 <= goal.max_p99_ms and fan.lost == 0
+
+
+def _write_load_met(result: WatchResult) -> bool | None:
+    load = result.writes
+    goal = next(
+        (s.goal_for(result.backend) for s in result.scenarios if s.key == "watch_writes"), None
+    )
+    if load is None or goal is None or goal.min_ratio is None or load.ratio is None:
+        return None
+    return load.ratio >= goal.min_ratio and load.lost == 0
+
+
+def _watch_goal(result: WatchResult, key: str) -> Goal | None:
+    return next((s.goal_for(result.backend) for s in result.scenarios if s.key == key), None)
+
+
+def _spread_cell(p50: float, p99: float, worst: float | None = None) -> str:
+    cell = f"{_ms(p50)} / {_ms(p99)}"
+    return cell if worst is None else f"{cell} / {_ms(worst)}"
+
+
+def _spread(spread: Spread) -> str:
+    return _spread_cell(spread.p50, spread.p99, spread.max)
+
+
+def _steady_cells(writes: SteadyWrites | None) -> tuple[str, str]:
+    """(write p50 / p99 ms, server CPU) of a steady-rate window, or dashes."""
+    if writes is None:
+        return "—", "—"
+    return _spread_cell(writes.write_ms.p50, writes.write_ms.p99), f"{writes.cpu.server:.2f}"
+
+
+def _fan_out_cost(fan: FanOut) -> str:
+    """Server CPU per change that the watchers add: (server CPU with − without) ÷ rate."""
+    if fan.baseline is None or fan.writes.rate <= 0:
+        return "—"
+    return _ms((fan.writes.cpu.server - fan.baseline.cpu.server) / fan.writes.rate * 1000)
+
+
+def _fan_out_table(results: list[WatchResult]) -> list[str]:
+    lines = [
+        "| backend | watchers | changes | changes/s | event − response p50 / p99 / max ms | "
+        "event − request p50 / p99 ms | last watcher − response p50 / p99 / max ms | lost | "
+        "duplicates | out of order | watchers with every change | write p50 / p99 ms, no "
+        "watchers | write p50 / p99 ms, watchers | server CPU, no watchers | server CPU, "
+        "watchers | fan-out server CPU ms per change | watcher process CPU | postgres CPU | "
+        "machine busy | §9 goal |",
+        "|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|---|",
+    ]
+    for r in results:
+        fan = r.fan_out
+        assert fan is not None
+        without_ms, without_cpu = _steady_cells(fan.baseline)
+        with_ms, with_cpu = _steady_cells(fan.writes)
+        verdict = _goal_verdict(_watch_goal(r, "watch_latency"), _fan_out_met(r))
+        lines.append(
+            f"| {_BACKEND_TITLES.get(r.backend, r.backend)} | {fan.watchers} | "
+            f"{fan.writes.changes} | {fan.writes.rate:.0f} | "
+            f"{_spread(fan.after_response)} | "
+            f"{_spread_cell(fan.after_request.p50, fan.after_request.p99)} | "
+            f"{_spread(fan.last_watcher)} | {fan.lost} | {fan.duplicates} | "
+            f"{fan.out_of_order} | {fan.complete} / {fan.watchers} | "
+            f"{without_ms} | {with_ms} | {without_cpu} | {with_cpu} | {_fan_out_cost(fan)} | "
+            f"{fan.writes.cpu.watchers:.2f} | {fan.writes.cpu.postgres:.2f} | "
+            f"{fan.writes.cpu.machine_busy:.0%} | {verdict} |"
+        )
+    return lines
+
+
+def _per_cpu(result: LoadResult) -> float:
+    return result.rate / result.server_cpu if result.server_cpu > 0 else 0.0
+
+
+def _load_cells(result: LoadResult) -> tuple[str, str, str]:
+    return (
+        f"{result.rate:,.0f}",
+        _spread_cell(result.percentile(50), result.percentile(99)),
+        f"{result.server_cpu:.2f}",
+    )
+
+
+def _write_load_table(results: list[WatchResult]) -> list[str]:
+    lines = [
+        "| backend | window | writes/s | p50 / p99 ms | errors | × without | §9 goal | "
+        "server CPU | writes per server CPU-s | × without per CPU | generator CPU | "
+        "watcher process CPU | postgres CPU | machine busy |",
+        "|---|---|--:|--:|--:|--:|---|--:|--:|--:|--:|--:|--:|--:|",
+    ]
+    for r in results:
+        load = r.writes
+        assert load is not None
+        backend = _BACKEND_TITLES.get(r.backend, r.backend)
+        windows: list[tuple[str, LoadResult, float | None]] = []
+        if load.without:
+            windows.append(("no watchers (start)", load.without[0], None))
+        if load.with_watchers is not None:
+            windows.append((f"{load.watchers} watchers", load.with_watchers, load.watcher_cpu))
+        windows += [("no watchers (end)", w, None) for w in load.without[1:]]
+        for title, result, watcher_cpu in windows:
+            rate, spread, server = _load_cells(result)
+            judged = watcher_cpu is not None
+            ratio = f"{load.ratio:.2f}" if judged and load.ratio is not None else "—"
+            verdict = (
+                _goal_verdict(_watch_goal(r, "watch_writes"), _write_load_met(r)) if judged else "—"
+            )
+            per_cpu = _per_cpu(result)
+            cpu_ratio = "—"
+            baseline = [_per_cpu(w) for w in load.without]
+            if judged and all(baseline):
+                cpu_ratio = f"{per_cpu / (sum(baseline) / len(baseline)):.2f}"
+            lines.append(
+                f"| {backend} | {title} | {rate} | {spread} | {result.errors} | {ratio} | "
+                f"{verdict} | {server} | {per_cpu:,.0f} | {cpu_ratio} | {result.client_cpu:.2f} | "
+                f"{'—' if watcher_cpu is None else f'{watcher_cpu:.2f}'} | "
+                f"{result.postgres_cpu:.2f} | {result.machine_busy:.0%} |"
+            )
+    return lines
+
+
+def _watch_delivery_lines(results: list[WatchResult]) -> list[str]:
+    lines = []
+    for r in results:
+        load = r.writes
+        if load is None or load.with_watchers is None:
+            continue
+        lines.append(
+            f"* {_BACKEND_TITLES.get(r.backend, r.backend)}, the PUT window with watchers: "
+            f"{load.expected_each:,} events for each watcher (opening probe to closing probe); "
+            f"{load.reached} / {load.watchers} watchers got the closing probe, "
+            f"{load.catch_up:.2f} s after the load ended; lost {load.lost:,}, extra "
+            f"{load.extra:,}, reads with a gap or repeat {load.irregular:,}."
+        )
+    return lines
+
+
+def _watch_behaviour_lines(results: list[WatchResult]) -> list[str]:
+    lines = []
+    for r in results:
+        backend = _BACKEND_TITLES.get(r.backend, r.backend)
+        line = (
+            f"* {backend}: {r.opened} streams opened in {r.open_seconds:.1f} s, {r.refused} failed"
+            + (f" (first: `{r.refused_sample[:200]}`)" if r.refused_sample else "")
+            + f"; {r.client_resets} `event: reset` received, {r.client_closed} streams closed by "
+            "the server while held"
+            + (f" (first reset: `{r.reset_sample[:200]}`)" if r.reset_sample else "")
+            + ". /metrics: "
+            + "; ".join(
+                f"{m.moment}: {m.clients:g} clients, cut-offs "
+                + (", ".join(f"{k} {v}" for k, v in sorted(m.cut_off.items())) or "none")
+                for m in r.metrics
+            )
+            + f". {r.open_files}."
+        )
+        lines.append(line)
+        if r.log_lines:
+            events = ", ".join(f"`{event}` × {count}" for event, count in r.log_events.items())
+            lines.append(
+                f"* {backend}: the server logged {r.log_lines} lines: {events}. First of each:"
+            )
+            lines += [f"  * `{sample.replace('`', '')}`" for sample in r.log_samples]
+        else:
+            lines.append(f"* {backend}: the server logged nothing (LOG_LEVEL=warning).")
+        lines += [f"* {backend}: {note}" for note in r.notes]
+    return lines
+
+
+def _watch_section(run: BenchRun) -> list[str]:
+    if not run.watch:
+        return []
+    options = run.options.watch
+    measured = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
+    out = [
+        f"{WATCH_HEADING} (1 worker only)",
+        "",
+        f"Measured by `{run.options.command}` ({measured}). One server (`serve`, one uvicorn "
+        "worker, every setting at its default: WATCH_MAX_CLIENTS 1000 per key, "
+        f"WATCH_QUEUE_SIZE 10000) per backend; {options.watchers} streams on "
+        "`GET /api/v1/watch` (no filter: every change reaches every stream), all opened at "
+        "once from now on, held by one *watcher process* (`python -m bench.watch`, asyncio on "
+        "uvloop, raw connections, each `id:` line found by a byte search), apart from the "
+        "writers. Arrival is the watcher process's read of the bytes; both sides read "
+        "CLOCK_MONOTONIC.",
+        "",
+    ]
+    fan = [r for r in run.watch if r.fan_out is not None]
+    if fan:
+        out += [
+            "### Change → event at every watcher",
+            "",
+            *_fan_out_table(fan),
+            "",
+            f"The bench process POSTs a new state every 1/{options.rate:g} s whatever the earlier "
+            f"writes do (open loop): {options.warmup_changes} unmeasured, then "
+            f"{options.changes} measured, after one probe change every stream must get. *event − "
+            "response* over every (watcher, change) pair is the §9 figure (negative when the "
+            "event beats the write's response); *last watcher* is, per change, its arrival at "
+            "the last stream to get it. *lost*: (watcher, change) pairs never received, "
+            "30 s after the last write (the goal also needs 0). *without watchers*: "
+            "the same schedule on the same server before any stream opened. CPU in cores over "
+            "the measured writes; *fan-out server CPU per change* = (server CPU with − without "
+            "watchers) ÷ changes/s: what delivering one change to every watcher costs the "
+            "server's one event loop, which also serves the writes.",
+            "",
+        ]
+    writes = [r for r in run.watch if r.writes is not None]
+    if writes:
+        out += [
+            "### PUT writes per second with and without watchers",
+            "",
+            *_write_load_table(writes),
+            "",
+            f"The closed-loop PUT load of the request rows ({options.concurrency} connections, "
+            f"{options.warmup:g} s warm-up then {options.duration:g} s measured, the generator "
+            "process) without watchers, with every stream connected (each receiving, and "
+            "counting, every event), and without again, on the same server; *× without* is "
+            "to the mean of the two windows without (the §9 figure); *× without per CPU* "
+            "compares writes per second of server CPU instead, the steadier figure when "
+            "other processes take CPU from the server.",
+            "",
+            *_watch_delivery_lines(writes),
+            "",
+        ]
+    out += ["### What the service did", "", *_watch_behaviour_lines(run.watch), ""]
+    return out
+
+
+def splice_watch(rendered: str, previous_path: Path) -> str | None:
+    """The report at `previous_path` with its watch section replaced by the one
+    in `rendered` (or added before *Cache and notes*); None when `rendered` has none."""
+    new = _section(rendered, WATCH_HEADING)
+    if new is None:
+        return None
+    try:
+        previous = previous_path.read_text()
+    except OSError:
+        return rendered
+    old = _section(previous, WATCH_HEADING)
+    if old is not None:
+        return previous.replace(old, new, 1)
+    for anchor in ("\n## Cache and notes", "\n## Analysis"):
+        at = previous.find(anchor)
+        if at >= 0:
+            return previous[: at + 1] + new + previous[at + 1 :]
+    return previous.rstrip("\n") + "\n\n" + new
+
+
+def _section(text: str, heading: str) -> str | None:
+    """From the `heading` line to the next `## ` heading (not included)."""
+    start = text.find("\n" + heading)
+    if start < 0:
+        return None
+    start += 1
+    end = text.find("\n## ", start)
+    return text[start : end + 1] if end >= 0 else text[start:]
+
+
 def _find(run: BenchRun, backend: str, key: str, workers: int = 1) -> Measurement | None:
     return next(
         (
@@ -455,10 +722,10 @@ def render(run: BenchRun, machine: dict[str, str]) -> str:
         "* Server profiles (each started once per backend and worker count, with its own "
         "ceiling): "
         + "; ".join(f"*{p.title}*: {_profile_settings(p)}" for p in PROFILES)
-        + ". Batches and webhook delivery run with 1 worker only. Before the rows of a "
-        "Redis profile, every seeded state is read once (with N workers 2N times, each "
-        "request on a new connection, since every worker has its own near cache), so the "
-        "cache-hit rows measure hits, not first reads.",
+        + ". Batches, webhook delivery and watch streams run with 1 worker only. Before "
+        "the rows of a Redis profile, every seeded state is read once (with N workers 2N "
+        "times, each request on a new connection, since every worker has its own near "
+        "cache), so the cache-hit rows measure hits, not first reads.",
         "* Ratios (× ceiling) divide by the mean of the two ceiling rows of the same server "
         "(same backend, profile and worker count, measured first and last), so drift during "
         "the run shows as those two rows differing from 1.00; a 2-worker row is a ratio to "
@@ -500,6 +767,7 @@ def render(run: BenchRun, machine: dict[str, str]) -> str:
             "",
         ]
     out += _webhook_section(run)
+    out += _watch_section(run)
     out += ["## Cache and notes", ""]
     for label, stats in run.redis.items():
         line = (

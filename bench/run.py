@@ -5,6 +5,7 @@
     .venv/bin/python -m bench.run --backends sqlite --only get,put --workers 1,2
     .venv/bin/python -m bench.run --backends sqlite --profile put   # cProfile of the server
     .venv/bin/python -m bench.run --only delivery_latency,deliveries  # webhook delivery only
+    .venv/bin/python -m bench.run --only watch --splice   # watch streams only, into REPORT.md
 
 Every req/s figure is reported as a ratio to the trivial endpoint measured on the
 same server in the same run (bench/README.md); with `--workers 1,2` every server
@@ -47,9 +48,12 @@ from bench.scenarios import (
     BACKENDS,
     DELIVERY_SCENARIOS,
     PROFILES,
+    WATCH_GROUP,
+    WATCH_SCENARIOS,
     DeliveryScenario,
     Scenario,
     ServerProfile,
+    WatchScenario,
     section_label,
 )
 from bench.server import (
@@ -63,6 +67,8 @@ from bench.server import (
     running_service,
     sqlite_database,
 )
+from bench.watch import WatchOptions, WatchResult
+from bench.watch import measure as measure_watch
 from bench.webhooks import DeliveryOptions, LatencyResult, ThroughputResult, percentile
 from bench.webhooks import measure as measure_deliveries
 
@@ -86,6 +92,9 @@ class Options:
     json_path: Path | None
     command: str
     deliveries: DeliveryOptions
+    watch: WatchOptions
+    splice: bool = False
+    """Write only the watch section into `report_path`, keeping the rest of it."""
 
 
 @dataclass
@@ -129,6 +138,7 @@ class BenchRun:
     """Private redis-server stats at the end of each Redis profile, by section label."""
     delivery_latencies: list[LatencyResult] = field(default_factory=list)
     delivery_rates: list[ThroughputResult] = field(default_factory=list)
+    watch: list[WatchResult] = field(default_factory=list)
 
 
 def _progress(message: str) -> None:
@@ -340,6 +350,7 @@ async def bench_backend(run: BenchRun, backend: str, pool: ProcessPoolExecutor) 
                 for profile in PROFILES:
                     await bench_profile(run, backend, workers, profile, url, workdir, pool, seeded)
             await bench_deliveries(run, backend, url, workdir, pool)
+            await bench_watch(run, backend, url, workdir, pool, seeded)
 
 
 def _selected_deliveries(options: Options) -> list[DeliveryScenario]:
@@ -367,6 +378,41 @@ async def bench_deliveries(
     run.delivery_latencies.extend(results.latencies)
     run.delivery_rates.extend(results.throughputs)
     run.notes.extend(results.notes)
+
+
+def _selected_watch(options: Options) -> list[WatchScenario]:
+    if options.profile is not None:
+        return []
+    return [s for s in WATCH_SCENARIOS if not options.only or s.key in options.only]
+
+
+async def bench_watch(
+    run: BenchRun,
+    backend: str,
+    database_url: str,
+    workdir: Path,
+    pool: ProcessPoolExecutor,
+    seeded: list[bool],
+) -> None:
+    """The watch stream figures (bench/watch.py): their own one-worker server on
+    the same database, after the other scenarios."""
+    scenarios = _selected_watch(run.options)
+    if not scenarios:
+        return
+    if 1 not in run.options.workers:
+        keys = ", ".join(s.key for s in scenarios)
+        run.notes.append(f"{backend}: watch streams ({keys}) run with --workers 1 only.")
+        return
+
+    async def seed(service: Service) -> None:
+        if not seeded[0]:
+            await seed_states(service, run.options.seed)
+            seeded[0] = True
+
+    result = await measure_watch(
+        backend, database_url, workdir, scenarios, run.options.watch, pool, seed, _progress
+    )
+    run.watch.append(result)
 
 
 async def bench(options: Options) -> BenchRun:
@@ -408,6 +454,15 @@ def parse_options(argv: list[str] | None = None) -> Options:
         "--delivery-backlog", type=int, help="deliveries queued for deliveries/s (5000; quick 1000)"
     )
     parser.add_argument(
+        "--watchers", type=int, default=1000, help="watch streams held at once (1000)"
+    )
+    parser.add_argument(
+        "--watch-rate", type=float, default=100.0, help="changes/s, change → event (100)"
+    )
+    parser.add_argument(
+        "--watch-changes", type=int, help="changes timed, change → event (1000; quick 200)"
+    )
+    parser.add_argument(
         "--cache",
         choices=("auto", "off"),
         default="auto",
@@ -422,6 +477,12 @@ def parse_options(argv: list[str] | None = None) -> Options:
     parser.add_argument("--quick", action="store_true", help="short smoke run, no report file")
     parser.add_argument("--profile", help="run one scenario with the server under cProfile")
     parser.add_argument("--report", type=Path, help=f"report path (default {DEFAULT_REPORT})")
+    parser.add_argument(
+        "--splice",
+        action="store_true",
+        help="write only the watch section into --report (default bench/REPORT.md), "
+        "keeping every other section; with --only watch",
+    )
     parser.add_argument("--json", type=Path, help="also write the raw results as JSON")
     args = parser.parse_args(argv)
 
@@ -431,9 +492,17 @@ def parse_options(argv: list[str] | None = None) -> Options:
         parser.error(f"--backends: choose from {', '.join(BACKENDS)}")
     keys = {s.key for p in PROFILES for s in p.scenarios}
     delivery_keys = {s.key for s in DELIVERY_SCENARIOS}
+    watch_keys = {s.key for s in WATCH_SCENARIOS}
     only = frozenset(k.strip() for k in args.only.split(",") if k.strip())
-    if only - keys - delivery_keys or (args.profile and args.profile not in keys):
-        parser.error(f"scenario keys: {', '.join(sorted(keys | delivery_keys))}")
+    if WATCH_GROUP in only:
+        only = only - {WATCH_GROUP} | watch_keys
+    if only - keys - delivery_keys - watch_keys or (args.profile and args.profile not in keys):
+        known = [*sorted(keys | delivery_keys | watch_keys), f"{WATCH_GROUP} (all watch_*)"]
+        parser.error(f"scenario keys: {', '.join(known)}")
+    if args.splice and (args.profile or (only and not only & watch_keys)):
+        parser.error("--splice writes the watch section: run it with --only watch (or no --only)")
+    if args.watchers < 1 or args.watch_rate <= 0 or (args.watch_changes or 1) < 1:
+        parser.error("--watchers, --watch-rate and --watch-changes must be positive")
     if args.delivery_rate <= 0 or (args.delivery_changes or 1) < 1:
         parser.error("--delivery-rate and --delivery-changes must be positive")
     if (args.delivery_backlog or 2) < 2:
@@ -451,10 +520,14 @@ def parse_options(argv: list[str] | None = None) -> Options:
         parser.error("--profile runs the server under cProfile: it needs --workers 1")
     # A smoke run or a profile must not overwrite the report of a full run.
     report_path = args.report or (None if quick or args.profile or only else DEFAULT_REPORT)
+    if args.splice:
+        report_path = args.report or DEFAULT_REPORT
+    duration = args.duration or (1.5 if quick else 6.0)
+    warmup = args.warmup if args.warmup is not None else (0.5 if quick else 1.5)
     return Options(
         backends=backends,
-        duration=args.duration or (1.5 if quick else 6.0),
-        warmup=args.warmup if args.warmup is not None else (0.5 if quick else 1.5),
+        duration=duration,
+        warmup=warmup,
         concurrency=args.concurrency,
         batches=args.batches or (3 if quick else 15),
         seed=args.seed,
@@ -471,6 +544,17 @@ def parse_options(argv: list[str] | None = None) -> Options:
             backlog=args.delivery_backlog or (1000 if quick else 5000),
             concurrency=args.concurrency,
         ),
+        watch=WatchOptions(
+            watchers=args.watchers,
+            rate=args.watch_rate,
+            changes=args.watch_changes or (200 if quick else 1000),
+            warmup_changes=max(1, round(args.watch_rate)),
+            duration=duration,
+            warmup=warmup,
+            concurrency=args.concurrency,
+            seeded_ids=args.seed,
+        ),
+        splice=args.splice,
     )
 
 
@@ -483,7 +567,15 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(f"bench: {exc}")
     machine["load average at end"] = report.load_average()
     rendered = report.render(run, machine)
-    if options.report_path is not None:
+    if options.splice and options.report_path is not None:
+        print(rendered)
+        spliced = report.splice_watch(rendered, options.report_path)
+        if spliced is None:
+            _progress(f"no watch section to write into {options.report_path}")
+        else:
+            options.report_path.write_text(spliced)
+            _progress(f"wrote the watch section into {options.report_path}")
+    elif options.report_path is not None:
         options.report_path.write_text(report.keep_analysis(rendered, options.report_path))
         _progress(f"wrote {options.report_path}")
     else:
@@ -556,6 +648,7 @@ def main(argv: list[str] | None = None) -> None:
                 }
                 for t in run.delivery_rates
             ],
+            "watch": [w.to_json() for w in run.watch],
         }
         options.json_path.write_text(json.dumps(payload, indent=2, default=str))
 

@@ -7,7 +7,8 @@ with one worker.
 
 Webhook delivery is not a request loop against one server (it needs a receiver,
 a worker process, and a backlog), so it has its own `DeliveryScenario` entries,
-run by `bench/webhooks.py`."""
+run by `bench/webhooks.py`; likewise watch streams (a process holding the
+streams, a writer), `WatchScenario` entries run by `bench/watch.py`."""
 
 from __future__ import annotations
 
@@ -230,5 +231,35 @@ DELIVERY_SCENARIOS = (
         "deliveries/s, one worker, 8 subscriptions",
         (_DELIVERY_RATE_GOAL,),
         subscriptions=8,
+    ),
+)
+
+
+@dataclass(frozen=True)
+class WatchScenario:
+    """A watch stream figure (bench/README.md), measured by `bench/watch.py`
+    against one one-worker server with `--watchers` streams open."""
+
+    key: str
+    title: str
+    goals: tuple[Goal, ...] = ()
+
+    def goal_for(self, backend: str) -> Goal | None:
+        return goal_for(self.goals, backend)
+
+
+WATCH_GROUP = "watch"
+"""`--only watch` selects every watch scenario."""
+
+WATCH_SCENARIOS = (
+    WatchScenario(
+        "watch_latency",
+        "change → event at every watcher, steady write rate",
+        (Goal("p99 ≤ 100 ms", max_p99_ms=100),),
+    ),
+    WatchScenario(
+        "watch_writes",
+        "PUT writes/s with every watcher connected vs none",
+        (Goal("≥ 0.9 × without watchers", min_ratio=0.9),),
     ),
 )

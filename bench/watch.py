@@ -1,0 +1,1137 @@
+"""Watch stream figures of bench/README.md, against the real service (1 uvicorn worker).
+
+* change → event: `--watchers` (1000) streams on `GET /api/v1/watch` are held by
+  a *watcher process* of their own (`python -m bench.watch`, driven by JSON lines
+  on its stdin); this process writes changes at a fixed rate (open loop, a POST
+  with a new entity id each) and notes each write's request start, response and
+  revision; the watcher process notes when each revision reaches each stream.
+  Latency = arrival − the write's response (and − its start), for every (watcher,
+  change) pair. Both processes read CLOCK_MONOTONIC (`time.monotonic`), one clock
+  for the whole machine.
+* writes/s with and without watchers: the closed-loop PUT load of bench/load.py
+  (the generator process), without watchers, with every watcher connected (each
+  receiving every event, only counted), and without again; the ratio is to the
+  mean of the two runs without.
+
+All on one server, with its settings at their defaults (WATCH_MAX_CLIENTS 1000
+per key, WATCH_QUEUE_SIZE 10000). The watcher process parses the streams
+cheaply: the chunked HTTP body is not decoded; every `id:` line (always after a
+newline: the previous frame's, or a chunk-size line's) is found by a search.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import resource
+import sys
+import time
+import uuid
+from array import array
+from collections import Counter
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
+from concurrent.futures import ProcessPoolExecutor
+from contextlib import AsyncExitStack, asynccontextmanager, suppress
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, BinaryIO, cast
+from urllib.parse import urlsplit
+
+import aiohttp
+import orjson
+
+from bench.load import (
+    SEED_ENTITY,
+    LoadResult,
+    LoadSpec,
+    RequestKind,
+    Workload,
+    drive,
+    machine_ticks,
+    postgres_cpu_seconds,
+    process_cpu_seconds,
+    process_tree_cpu_seconds,
+)
+from bench.scenarios import WatchScenario
+from bench.server import BENCH_API_KEY, BenchSetupError, Service, running_service
+from bench.webhooks import percentile
+
+WATCH_PATH = "/api/v1/watch"
+_REPO = Path(__file__).resolve().parent.parent
+_API_HEADERS = {"x-api-key": BENCH_API_KEY, "content-type": "application/json"}
+_OPEN_CONCURRENCY = 50
+"""Streams the watcher process opens at a time."""
+_OPEN_WITHIN = 60.0
+"""Seconds for every stream to get its first bytes (`retry:`)."""
+_PROBE_WITHIN = 30.0
+"""Seconds for a probe change to reach every open stream."""
+_SETTLE = 30.0
+"""Seconds the streams get to catch up after the last write of a window."""
+_CLOSE_WITHIN = 10.0
+"""Seconds for the server's `potok_watch_clients` to drop to 0 once the streams close."""
+_WRITER_CONNECTIONS = 256
+"""The open-loop writer's connection limit: high enough that a slow server
+does not turn the schedule into a queue in the client."""
+_LOG_SAMPLES = 12
+_ID = re.compile(rb"\nid: (\d+)")
+
+
+@dataclass(frozen=True)
+class WatchOptions:
+    watchers: int
+    """Streams on `GET /api/v1/watch`, all with one API key."""
+    rate: float
+    """Changes per second, change → event."""
+    changes: int
+    """Changes measured, after `warmup_changes` unmeasured ones at the same rate."""
+    warmup_changes: int
+    duration: float
+    """Measured seconds of each closed-loop PUT window."""
+    warmup: float
+    concurrency: int
+    """Connections of the closed-loop PUT load."""
+    seeded_ids: int
+
+
+# -- results ------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Spread:
+    """A latency distribution, ms (nearest-rank percentiles)."""
+
+    count: int
+    p50: float
+    p99: float
+    max: float
+
+    @classmethod
+    def of(cls, values: Sequence[float]) -> Spread:
+        if not values:
+            return cls(0, float("nan"), float("nan"), float("nan"))
+        return cls(
+            len(values), percentile(list(values), 50), percentile(list(values), 99), max(values)
+        )
+
+    @classmethod
+    def from_json(cls, raw: dict[str, Any]) -> Spread:
+        nan = float("nan")
+        return cls(
+            int(raw["count"]),
+            float(raw["p50"] if raw["p50"] is not None else nan),
+            float(raw["p99"] if raw["p99"] is not None else nan),
+            float(raw["max"] if raw["max"] is not None else nan),
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        def finite(value: float) -> float | None:
+            return None if value != value else value
+
+        return {
+            "count": self.count,
+            "p50": finite(self.p50),
+            "p99": finite(self.p99),
+            "max": finite(self.max),
+        }
+
+
+@dataclass(frozen=True)
+class CpuUse:
+    """Cores (1.00 = one core busy) over one window."""
+
+    server: float
+    """The server's process tree."""
+    watchers: float
+    """The watcher process (0 when none runs)."""
+    writer: float
+    """The process that wrote: this one (steady rate) or the generator (closed loop)."""
+    postgres: float
+    machine_busy: float
+
+
+@dataclass(frozen=True)
+class _CpuMark:
+    at: float
+    server: float
+    watchers: float
+    writer: float
+    postgres: float
+    busy: int
+    total: int
+
+    @classmethod
+    def take(cls, server_pid: int, watcher_pid: int | None) -> _CpuMark:
+        busy, total = machine_ticks()
+        return cls(
+            at=time.monotonic(),
+            server=process_tree_cpu_seconds(server_pid),
+            watchers=process_cpu_seconds(watcher_pid) if watcher_pid is not None else 0.0,
+            writer=time.process_time(),
+            postgres=postgres_cpu_seconds(),
+            busy=busy,
+            total=total,
+        )
+
+    def until(self, end: _CpuMark) -> CpuUse:
+        wall = max(end.at - self.at, 1e-9)
+        return CpuUse(
+            server=max(0.0, end.server - self.server) / wall,
+            watchers=max(0.0, end.watchers - self.watchers) / wall,
+            writer=(end.writer - self.writer) / wall,
+            postgres=max(0.0, end.postgres - self.postgres) / wall,
+            machine_busy=(end.busy - self.busy) / (end.total - self.total)
+            if end.total > self.total
+            else 0.0,
+        )
+
+
+@dataclass
+class SteadyWrites:
+    """Open-loop writes at a fixed rate, the writer's side."""
+
+    changes: int
+    errors: int
+    rate: float
+    """Changes per second actually started (the schedule's, unless this process lagged)."""
+    write_ms: Spread
+    cpu: CpuUse
+    error_sample: str = ""
+
+
+@dataclass
+class FanOut:
+    """Change → event at every watcher, at a steady write rate."""
+
+    watchers: int
+    writes: SteadyWrites
+    """With the watchers connected."""
+    baseline: SteadyWrites | None
+    """The same schedule with no watcher connected (same server, just before)."""
+    after_response: Spread
+    """Arrival − the write's response, every (watcher, change) pair."""
+    after_request: Spread
+    last_watcher: Spread
+    """Per change: its arrival at the last watcher to get it − the write's response."""
+    lost: int
+    """(watcher, change) pairs written but never received."""
+    duplicates: int
+    out_of_order: int
+    complete: int
+    """Watchers that received every measured change."""
+    events_min: int
+    events_max: int
+    """Fewest / most measured changes one watcher received."""
+    settled: bool
+    """Every open stream reached the last change within the settle time."""
+
+
+@dataclass
+class WriteLoad:
+    """Closed-loop PUT throughput, without watchers (before and after) and with."""
+
+    without: list[LoadResult]
+    with_watchers: LoadResult | None = None
+    watchers: int = 0
+    """Streams open when the window with watchers started."""
+    watcher_cpu: float = 0.0
+    """The watcher process, cores, over the measured window with watchers."""
+    expected_each: int = 0
+    """Revisions every watcher should have received over that window (probe to probe)."""
+    lost: int = 0
+    """Events missing at the watchers (expected − received, summed), settle included."""
+    extra: int = 0
+    """Events received beyond those expected (duplicates)."""
+    irregular: int = 0
+    """Reads whose ids were not the next revisions in order (gaps, repeats)."""
+    reached: int = 0
+    """Streams that got the closing probe."""
+    catch_up: float = float("nan")
+    """Seconds from the end of the load to the closing probe's arrival at every stream."""
+
+    @property
+    def without_rate(self) -> float:
+        return sum(r.rate for r in self.without) / len(self.without) if self.without else 0.0
+
+    @property
+    def ratio(self) -> float | None:
+        if self.with_watchers is None or self.without_rate <= 0:
+            return None
+        return self.with_watchers.rate / self.without_rate
+
+
+@dataclass(frozen=True)
+class WatchMetrics:
+    """`potok_watch_clients` and `potok_watch_cut_off_total` by reason, from /metrics."""
+
+    moment: str
+    clients: float
+    cut_off: dict[str, int]
+
+
+@dataclass
+class WatchResult:
+    backend: str
+    scenarios: tuple[WatchScenario, ...]
+    open_files: str = ""
+    opened: int = 0
+    refused: int = 0
+    refused_sample: str = ""
+    open_seconds: float = 0.0
+    fan_out: FanOut | None = None
+    writes: WriteLoad | None = None
+    metrics: list[WatchMetrics] = field(default_factory=list)
+    client_resets: int = 0
+    """`event: reset` frames the watchers received."""
+    client_closed: int = 0
+    """Streams the server closed while the bench still held them."""
+    reset_sample: str = ""
+    log_lines: int = 0
+    log_events: dict[str, int] = field(default_factory=dict)
+    log_samples: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def cut_offs(self) -> dict[str, int]:
+        """Streams the service ended, by reason, over the whole run."""
+        return self.metrics[-1].cut_off if self.metrics else {}
+
+    def to_json(self) -> dict[str, Any]:
+        def load(result: LoadResult | None) -> dict[str, Any] | None:
+            if result is None:
+                return None
+            return {
+                "rate": result.rate,
+                "p50_ms": result.percentile(50),
+                "p99_ms": result.percentile(99),
+                "errors": result.errors,
+                "server_cpu": result.server_cpu,
+                "generator_cpu": result.client_cpu,
+                "postgres_cpu": result.postgres_cpu,
+                "machine_busy": result.machine_busy,
+            }
+
+        payload: dict[str, Any] = {
+            "backend": self.backend,
+            "scenarios": [s.key for s in self.scenarios],
+            "open_files": self.open_files,
+            "opened": self.opened,
+            "refused": self.refused,
+            "open_seconds": self.open_seconds,
+            "metrics": [vars(m) for m in self.metrics],
+            "client_resets": self.client_resets,
+            "client_closed": self.client_closed,
+            "log_lines": self.log_lines,
+            "log_events": self.log_events,
+            "log_samples": self.log_samples,
+            "notes": self.notes,
+        }
+        if self.fan_out is not None:
+            fan = self.fan_out
+            payload["fan_out"] = {
+                **{
+                    name: getattr(fan, name)
+                    for name in (
+                        "watchers",
+                        "lost",
+                        "duplicates",
+                        "out_of_order",
+                        "complete",
+                        "events_min",
+                        "events_max",
+                        "settled",
+                    )
+                },
+                "after_response_ms": fan.after_response.to_json(),
+                "after_request_ms": fan.after_request.to_json(),
+                "last_watcher_ms": fan.last_watcher.to_json(),
+                "writes": _steady_json(fan.writes),
+                "baseline": None if fan.baseline is None else _steady_json(fan.baseline),
+            }
+        if self.writes is not None:
+            w = self.writes
+            payload["writes"] = {
+                "without": [load(r) for r in w.without],
+                "with_watchers": load(w.with_watchers),
+                "ratio": w.ratio,
+                "watchers": w.watchers,
+                "watcher_cpu": w.watcher_cpu,
+                "expected_each": w.expected_each,
+                "lost": w.lost,
+                "extra": w.extra,
+                "irregular": w.irregular,
+                "reached": w.reached,
+                "catch_up": w.catch_up,
+            }
+        return payload
+
+
+def _steady_json(writes: SteadyWrites) -> dict[str, Any]:
+    return {
+        "changes": writes.changes,
+        "errors": writes.errors,
+        "rate": writes.rate,
+        "write_ms": writes.write_ms.to_json(),
+        "cpu": vars(writes.cpu),
+    }
+
+
+# -- the watcher process (`python -m bench.watch`) ---------------------------------------
+
+
+class _Stream(asyncio.Protocol):
+    """One watch stream over a raw connection. Only whole lines are looked at:
+    what follows the last newline waits for the next read."""
+
+    def __init__(self, request: bytes, timed: bool) -> None:
+        self.request = request
+        self.timed = timed
+        self.transport: asyncio.BaseTransport | None = None
+        self.opened: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        self.status = 0
+        self.error = ""
+        self.closed = False
+        self.tail = b""
+        self.count = 0
+        self.last = 0
+        self.irregular = 0
+        self.resets = 0
+        self.reset_sample = b""
+        self.revisions = array("q")
+        self.arrivals = array("d")
+
+    @property
+    def open(self) -> bool:
+        return self.status == 200 and not self.closed
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport
+        # uvloop's transports are not subclasses of asyncio.Transport.
+        cast(asyncio.WriteTransport, transport).write(self.request)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        self.fail(f"connection closed: {exc}" if exc else "connection closed")
+
+    def fail(self, error: str) -> None:
+        if not self.opened.done():
+            self.error = self.error or error
+            self.opened.set_result(False)
+            if self.transport is not None:
+                self.transport.close()
+
+    def data_received(self, data: bytes) -> None:
+        now = time.monotonic()
+        buffer = self.tail + data if self.tail else data
+        cut = buffer.rfind(b"\n")
+        if cut < 0:
+            self.tail = buffer
+            return
+        self.tail = buffer[cut:]
+        block = buffer[:cut]
+        if not self.status and not self._status(block):
+            return
+        if not self.opened.done() and b"\nretry: " in block:
+            self.opened.set_result(True)
+        count = block.count(b"\nid: ")
+        if count:
+            if self.timed:
+                self._timed(block, now)
+            else:
+                self._counted(block, count)
+        if b"\nevent: reset" in block:
+            self.resets += 1
+            start = block.find(b"\nevent: reset")
+            self.reset_sample = self.reset_sample or block[start : start + 200]
+
+    def _status(self, block: bytes) -> bool:
+        try:
+            self.status = int(block[9:12])
+        except ValueError:
+            self.status = -1
+        if self.status != 200:
+            status_line = block.split(b"\r\n", 1)[0]
+            self.fail(f"HTTP {self.status}: {status_line[:200].decode(errors='replace')}")
+            return False
+        return True
+
+    def _timed(self, block: bytes, now: float) -> None:
+        for match in _ID.finditer(block):
+            revision = int(match.group(1))
+            if self.last and revision != self.last + 1:
+                self.irregular += 1
+            self.revisions.append(revision)
+            self.arrivals.append(now)
+            self.last = max(self.last, revision)
+            self.count += 1
+
+    def _counted(self, block: bytes, count: int) -> None:
+        first = _ID.search(block)
+        last = _ID.match(block, block.rfind(b"\nid: "))
+        assert first is not None
+        assert last is not None
+        low, high = int(first.group(1)), int(last.group(1))
+        if (self.last and low != self.last + 1) or high - low + 1 != count:
+            self.irregular += 1
+        self.last = max(self.last, high)
+        self.count += count
+
+
+class _Holder:
+    """The watcher process's state: every stream it opened."""
+
+    def __init__(self) -> None:
+        self.streams: list[_Stream] = []
+        self.marks: dict[int, tuple[int, int]] = {}
+
+    def _open_streams(self) -> list[_Stream]:
+        return [s for s in self.streams if s.status == 200]
+
+    async def open(
+        self, host: str, port: int, path: str, api_key: str, count: int, timed: bool
+    ) -> dict[str, Any]:
+        _raise_open_files(count + 256)
+        loop = asyncio.get_running_loop()
+        request = (
+            f"GET {path} HTTP/1.1\r\nHost: {host}:{port}\r\nx-api-key: {api_key}\r\n"
+            "Accept: text/event-stream\r\nCache-Control: no-cache\r\nConnection: close\r\n\r\n"
+        ).encode()
+        gate = asyncio.Semaphore(_OPEN_CONCURRENCY)
+        started = time.monotonic()
+
+        async def one() -> None:
+            stream = _Stream(request, timed)
+            self.streams.append(stream)
+            async with gate:
+                try:
+                    await loop.create_connection(lambda: stream, host, port)
+                    await asyncio.wait_for(asyncio.shield(stream.opened), _OPEN_WITHIN)
+                except (OSError, TimeoutError) as exc:
+                    stream.fail(f"{type(exc).__name__}: {exc}")
+
+        await asyncio.gather(*(one() for _ in range(count)))
+        failed = [s for s in self.streams if s.status != 200 or not s.opened.result()]
+        errors = Counter(s.error.split(":")[0] for s in failed)
+        return {
+            "opened": len(self.streams) - len(failed),
+            "failed": len(failed),
+            "errors": dict(errors),
+            "sample": failed[0].error if failed else "",
+            "seconds": time.monotonic() - started,
+        }
+
+    async def wait(self, revision: int, within: float) -> dict[str, Any]:
+        """Until every open stream has seen `revision` (at most `within` s)."""
+        started = time.monotonic()
+        deadline = started + within
+        while True:
+            streams = self._open_streams()
+            behind = [s for s in streams if s.open and s.last < revision]
+            if not behind or time.monotonic() >= deadline:
+                break
+            await asyncio.sleep(0.005)
+        return {
+            "reached": sum(1 for s in streams if s.last >= revision),
+            "open": sum(1 for s in streams if s.open),
+            "closed": sum(1 for s in streams if s.closed),
+            "seconds": time.monotonic() - started,
+        }
+
+    def timing(self, on: bool) -> dict[str, Any]:
+        for stream in self.streams:
+            stream.timed = on
+            if not on:
+                stream.revisions, stream.arrivals = array("q"), array("d")
+        return {}
+
+    def mark(self) -> dict[str, Any]:
+        self.marks = {id(s): (s.count, s.irregular) for s in self.streams}
+        return {}
+
+    def tally(self, start: int, target: int) -> dict[str, Any]:
+        """Events since `mark`, against the `target − start` every stream should
+        have received (all of start+1 … target)."""
+        expected = target - start
+        lost = extra = irregular = reached = 0
+        for stream in self._open_streams():
+            count, irregular_before = self.marks.get(id(stream), (0, 0))
+            got = stream.count - count
+            lost += max(0, expected - got)
+            extra += max(0, got - expected)
+            irregular += stream.irregular - irregular_before
+            reached += stream.last >= target
+        return {
+            "expected_each": expected,
+            "lost": lost,
+            "extra": extra,
+            "irregular": irregular,
+            "reached": reached,
+        }
+
+    def latency(self, timings: list[list[float]]) -> dict[str, Any]:
+        """Arrival of every written change at every stream that opened."""
+        written = {int(row[0]): (row[1], row[2]) for row in timings}
+        after_response: list[float] = []
+        after_request: list[float] = []
+        last_arrival: dict[int, float] = {}
+        lost = duplicates = out_of_order = complete = 0
+        counts: list[int] = []
+        for stream in self._open_streams():
+            seen: set[int] = set()
+            highest = 0
+            got = 0
+            for revision, arrived in zip(stream.revisions, stream.arrivals, strict=True):
+                if revision in seen:
+                    duplicates += 1
+                    continue
+                seen.add(revision)
+                if revision < highest:
+                    out_of_order += 1
+                highest = max(highest, revision)
+                timing = written.get(revision)
+                if timing is None:
+                    continue
+                got += 1
+                after_response.append((arrived - timing[1]) * 1000)
+                after_request.append((arrived - timing[0]) * 1000)
+                if arrived > last_arrival.get(revision, float("-inf")):
+                    last_arrival[revision] = arrived
+            counts.append(got)
+            lost += len(written) - got
+            complete += got == len(written)
+        last_watcher = [(at - written[rev][1]) * 1000 for rev, at in last_arrival.items()]
+        return {
+            "after_response": Spread.of(after_response).to_json(),
+            "after_request": Spread.of(after_request).to_json(),
+            "last_watcher": Spread.of(last_watcher).to_json(),
+            "lost": lost,
+            "duplicates": duplicates,
+            "out_of_order": out_of_order,
+            "complete": complete,
+            "events_min": min(counts, default=0),
+            "events_max": max(counts, default=0),
+        }
+
+    def summary(self) -> dict[str, Any]:
+        streams = self._open_streams()
+        sample = next((s.reset_sample for s in streams if s.reset_sample), b"")
+        return {
+            "open": sum(1 for s in streams if s.open),
+            "closed": sum(1 for s in streams if s.closed),
+            "resets": sum(s.resets for s in streams),
+            "reset_sample": sample.decode(errors="replace"),
+        }
+
+    async def close(self) -> dict[str, Any]:
+        summary = self.summary()
+        for stream in self.streams:
+            if stream.transport is not None:
+                stream.transport.close()
+        await asyncio.sleep(0.1)
+        return summary
+
+    async def handle(self, command: dict[str, Any]) -> dict[str, Any]:
+        match command.pop("cmd"):
+            case "open":
+                return await self.open(**command)
+            case "wait":
+                return await self.wait(**command)
+            case "timing":
+                return self.timing(**command)
+            case "mark":
+                return self.mark()
+            case "tally":
+                return self.tally(**command)
+            case "latency":
+                return self.latency(**command)
+            case "summary":
+                return self.summary()
+            case "close":
+                return await self.close()
+        raise ValueError(f"unknown command {command}")
+
+
+def _raise_open_files(needed: int) -> str:
+    """Raise this process's soft RLIMIT_NOFILE to `needed` (at most the hard
+    limit; children inherit it); what it is now, for the report."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != resource.RLIM_INFINITY and soft < needed:
+        target = needed if hard == resource.RLIM_INFINITY else min(needed, hard)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+        return f"RLIMIT_NOFILE raised from {soft} to {target} (hard {hard})"
+    return f"RLIMIT_NOFILE {soft} (hard {hard}): enough, left alone"
+
+
+async def _serve_commands() -> None:
+    loop = asyncio.get_running_loop()
+    reader = asyncio.StreamReader(limit=2**26)
+    await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
+    holder = _Holder()
+    while line := await reader.readline():
+        command = orjson.loads(line)
+        name = command["cmd"]
+        try:
+            reply = await holder.handle(command)
+        except Exception as exc:  # reported to the runner, which raises it there
+            reply = {"error": f"{type(exc).__name__}: {exc}"}
+        sys.stdout.buffer.write(orjson.dumps(reply) + b"\n")
+        sys.stdout.flush()
+        if name == "close":
+            return
+
+
+def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
+    """uvloop when installed, as the server's event loop."""
+    try:
+        import uvloop
+    except ImportError:
+        return None
+    return uvloop.new_event_loop
+
+
+def hold() -> None:
+    """Entry point of the watcher process."""
+    with asyncio.Runner(loop_factory=_loop_factory()) as runner:
+        runner.run(_serve_commands())
+
+
+# -- the runner's side -----------------------------------------------------------------
+
+
+class WatcherProcess:
+    """The watcher process, driven by one JSON line per command."""
+
+    def __init__(self, process: asyncio.subprocess.Process, log_path: Path) -> None:
+        self.process = process
+        self.log_path = log_path
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    def log_tail(self, chars: int = 3000) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")[-chars:]
+        except OSError:
+            return ""
+
+    async def call(
+        self, command: str, reply_within: float = 120.0, **fields: Any
+    ) -> dict[str, Any]:
+        assert self.process.stdin is not None
+        assert self.process.stdout is not None
+        self.process.stdin.write(orjson.dumps({"cmd": command, **fields}) + b"\n")
+        await self.process.stdin.drain()
+        try:
+            line = await asyncio.wait_for(self.process.stdout.readline(), reply_within)
+        except TimeoutError:
+            line = b""
+        if not line:
+            raise BenchSetupError(
+                f"the watcher process did not answer {command!r}:\n{self.log_tail()}"
+            )
+        reply: dict[str, Any] = orjson.loads(line)
+        if "error" in reply:
+            raise BenchSetupError(f"the watcher process failed {command!r}: {reply['error']}")
+        return reply
+
+
+def _open_log(path: Path) -> BinaryIO:
+    return open(path, "wb")
+
+
+@asynccontextmanager
+async def watcher_process(workdir: Path) -> AsyncIterator[WatcherProcess]:
+    log_path = workdir / f"watchers-{uuid.uuid4().hex[:8]}.log"
+    with _open_log(log_path) as log:
+        process = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "bench.watch",
+            stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=log,
+            cwd=_REPO,
+            limit=2**24,
+        )
+    holder = WatcherProcess(process, log_path)
+    try:
+        yield holder
+    finally:
+        if process.returncode is None:
+            with suppress(BenchSetupError, OSError):
+                await holder.call("close", reply_within=_CLOSE_WITHIN)
+            try:
+                await asyncio.wait_for(process.wait(), _CLOSE_WITHIN)
+            except TimeoutError:
+                process.kill()
+                await process.wait()
+
+
+_CLIENTS = re.compile(rb"^potok_watch_clients ([0-9.e+-]+)$", re.M)
+_CUT_OFF = re.compile(rb'^potok_watch_cut_off_total\{reason="(\w+)"\} ([0-9.e+]+)$', re.M)
+
+
+async def watch_metrics(
+    session: aiohttp.ClientSession, service: Service, moment: str
+) -> WatchMetrics:
+    async with session.get(f"{service.base_url}/metrics") as response:
+        text = await response.read()
+    clients = _CLIENTS.search(text)
+    return WatchMetrics(
+        moment=moment,
+        clients=float(clients.group(1)) if clients else float("nan"),
+        cut_off={reason.decode(): int(float(value)) for reason, value in _CUT_OFF.findall(text)},
+    )
+
+
+@dataclass(frozen=True)
+class _Write:
+    revision: int
+    started: float
+    responded: float
+
+
+ProgressFn = Callable[[str], None]
+SeedFn = Callable[[Service], Awaitable[None]]
+
+
+class WatchBench:
+    """One backend: one server, the watcher process, the writers."""
+
+    def __init__(
+        self,
+        backend: str,
+        service: Service,
+        session: aiohttp.ClientSession,
+        options: WatchOptions,
+        pool: ProcessPoolExecutor,
+        progress: ProgressFn,
+    ) -> None:
+        self.backend = backend
+        self.service = service
+        self.session = session
+        self.options = options
+        self.pool = pool
+        self.progress = progress
+        self.tag = uuid.uuid4().hex[:8]
+        self._ids = self._new_ids()
+
+    def _new_ids(self) -> Iterator[str]:
+        index = 0
+        while True:
+            yield f"watch-{self.tag}-{index:07d}"
+            index += 1
+
+    async def create(self) -> _Write:
+        """POST one new state; its revision and timing."""
+        body = orjson.dumps({"entityId": next(self._ids), "status": "online"})
+        url = f"{self.service.base_url}/api/v1/states/{SEED_ENTITY}"
+        started = time.monotonic()
+        async with self.session.post(url, data=body, headers=_API_HEADERS) as response:
+            payload = await response.read()
+            responded = time.monotonic()
+            if response.status not in (200, 201):
+                raise BenchSetupError(
+                    f"POST {url}: HTTP {response.status}: {payload[:300].decode(errors='replace')}"
+                )
+        return _Write(int(orjson.loads(payload)["revision"]), started, responded)
+
+    # -- change → event --------------------------------------------------------------
+
+    async def steady(self, holder: WatcherProcess | None) -> tuple[SteadyWrites, list[_Write]]:
+        """`warmup_changes` then `changes` POSTs started at the fixed rate (open
+        loop); the measured writes, and their figures."""
+        options = self.options
+        total = options.warmup_changes + options.changes
+        writes: list[_Write | None] = [None] * total
+        errors: list[str] = []
+        marks: list[_CpuMark] = []
+        watcher_pid = holder.pid if holder is not None else None
+
+        async def write(index: int) -> None:
+            try:
+                writes[index] = await self.create()
+            except (BenchSetupError, aiohttp.ClientError, TimeoutError) as exc:
+                errors.append(str(exc).splitlines()[0][:300])
+
+        tasks: list[asyncio.Task[None]] = []
+        t0 = measured_from = time.monotonic()
+        for index in range(total):
+            await asyncio.sleep(max(0.0, t0 + index / options.rate - time.monotonic()))
+            if index == options.warmup_changes:
+                marks.append(_CpuMark.take(self.service.pid, watcher_pid))
+                measured_from = time.monotonic()
+            tasks.append(asyncio.create_task(write(index)))
+        started_span = time.monotonic() - measured_from
+        await asyncio.gather(*tasks)
+        marks.append(_CpuMark.take(self.service.pid, watcher_pid))
+        measured = [w for w in writes[options.warmup_changes :] if w is not None]
+        result = SteadyWrites(
+            changes=len(measured),
+            errors=len(errors),
+            rate=(options.changes - 1) / started_span if started_span > 0 else options.rate,
+            write_ms=Spread.of([(w.responded - w.started) * 1000 for w in measured]),
+            cpu=marks[0].until(marks[1]),
+            error_sample=errors[0] if errors else "",
+        )
+        return result, measured
+
+    async def probe(self, holder: WatcherProcess, within: float = _PROBE_WITHIN) -> dict[str, Any]:
+        """One change, waited for at every open stream; the wait's outcome and its revision."""
+        write = await self.create()
+        waited = await holder.call(
+            "wait", reply_within=within + 30, revision=write.revision, within=within
+        )
+        waited["revision"] = write.revision
+        waited["after_response"] = time.monotonic() - write.responded
+        return waited
+
+    async def fan_out(
+        self, holder: WatcherProcess, opened: int, baseline: SteadyWrites | None
+    ) -> FanOut:
+        await holder.call("timing", on=True)
+        probe = await self.probe(holder)
+        if probe["reached"] < probe["open"]:
+            self.progress(f"    the probe reached {probe['reached']}/{probe['open']} streams")
+        writes, measured = await self.steady(holder)
+        last = max((w.revision for w in measured), default=0)
+        waited = await holder.call("wait", reply_within=_SETTLE + 30, revision=last, within=_SETTLE)
+        timings = [[w.revision, w.started, w.responded] for w in measured]
+        found = await holder.call("latency", reply_within=300, timings=timings)
+        await holder.call("timing", on=False)
+        return FanOut(
+            watchers=opened,
+            writes=writes,
+            baseline=baseline,
+            after_response=Spread.from_json(found["after_response"]),
+            after_request=Spread.from_json(found["after_request"]),
+            last_watcher=Spread.from_json(found["last_watcher"]),
+            lost=found["lost"],
+            duplicates=found["duplicates"],
+            out_of_order=found["out_of_order"],
+            complete=found["complete"],
+            events_min=found["events_min"],
+            events_max=found["events_max"],
+            settled=waited["reached"] >= waited["open"],
+        )
+
+    # -- writes/s with and without watchers --------------------------------------------
+
+    def _put_spec(self) -> LoadSpec:
+        workload = Workload(
+            kind=RequestKind.PUT,
+            base_url=self.service.base_url,
+            api_key=BENCH_API_KEY,
+            seeded_ids=self.options.seeded_ids,
+            tag=uuid.uuid4().hex[:8],
+        )
+        return LoadSpec(
+            workload,
+            self.service.pid,
+            concurrency=self.options.concurrency,
+            duration=self.options.duration,
+            warmup=self.options.warmup,
+        )
+
+    async def closed_loop(self) -> LoadResult:
+        loop = asyncio.get_running_loop()
+        result = await loop.run_in_executor(self.pool, drive, self._put_spec())
+        if self.service.process.poll() is not None:
+            raise BenchSetupError(
+                f"the service died under the PUT load:\n{self.service.log_tail()}"
+            )
+        return result
+
+    async def closed_loop_watched(self, holder: WatcherProcess, load: WriteLoad) -> None:
+        """The PUT load with every stream open and counting; then every stream must
+        catch up with a closing probe."""
+        before = await self.probe(holder)
+        await holder.call("mark")
+        load.watchers = before["open"]
+
+        async def watcher_cpu() -> float:
+            # The generator's measured window starts after its warm-up.
+            await asyncio.sleep(self.options.warmup)
+            start, at = process_cpu_seconds(holder.pid), time.monotonic()
+            await asyncio.sleep(self.options.duration)
+            return (process_cpu_seconds(holder.pid) - start) / (time.monotonic() - at)
+
+        sampler = asyncio.create_task(watcher_cpu())
+        load.with_watchers = await self.closed_loop()
+        load.watcher_cpu = await sampler
+        ended = time.monotonic()
+        after = await self.probe(holder, within=_SETTLE)
+        load.catch_up = time.monotonic() - ended
+        tally = await holder.call("tally", start=before["revision"], target=after["revision"])
+        load.expected_each = tally["expected_each"]
+        load.lost = tally["lost"]
+        load.extra = tally["extra"]
+        load.irregular = tally["irregular"]
+        load.reached = tally["reached"]
+
+
+def _progress_steady(progress: ProgressFn, label: str, writes: SteadyWrites) -> None:
+    progress(
+        f"    {label}: {writes.changes} changes at {writes.rate:.0f}/s, write p50 "
+        f"{writes.write_ms.p50:.1f} ms p99 {writes.write_ms.p99:.1f} ms, errors {writes.errors}, "
+        f"server CPU {writes.cpu.server:.2f}"
+    )
+
+
+def _progress_load(progress: ProgressFn, label: str, result: LoadResult) -> None:
+    progress(
+        f"    {label}: {result.rate:8.1f} writes/s  p50 {result.percentile(50):7.2f} ms  "
+        f"p99 {result.percentile(99):7.2f} ms  errors {result.errors}  "
+        f"server CPU {result.server_cpu:.2f}  generator CPU {result.client_cpu:.2f}"
+    )
+
+
+_LOG_EVENT = re.compile(r'"event":\s*"([^"]+)"')
+
+
+def _read_log(result: WatchResult, log_path: Path) -> None:
+    """What the server logged (LOG_LEVEL=warning: anything is worth a look)."""
+    try:
+        lines = [line for line in log_path.read_text(errors="replace").splitlines() if line]
+    except OSError:
+        return
+    events: Counter[str] = Counter()
+    samples: dict[str, str] = {}
+    for line in lines:
+        found = _LOG_EVENT.search(line)
+        event = found.group(1) if found else line[:80]
+        events[event] += 1
+        samples.setdefault(event, line[:400])
+    result.log_lines = len(lines)
+    result.log_events = dict(events.most_common())
+    result.log_samples = list(samples.values())[:_LOG_SAMPLES]
+
+
+async def measure(
+    backend: str,
+    database_url: str,
+    workdir: Path,
+    scenarios: list[WatchScenario],
+    options: WatchOptions,
+    pool: ProcessPoolExecutor,
+    seed: SeedFn,
+    progress: ProgressFn,
+) -> WatchResult:
+    """The selected watch figures on one backend (its database already migrated):
+    PUT load without watchers; the steady schedule without watchers; the watchers
+    connect; change → event at the same schedule; the PUT load with watchers; the
+    watchers leave; the PUT load without watchers again."""
+    keys = {s.key for s in scenarios}
+    latency, throughput = "watch_latency" in keys, "watch_writes" in keys
+    result = WatchResult(backend, tuple(scenarios))
+    # Children inherit it: the server's limit is this process's.
+    result.open_files = _raise_open_files(options.watchers + 256)
+    settings = {"DATABASE_URL": database_url}
+    async with AsyncExitStack() as stack:
+        service = await stack.enter_async_context(running_service(workdir, settings))
+        session = await stack.enter_async_context(
+            aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(limit=_WRITER_CONNECTIONS),
+                timeout=aiohttp.ClientTimeout(total=60),
+            )
+        )
+        bench = WatchBench(backend, service, session, options, pool, progress)
+        load = WriteLoad(without=[]) if throughput else None
+        baseline = None
+        if load is not None:
+            await seed(service)
+            progress(f"[{backend}/watch] PUT closed loop, no watchers (start) …")
+            load.without.append(await bench.closed_loop())
+            _progress_load(progress, "no watchers", load.without[-1])
+        if latency:
+            progress(f"[{backend}/watch] steady {options.rate:g} changes/s, no watchers …")
+            baseline, _ = await bench.steady(None)
+            _progress_steady(progress, "no watchers", baseline)
+        result.metrics.append(await watch_metrics(session, service, "before the watchers"))
+        async with watcher_process(workdir) as holder:
+            progress(f"[{backend}/watch] opening {options.watchers} watch streams …")
+            host, port = _host_port(service.base_url)
+            opened = await holder.call(
+                "open",
+                reply_within=_OPEN_WITHIN * 3,
+                host=host,
+                port=port,
+                path=WATCH_PATH,
+                api_key=BENCH_API_KEY,
+                count=options.watchers,
+                timed=False,
+            )
+            if not opened["opened"]:
+                raise BenchSetupError(
+                    f"no watch stream opened: {opened['errors']} {opened['sample']}\n"
+                    f"watcher process log:\n{holder.log_tail()}\nserver log:\n{service.log_tail()}"
+                )
+            result.opened, result.refused = opened["opened"], opened["failed"]
+            result.refused_sample, result.open_seconds = opened["sample"], opened["seconds"]
+            progress(
+                f"    {result.opened} open, {result.refused} failed {opened['errors']} in "
+                f"{result.open_seconds:.1f} s {result.refused_sample[:200]}"
+            )
+            result.metrics.append(await watch_metrics(session, service, "watchers connected"))
+            if latency:
+                progress(f"[{backend}/watch] change → event, {options.rate:g} changes/s …")
+                result.fan_out = await bench.fan_out(holder, result.opened, baseline)
+                _progress_fan_out(progress, result.fan_out)
+                result.metrics.append(await watch_metrics(session, service, "after change → event"))
+            if load is not None:
+                progress(f"[{backend}/watch] PUT closed loop, {options.watchers} watchers …")
+                await bench.closed_loop_watched(holder, load)
+                assert load.with_watchers is not None
+                _progress_load(progress, "with watchers", load.with_watchers)
+                progress(
+                    f"    watchers: {load.reached}/{load.watchers} caught up in "
+                    f"{load.catch_up:.2f} s, {load.expected_each} events each, lost {load.lost}, "
+                    f"extra {load.extra}, irregular reads {load.irregular}, "
+                    f"watcher CPU {load.watcher_cpu:.2f}"
+                )
+                result.metrics.append(await watch_metrics(session, service, "after the PUT load"))
+            summary = await holder.call("summary")
+            result.client_resets, result.client_closed = summary["resets"], summary["closed"]
+            result.reset_sample = summary["reset_sample"]
+        result.metrics.append(await _after_close(session, service))
+        if load is not None:
+            progress(f"[{backend}/watch] PUT closed loop, no watchers (end) …")
+            load.without.append(await bench.closed_loop())
+            _progress_load(progress, "no watchers", load.without[-1])
+            result.writes = load
+    _read_log(result, service.log_path)
+    if result.log_lines:
+        progress(f"    server log: {result.log_lines} lines: {result.log_events}")
+    return result
+
+
+async def _after_close(session: aiohttp.ClientSession, service: Service) -> WatchMetrics:
+    """/metrics once the server has seen every stream go (at most a few seconds)."""
+    deadline = time.monotonic() + _CLOSE_WITHIN
+    while True:
+        metrics = await watch_metrics(session, service, "watchers closed")
+        if metrics.clients == 0 or time.monotonic() >= deadline:
+            return metrics
+        await asyncio.sleep(0.1)
+
+
+def _progress_fan_out(progress: ProgressFn, fan: FanOut) -> None:
+    _progress_steady(progress, "with watchers", fan.writes)
+    progress(
+        f"    event − response p50 {fan.after_response.p50:.1f} ms p99 "
+        f"{fan.after_response.p99:.1f} ms max {fan.after_response.max:.1f} ms; last watcher "
+        f"p99 {fan.last_watcher.p99:.1f} ms; lost {fan.lost}, duplicates {fan.duplicates}, "
+        f"out of order {fan.out_of_order}, complete {fan.complete}/{fan.watchers}, "
+        f"watcher CPU {fan.writes.cpu.watchers:.2f}"
+    )
+
+
+def _host_port(base_url: str) -> tuple[str, int]:
+    parts = urlsplit(base_url)
+    assert parts.hostname is not None
+    assert parts.port is not None
+    return parts.hostname, parts.port
+
+
+if __name__ == "__main__":
+    hold()
