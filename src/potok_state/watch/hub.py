@@ -42,8 +42,8 @@ HEARTBEAT = b": heartbeat\n\n"
 # MAX_FAN_OUT_PAUSE): each round costs every stream a wake-up and a socket
 # write, so with many streams fewer, larger rounds keep the loop free for
 # writers (1,000 streams: a round per 20 ms at most).
-FAN_OUT_PAUSE_PER_STREAM = 0.000_02
-MAX_FAN_OUT_PAUSE = 0.05
+FAN_OUT_PAUSE_PER_STREAM = 0.000_05
+MAX_FAN_OUT_PAUSE = 0.08
 
 SendChunk = Callable[[bytes, int], Awaitable[None]]
 """Send SSE bytes that end with the event of the given revision."""
