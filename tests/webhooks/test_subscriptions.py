@@ -112,6 +112,17 @@ PRIVATE_URLS = [
     "http://[fe80::1]/hook",
     "http://[::ffff:127.0.0.1]/hook",
     "http://0.0.0.0/hook",
+    # Forms the HTTP client or the system resolver read as loopback.
+    "http://127。0。0。1:8080/hook",
+    "http://①②⑦.0.0.1:8080/hook",
+    "http://[64:ff9b::7f00:1]/hook",
+    "http://[2002:7f00:1::]/hook",
+    "http://2130706433/hook",
+    "http://0x7f000001/hook",
+    "http://0177.0.0.1/hook",
+    "http://127.1/hook",
+    "http://0/hook",
+    "http://localhost./hook",
 ]
 
 
@@ -135,7 +146,31 @@ async def test_a_public_target_is_accepted_and_patching_to_a_private_one_is_refu
     )
     assert patched.status_code == 422
     assert patched.json()["code"] == "invalid_webhook_url"
+    unicode = await public_only.patch(
+        f"{SUBSCRIPTIONS}/{created.json()['id']}", json={"url": "http://127。0。0。1/x"}
+    )
+    assert unicode.status_code == 422
     await public_only.delete(f"{SUBSCRIPTIONS}/{created.json()['id']}")
+
+
+async def test_a_private_target_saved_earlier_is_refused_at_every_attempt(
+    database_url: str, receiver: Receiver
+) -> None:
+    """A subscription saved while private targets were allowed (or written
+    around the API) gets nothing once they are not: the check runs again
+    before every attempt, on the host as the client reads it."""
+    async with in_process(webhook_settings(database_url, allow_private_targets=True)) as client:
+        port = receiver.port
+        await subscribe(client, f"http://127。0。0。1:{port}/hook")
+    async with in_process(
+        webhook_settings(database_url, allow_private_targets=False, max_retries=0)
+    ) as client:
+        subscription = (await client.get(SUBSCRIPTIONS)).json()[0]
+        await record(client, "task", "t1", "created")
+        [delivery] = await settled_deliveries(client, subscription["id"], 1)
+        assert delivery["status"] == "failed"
+        assert "Private, loopback and link-local" in delivery["lastError"]
+    assert receiver.requests == []
 
 
 async def test_bad_event_filters_are_refused(hub: httpx.AsyncClient, receiver: Receiver) -> None:

@@ -41,7 +41,7 @@ from potok_state.webhooks.repository import (
     WebhookRepository,
 )
 from potok_state.webhooks.signing import signature_headers
-from potok_state.webhooks.targets import PublicOnlyResolver
+from potok_state.webhooks.targets import InvalidWebhookUrl, PublicOnlyResolver, check_target_url
 
 log = structlog.get_logger("potok_state.webhooks")
 
@@ -109,6 +109,12 @@ class WebhookSender:
         status: int | None = None
         error: str | None = None
         retry_after: float | None = None
+        try:
+            # Again at every attempt: a subscription saved before a rule
+            # tightened, or a row written around the API, is refused here.
+            check_target_url(url, allow_private=self.allow_private)
+        except InvalidWebhookUrl as refused:
+            return SendOutcome(started_at, 0, None, refused.message, None)
         try:
             async with self._client().post(
                 url, data=body, headers=headers, allow_redirects=False
