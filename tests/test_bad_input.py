@@ -240,6 +240,53 @@ BAD_REQUESTS = [
         "invalid_query",
         params={"cursor": "OTk5OTk5OTk5OTk5OTk5OTk5OTk5"},
     ),
+    # extreme dates, long filter lists, NUL in the URL
+    Bad(
+        "updatedAfter beyond UTC",
+        "GET",
+        f"{STATES}/task",
+        422,
+        params={"updatedAfter": "0001-01-01T00:00:00+14:00"},
+    ),
+    Bad(
+        "updatedBefore beyond UTC",
+        "GET",
+        f"{STATES}/task",
+        422,
+        params={"updatedBefore": "9999-12-31T23:59:59-14:00"},
+    ),
+    Bad(
+        "replay since beyond UTC",
+        "POST",
+        "/api/v1/webhooks/subscriptions/sub_x/replay",
+        422,
+        json={"since": "0001-01-01T00:00:00+14:00"},
+    ),
+    Bad(
+        "2000 metadata filters",
+        "GET",
+        f"{STATES}/task",
+        422,
+        "invalid_query",
+        params={f"metadata.k{i}": "v" for i in range(2000)},
+    ),
+    Bad(
+        "cursor holding NUL",
+        "GET",
+        f"{STATES}/task",
+        422,
+        "invalid_query",
+        params={"cursor": "WyJlbnRpdHlJZCIsICJhXHUwMDAwYiIsICJ4XHUwMDAweSJd", "sort": "entityId"},
+    ),
+    Bad(
+        "NUL in a query value",
+        "GET",
+        f"{STATES}/task",
+        400,
+        "bad_request",
+        params={"metadata.a": "x\x00"},
+    ),
+    Bad("NUL in the path", "GET", f"{STATES}/task/a%00b", 400, "bad_request"),
     # routes and methods
     Bad("unknown route", "GET", "/api/v1/nothing-here", 404, "not_found"),
     Bad("unknown route outside the API", "GET", "/favicon.ico", 404, "not_found"),
@@ -334,6 +381,24 @@ async def test_text_spelling_the_nul_escape_is_fine(client: httpx.AsyncClient) -
     )
     assert response.status_code == 201, response.text
     assert response.json()["metadata"] == {"path": "C:\\u0000"}
+
+
+async def test_if_match_is_strict(client: httpx.AsyncClient) -> None:
+    created = await client.post(f"{STATES}/task", json=record())
+    assert created.status_code == 201
+    superscript = await client.put(
+        f"{STATES}/task/t1", json={"status": "in_progress"}, headers=[(b"If-Match", b'"\xb2"')]
+    )
+    assert_error_body(superscript, 400, "bad_request")
+    # If-Match compares strongly: a weak tag never matches (RFC 9110, 13.1.1).
+    weak = await client.put(
+        f"{STATES}/task/t1", json={"status": "in_progress"}, headers={"If-Match": 'W/"1"'}
+    )
+    assert_error_body(weak, 412, "version_mismatch")
+    strong = await client.put(
+        f"{STATES}/task/t1", json={"status": "in_progress"}, headers={"If-Match": '"1"'}
+    )
+    assert strong.status_code == 200, strong.text
 
 
 async def test_integer_beyond_64_bits_is_read_as_a_double(client: httpx.AsyncClient) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Annotated
 
-from pydantic import PlainSerializer
+from pydantic import AfterValidator, PlainSerializer
 
 
 def utc_now() -> datetime:
@@ -14,9 +14,18 @@ def utc_now() -> datetime:
 
 
 def as_utc(value: datetime) -> datetime:
+    """The same instant in UTC (a naive time is taken as UTC). ValueError when
+    it is not representable there (0001-01-01T00:00:00+14:00)."""
     if value.tzinfo is UTC:
         return value
-    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+    try:
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+    except OverflowError:
+        raise ValueError(f"{value.isoformat()} is outside the years 1 to 9999 in UTC") from None
+
+
+InputTime = Annotated[datetime, AfterValidator(as_utc)]
+"""A time given by a client: read in UTC, or a 422 when UTC cannot hold it."""
 
 
 _last_formatted: tuple[datetime | None, str] = (None, "")

@@ -64,12 +64,16 @@ async def write_conditions(
 def expected_version(if_match: str | None) -> int | None:
     if if_match is None or if_match.strip() == "*":
         return None
-    tag = if_match.strip().removeprefix("W/").strip('"')
-    if not tag.isdigit() or len(tag) > 10:
+    value = if_match.strip()
+    weak = value.startswith("W/")
+    tag = value.removeprefix("W/").strip('"')
+    if not (tag.isascii() and tag.isdigit()) or len(tag) > 10:
         raise BadRequest(
             'If-Match must be a version ETag such as "3".', details={"ifMatch": if_match}
         )
-    return int(tag)
+    # If-Match compares strongly (RFC 9110, 13.1.1): a weak tag never matches,
+    # and no state has version 0.
+    return 0 if weak else int(tag)
 
 
 Idempotency = Annotated[IdempotencyKey | None, Depends(idempotency_key)]

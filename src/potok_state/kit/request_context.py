@@ -9,9 +9,11 @@ that it still carries the request id header and body field.
 from __future__ import annotations
 
 import re
+import sqlite3
 import time
 import uuid
 
+import asyncpg
 import structlog
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -19,6 +21,7 @@ from potok_state.kit.errors import error_response
 from potok_state.logging import bind_request_id
 from potok_state.metrics import UNMATCHED_ROUTE, Metrics
 
+DATABASE_ERRORS = (asyncpg.PostgresError, sqlite3.Error)
 _VALID_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:@/+=-]{1,128}$")
 
 log = structlog.get_logger("potok_state.http")
@@ -50,9 +53,21 @@ class RequestContextMiddleware:
             await send(message)
 
         try:
+            if b"%00" in scope.get("query_string", b"") or "\x00" in scope["path"]:
+                # No text field stores NUL (PostgreSQL cannot): refused before any route.
+                refusal = error_response(
+                    400, "bad_request", "The URL holds a NUL (%00), which no field may contain."
+                )
+                await refusal(scope, receive, send_with_id)
+                return
             await self.app(scope, receive, send_with_id)
         except Exception as exc:
-            log.exception("request.failed", error=type(exc).__name__)
+            if isinstance(exc, DATABASE_ERRORS):
+                # A driver's message may quote the values of the statement: the
+                # class and the request id only.
+                log.error("request.failed", error=type(exc).__name__)
+            else:
+                log.exception("request.failed", error=type(exc).__name__)
             if response_started:
                 raise
             response = error_response(500, "internal_error", "An unexpected error occurred.")

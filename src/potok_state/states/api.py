@@ -3,13 +3,12 @@ live in `service.py`."""
 
 from __future__ import annotations
 
-from datetime import datetime
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, Path, Query, Request, Response, status
 
 from potok_state.changes.pipeline import Applied
-from potok_state.clock import as_utc
+from potok_state.clock import InputTime
 from potok_state.kit.auth import Actor
 from potok_state.kit.compiled_route import CompiledRoute
 from potok_state.kit.errors import BadRequest, InvalidInput, error_responses
@@ -124,8 +123,8 @@ async def query_states(
         list[Annotated[str, Query(pattern=STATUS_PATTERN)]],
         Query(alias="status", description="Repeat to match any of several statuses."),
     ] = [],  # noqa: B006 - FastAPI copies query defaults
-    updated_after: Annotated[datetime | None, Query(alias="updatedAfter")] = None,
-    updated_before: Annotated[datetime | None, Query(alias="updatedBefore")] = None,
+    updated_after: Annotated[InputTime | None, Query(alias="updatedAfter")] = None,
+    updated_before: Annotated[InputTime | None, Query(alias="updatedBefore")] = None,
     sort: SortSpec = "-updatedAt",
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
     cursor: Annotated[str | None, Query(max_length=512)] = None,
@@ -140,8 +139,8 @@ async def query_states(
     query = StateFilter(
         statuses=tuple(status_in),
         metadata_equals=metadata_equals,
-        updated_after=as_utc(updated_after) if updated_after else None,
-        updated_before=as_utc(updated_before) if updated_before else None,
+        updated_after=updated_after,
+        updated_before=updated_before,
         sort=sort,
         limit=limit,
         cursor=cursor,

@@ -73,6 +73,8 @@ from potok_state.storage.port import (
     StateStore,
 )
 
+MAX_METADATA_FILTERS = 20
+MAX_STATUS_FILTERS = 64
 METADATA_KEY_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_-")
 
 
@@ -702,6 +704,16 @@ class StateService:
                 f"Cannot sort by {query.sort!r}.",
                 details={"sortable": [f"{s.value}" for s in SortField]},
             ) from None
+        if len(query.metadata_equals or {}) > MAX_METADATA_FILTERS:
+            raise InvalidQuery(
+                f"At most {MAX_METADATA_FILTERS} metadata.<key> filters per query.",
+                details={"limit": MAX_METADATA_FILTERS},
+            )
+        if len(query.statuses) > MAX_STATUS_FILTERS:
+            raise InvalidQuery(
+                f"At most {MAX_STATUS_FILTERS} status filters per query.",
+                details={"limit": MAX_STATUS_FILTERS},
+            )
         metadata_equals: dict[str, tuple[str, ...]] = {}
         for key, value in (query.metadata_equals or {}).items():
             if not key or len(key) > 64 or not set(key) <= METADATA_KEY_CHARS:
@@ -922,7 +934,7 @@ def _decode_state_cursor(cursor: str, sort_spec: str) -> tuple[str | int | datet
                 "This cursor belongs to a query with another sort order.",
                 details={"cursorSort": str(spec), "sort": sort_spec},
             )
-        if not isinstance(entity_id, str):
+        if not isinstance(entity_id, str) or "\x00" in entity_id:
             raise ValueError(cursor)
         # The value is bound against the sort column, so its type and range must
         # fit that column: a mismatch is bad input, not a database error.
@@ -937,7 +949,7 @@ def _decode_state_cursor(cursor: str, sort_spec: str) -> tuple[str | int | datet
                     raise ValueError(cursor)
                 return as_utc(datetime.fromisoformat(value)), entity_id
             case _:
-                if not isinstance(value, str):
+                if not isinstance(value, str) or "\x00" in value:
                     raise ValueError(cursor)
                 return value, entity_id
     except (ValueError, TypeError, binascii.Error, orjson.JSONDecodeError):

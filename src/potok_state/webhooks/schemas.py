@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-from datetime import datetime
 from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
 
 from potok_state.changes.selection import EVENT_FILTER_PATTERN
-from potok_state.clock import Timestamp
+from potok_state.clock import InputTime, Timestamp
 from potok_state.states.schemas import EntityType
 
 EventFilter = Annotated[str, StringConstraints(pattern=EVENT_FILTER_PATTERN)]
@@ -94,7 +93,7 @@ class DeliveryPage(BaseModel):
 
 class ReplayRequest(RequestModel):
     fromRevision: int | None = Field(None, ge=0, le=2**62)
-    since: datetime | None = None
+    since: InputTime | None = None
 
     @model_validator(mode="after")
     def _exactly_one(self) -> ReplayRequest:
