@@ -15,6 +15,8 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEFAULT_SQLITE_URL = "sqlite+aiosqlite:///./data/potok-state.db"
 DEVELOPMENT_API_KEYS = "gateway:gateway-service-key"
+# Production refuses API keys and a WEBHOOK_SECRET_KEY shorter than this.
+MIN_PRODUCTION_SECRET = 16
 EXAMPLE_SECRETS = frozenset({"", "your-webhook-secret", "change-me", "development-secret"})
 
 
@@ -226,6 +228,36 @@ class Settings(BaseSettings):
     def _production_needs_real_secrets(self) -> Settings:
         if self.app_env is not AppEnv.PRODUCTION:
             return self
+        problems: list[str] = []
+        raw_keys = self.api_keys.get_secret_value().strip() if self.api_keys else ""
+        if not raw_keys:
+            problems.append("API_KEYS must be set in production")
+        elif raw_keys == DEVELOPMENT_API_KEYS:
+            problems.append("API_KEYS must not be the development example key in production")
+        else:
+            for item in (part.strip() for part in raw_keys.split(",") if part.strip()):
+                name, sep, key = item.partition(":")
+                if not sep or not name.strip():
+                    problems.append(
+                        "API_KEYS entries must be named in production (name:key): the name "
+                        "is the actor recorded on every change"
+                    )
+                elif len(key.strip()) < MIN_PRODUCTION_SECRET:
+                    problems.append(
+                        f"API_KEYS: the key of {name.strip()!r} is shorter than "
+                        f"{MIN_PRODUCTION_SECRET} characters"
+                    )
+        secret = self.webhooks.secret_key.get_secret_value()
+        if secret in EXAMPLE_SECRETS:
+            problems.append("WEBHOOK_SECRET_KEY must be set to a real secret in production")
+        elif len(secret) < MIN_PRODUCTION_SECRET:
+            problems.append(
+                f"WEBHOOK_SECRET_KEY must be at least {MIN_PRODUCTION_SECRET} characters "
+                "in production"
+            )
+        if problems:
+            raise ValueError("; ".join(dict.fromkeys(problems)))
+        return self
         if self.api_keys is None or not self.api_keys.get_secret_value().strip():
             raise ValueError("API_KEYS must be set in production")
         if self.api_keys.get_secret_value() == DEVELOPMENT_API_KEYS:

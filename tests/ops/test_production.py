@@ -68,6 +68,26 @@ def run_cli(*args: str, env: dict[str, str], cwd: Path) -> subprocess.CompletedP
         ({"APP_ENV": "production", "API_KEYS": "ops:real-key"}, "WEBHOOK_SECRET_KEY"),
         (
             {
+                "APP_ENV": "production",
+                "API_KEYS": "unnamed-but-long-enough-key",
+                "WEBHOOK_SECRET_KEY": REAL_WEBHOOK_SECRET,
+            },
+            "must be named",
+        ),
+        (
+            {
+                "APP_ENV": "production",
+                "API_KEYS": "ops:short",
+                "WEBHOOK_SECRET_KEY": REAL_WEBHOOK_SECRET,
+            },
+            "shorter than 16",
+        ),
+        (
+            {"APP_ENV": "production", "API_KEYS": SECRETS["API_KEYS"], "WEBHOOK_SECRET_KEY": "x"},
+            "WEBHOOK_SECRET_KEY must be at least 16",
+        ),
+        (
+            {
                 "NODE_ENV": "production",
                 "API_KEYS": "ops:real-key",
                 "WEBHOOK_SECRET_KEY": "change-me",
