@@ -111,6 +111,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         commit_hook=floors.committed,
     )
     metrics = Metrics()
+    metrics.label_entities(machine.entity for machine in machines.all())
     near = NearCache(floors, size=settings.cache.near_size)
     if near.size and store.commits.follows_others:
         store.commits.follow(NearCacheFollower(near), store.changes, store.head_revision)

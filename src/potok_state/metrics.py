@@ -3,6 +3,8 @@ features that count things; `/metrics` renders it."""
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 from fastapi import APIRouter, Request, Response
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -14,6 +16,7 @@ from prometheus_client import (
 )
 
 UNMATCHED_ROUTE = "<unmatched>"
+OTHER = "other"
 KNOWN_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
@@ -92,6 +95,7 @@ class Metrics:
         )
         self._http_children: dict[tuple[str, str, int], tuple[Counter, Histogram]] = {}
         self._transition_children: dict[tuple[str, str, str], Counter] = {}
+        self._labelled_entities: frozenset[str] = frozenset()
 
     def observe_request(self, route: str, method: str, status: int, seconds: float) -> None:
         """Count one HTTP request. `route` is the route template, never the raw
@@ -111,7 +115,15 @@ class Metrics:
         counter.inc()
         histogram.observe(seconds)
 
+    def label_entities(self, entities: Iterable[str]) -> None:
+        """Types whose transitions are counted under their own names (the
+        configured tables); any other is counted as `other`, so a client cannot
+        grow /metrics by inventing types or statuses."""
+        self._labelled_entities = frozenset(entities)
+
     def count_transition(self, entity: str, event: str, status: str) -> None:
+        if entity not in self._labelled_entities:
+            entity = status = OTHER
         key = (entity, event, status)
         child = self._transition_children.get(key)
         if child is None:

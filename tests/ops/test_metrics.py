@@ -149,3 +149,22 @@ def test_parser_reads_what_the_registry_writes() -> None:
         scraped.value("potok_http_requests_total", route="/x/{id}", method="OTHER", status="418")
         == 1
     )
+
+
+async def test_types_without_a_table_are_counted_as_other(client: httpx.AsyncClient) -> None:
+    """A client cannot grow /metrics by inventing entity types or statuses."""
+    before = await scrape(client)
+    for i in range(5):
+        response = await client.post(
+            f"/api/v1/states/invented{i}", json={"entityId": "x", "status": f"made_up_{i}"}
+        )
+        assert response.status_code == 201, response.text
+    after = await scrape(client)
+    other = {"entity": "other", "event": "entity.created", "status": "other"}
+    assert (
+        after.value("potok_state_transitions_total", **other)
+        - before.value("potok_state_transitions_total", **other)
+        == 5
+    )
+    entities = after.label_values("potok_state_transitions_total", "entity")
+    assert not any(entity.startswith("invented") for entity in entities)
