@@ -206,7 +206,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     install_error_handlers(app)
     # Outermost last: headers and the request id reach every response, 413s included.
-    app.add_middleware(RequestBodyLimitMiddleware, max_bytes=settings.request_body_max_bytes)
+    app.add_middleware(
+        RequestBodyLimitMiddleware,
+        max_bytes=settings.request_body_max_bytes,
+        timeout_seconds=settings.request_body_timeout / 1000,
+    )
     # The repetitive JSON of a page compresses as well at level 1 as at 6, for less CPU.
     app.add_middleware(GZipMiddleware, minimum_size=GZIP_MINIMUM_BYTES, compresslevel=1)
     app.add_middleware(RequestContextMiddleware, metrics=metrics)

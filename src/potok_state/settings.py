@@ -214,6 +214,12 @@ class Settings(BaseSettings):
     request_body_max_bytes: int = Field(
         16 * 1024 * 1024, ge=1024, description="Largest request body, bytes (413 above)."
     )
+    request_body_timeout: int = Field(
+        30_000,
+        ge=100,
+        description="Longest pause while a request body arrives, ms; beyond it a 408 closes "
+        "the connection.",
+    )
     idempotency_ttl: int = Field(86_400, ge=1, description="How long an Idempotency-Key holds, s.")
 
     webhooks: WebhookSettings = Field(default_factory=WebhookSettings)

@@ -4,6 +4,7 @@ responses, the body limit (413), and the request id in headers, bodies and logs.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import gzip
 import hashlib
@@ -287,3 +288,31 @@ def _json_lines(server: Server) -> list[dict[str, Any]]:
         if text.startswith("{"):
             lines.append(json.loads(text))
     return lines
+
+
+async def test_unfinished_bodies_are_answered_408_and_closed(
+    database_url: str, tmp_path: Path
+) -> None:
+    """Connections that start a body and stop sending are closed after
+    REQUEST_BODY_TIMEOUT, not held forever; nothing is written."""
+    port = free_port()
+    env = service_env(database_url, REQUEST_BODY_TIMEOUT="300")
+    async with http_service(port, env, tmp_path), remote_client(port) as client:
+        request = (
+            b"POST /api/v1/states/task HTTP/1.1\r\nHost: x\r\n"
+            b"x-api-key: " + API_KEY.encode() + b"\r\n"
+            b"Content-Type: application/json\r\nContent-Length: 100\r\n\r\n"
+            b'{"entityId":'
+        )
+        connections = []
+        for _ in range(50):
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            writer.write(request)
+            await writer.drain()
+            connections.append((reader, writer))
+        for reader, writer in connections:
+            answer = await asyncio.wait_for(reader.read(), timeout=10)  # until the server closes
+            assert answer.startswith(b"HTTP/1.1 408"), answer[:200]
+            assert b'"code":"request_timeout"' in answer
+            writer.close()
+        assert (await client.get("/api/v1/changes")).json()["items"] == []

@@ -1,13 +1,19 @@
-"""Request body limit (`REQUEST_BODY_MAX_BYTES`, 413 above it).
+"""Request body limits: size (`REQUEST_BODY_MAX_BYTES`, 413 above it) and pace
+(`REQUEST_BODY_TIMEOUT`, 408 when the client stops sending mid-body).
 
 A declared Content-Length over the limit is refused before the app runs. A body
 without one (chunked) is counted while it streams: the chunk that crosses the
 limit raises `BodyTooLarge` out of `receive`, which FastAPI passes through its
 body parsing unchanged (it is an HTTPException) and the error handler renders as
-the 413 error body. Nothing past the limit is buffered.
+the 413 error body. Nothing past the limit is buffered. A body that stops
+arriving raises `BodyTimeout` the same way, and the 408 closes the connection:
+a client that opens many requests and never finishes them holds nothing for
+long.
 """
 
 from __future__ import annotations
+
+import asyncio
 
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -20,10 +26,20 @@ class BodyTooLarge(HTTPException):
         super().__init__(413, f"The request body is larger than {max_bytes} bytes.")
 
 
+class BodyTimeout(HTTPException):
+    def __init__(self, seconds: float) -> None:
+        super().__init__(
+            408,
+            f"The request body stopped arriving for {seconds:g} s.",
+            headers={"Connection": "close"},
+        )
+
+
 class RequestBodyLimitMiddleware:
-    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+    def __init__(self, app: ASGIApp, max_bytes: int, timeout_seconds: float) -> None:
         self.app = app
         self.max_bytes = max_bytes
+        self.timeout_seconds = timeout_seconds
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -36,15 +52,24 @@ class RequestBodyLimitMiddleware:
             await response(scope, receive, send)
             return
         received = 0
+        complete = False
         max_bytes = self.max_bytes
+        timeout = self.timeout_seconds
 
         async def limited_receive() -> Message:
-            nonlocal received
-            message = await receive()
+            nonlocal received, complete
+            if complete:  # after the body only a disconnect can come: no limit
+                return await receive()
+            try:
+                async with asyncio.timeout(timeout):
+                    message = await receive()
+            except TimeoutError:
+                raise BodyTimeout(timeout) from None
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
                 if received > max_bytes:
                     raise BodyTooLarge(max_bytes)
+                complete = not message.get("more_body", False)
             return message
 
         await self.app(scope, limited_receive, send)
