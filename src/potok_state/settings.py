@@ -151,6 +151,12 @@ class ThrottleSettings(BaseSettings):
 
     limit: int = Field(1000, ge=0, description="Requests per API key per window; 0 disables.")
     ttl: int = Field(60, ge=1, description="Rate-limit window, s.")
+    auth_failures: int = Field(
+        20,
+        ge=0,
+        description="Failed authentications per client address per window; beyond, the "
+        "address gets 429 until its window ends. 0 disables.",
+    )
 
 
 class ExternalDbSettings(BaseSettings):

@@ -149,3 +149,46 @@ async def test_counts_locally_while_global_redis_is_down(
         statuses = [(await client.get(THROTTLED)).status_code for _ in range(3)]
         assert statuses == [200, 200, 200]
         assert_rate_limited(await client.get(THROTTLED), 60)
+
+
+async def test_failed_authentication_is_limited_per_address(database_url: str) -> None:
+    """After THROTTLE_AUTH_FAILURES wrong or missing keys, the address gets 429
+    for every request until its window ends, even with a right key, so a right
+    guess looks like every wrong one."""
+    settings = make_settings(database_url, throttle={"limit": 0, "auth_failures": 5, "ttl": 60})
+    async with (
+        running(settings) as app,
+        client_for(app, "wrong-key") as guesser,
+        client_for(app) as gateway,
+    ):
+        assert (await gateway.get(THROTTLED)).status_code == 200
+        for _ in range(3):
+            assert (await guesser.get(THROTTLED)).status_code == 401
+        assert (await guesser.get(THROTTLED, headers={"x-api-key": ""})).status_code == 401
+        assert (await guesser.get(THROTTLED)).status_code == 401
+        assert_rate_limited(await guesser.get(THROTTLED), 60)
+        # The same address (the test client's), now even with the right key.
+        assert_rate_limited(await gateway.get(THROTTLED), 60)
+        # Public endpoints are not behind the key check.
+        assert (await gateway.get("/health/liveness")).status_code == 200
+
+
+async def test_failed_authentication_counts_are_shared_through_global_redis(
+    tmp_path: Path, redis_servers: Callable[[], RedisServer]
+) -> None:
+    server = redis_servers()
+    settings = make_settings(
+        f"sqlite+aiosqlite:///{tmp_path}/db.sqlite",
+        throttle={"limit": 0, "auth_failures": 4, "ttl": 60},
+        redis_global=global_redis(server),
+    )
+    async with (
+        running(settings) as first,
+        running(settings) as second,
+        client_for(first, "wrong") as a,
+        client_for(second, "wrong") as b,
+    ):
+        for client in (a, b, a, b):
+            assert (await client.get(THROTTLED)).status_code == 401
+        assert_rate_limited(await a.get(THROTTLED), 60)
+        assert_rate_limited(await b.get(THROTTLED), 60)

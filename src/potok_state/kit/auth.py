@@ -39,15 +39,19 @@ class ApiKeyAuth(APIKeyHeader):
         )
 
     async def __call__(self, request: Request) -> str:  # type: ignore[override]
+        throttle: Throttle = request.app.state.throttle
+        address = request.client.host if request.client is not None else "unknown"
+        await throttle.refuse_if_failing(address)
         presented = request.headers.get("x-api-key")
         if not presented:
+            await throttle.count_failure(address)
             raise Unauthorized("Missing x-api-key header.")
         ring: ApiKeyRing = request.app.state.api_keys
         actor = ring.actor_for(presented)
         if actor is None:
+            await throttle.count_failure(address)
             raise Unauthorized("Unknown API key.")
         request.state.actor = actor
-        throttle: Throttle = request.app.state.throttle
         await throttle.admit(actor)
         return actor
 

@@ -56,7 +56,7 @@ class RequestContextMiddleware:
             if b"%00" in scope.get("query_string", b"") or "\x00" in scope["path"]:
                 # No text field stores NUL (PostgreSQL cannot): refused before any route.
                 refusal = error_response(
-                    400, "bad_request", "The URL holds a NUL (%00), which no field may contain."
+                    422, "nul_not_allowed", "The URL holds a NUL (%00), which no field may hold."
                 )
                 await refusal(scope, receive, send_with_id)
                 return

@@ -9,8 +9,14 @@ When the global Redis is unreachable the process counts locally and skips Redis
 for `GLOBAL_RETRY_SECONDS` before trying again: an outage loosens the limit to
 THROTTLE_LIMIT per replica, rather than refusing traffic or removing the limit.
 
-Local windows are kept per key name; names come from `API_KEYS`, so the table
-is bounded by configuration, not by traffic.
+Failed authentication is limited per client address too (`THROTTLE_AUTH_FAILURES`
+per window): past the limit an address gets 429 for every request until its
+window ends, whatever key it sends, so guessing keys is slow and a correct guess
+is not told apart from a wrong one.
+
+Local windows are kept per key name and per failing address; expired windows
+are swept when the table grows, so it stays bounded however many addresses
+fail.
 """
 
 from __future__ import annotations
@@ -30,6 +36,8 @@ from potok_state.settings import RedisGlobalSettings, ThrottleSettings
 log = structlog.get_logger(__name__)
 
 KEY_PREFIX = "potok-state:throttle:"
+FAILURE_PREFIX = "auth-failures:"
+MAX_LOCAL_WINDOWS = 10_000
 GLOBAL_TIMEOUT_SECONDS = 0.2
 GLOBAL_RETRY_SECONDS = 1.0
 
@@ -71,12 +79,20 @@ class LocalWindows:
             count, ends = 0, now + self.window_seconds
         count += 1
         self._windows[name] = (count, ends)
+        if len(self._windows) > MAX_LOCAL_WINDOWS:
+            self._windows = {k: w for k, w in self._windows.items() if w[1] > now}
         return Hit(count, ends - now)
+
+    def peek(self, name: str) -> Hit:
+        now = time.monotonic()
+        count, ends = self._windows.get(name, (0, 0.0))
+        return Hit(0, 0.0) if now >= ends else Hit(count, ends - now)
 
 
 class Throttle:
     def __init__(self, settings: ThrottleSettings, redis: Redis | None = None) -> None:
         self.limit = settings.limit
+        self.auth_failures = settings.auth_failures
         self.window_seconds = settings.ttl
         self.local = LocalWindows(settings.ttl)
         self.redis = redis
@@ -85,7 +101,7 @@ class Throttle:
 
     @classmethod
     def from_settings(cls, settings: ThrottleSettings, redis: RedisGlobalSettings) -> Throttle:
-        if not redis.enabled or settings.limit == 0:
+        if not redis.enabled or (settings.limit == 0 and settings.auth_failures == 0):
             return cls(settings)
         client = redis_client(
             redis, socket_timeout=GLOBAL_TIMEOUT_SECONDS, connect_timeout=GLOBAL_TIMEOUT_SECONDS
@@ -110,6 +126,49 @@ class Throttle:
             },
             headers={"Retry-After": str(retry_after)},
         )
+
+    async def refuse_if_failing(self, address: str) -> None:
+        """RateLimited when `address` failed to authenticate too often lately."""
+        if not self.auth_failures:
+            return
+        hit = await self._peek(FAILURE_PREFIX + address)
+        if hit.count < self.auth_failures:
+            return
+        retry_after = max(1, math.ceil(hit.seconds_left))
+        raise RateLimited(
+            f"Too many failed authentications from this address; retry after {retry_after} s.",
+            details={
+                "limit": self.auth_failures,
+                "windowSeconds": self.window_seconds,
+                "retryAfterSeconds": retry_after,
+            },
+            headers={"Retry-After": str(retry_after)},
+        )
+
+    async def count_failure(self, address: str) -> None:
+        if self.auth_failures:
+            name = FAILURE_PREFIX + address
+            if self._script is not None:
+                self.local.hit(name)  # so that _peek knows when to ask Redis
+            await self._hit(name)
+
+    async def _peek(self, name: str) -> Hit:
+        local = self.local.peek(name)
+        # An address this process never saw fail costs no Redis round trip.
+        if self._script is None or self.redis is None or local.count == 0:
+            return local
+        if time.monotonic() < self._global_down_until:
+            return local
+        try:
+            async with self.redis.pipeline(transaction=False) as pipe:
+                pipe.get(KEY_PREFIX + name)
+                pipe.pttl(KEY_PREFIX + name)
+                count, left_ms = await pipe.execute()
+        except (RedisError, OSError):
+            return self.local.peek(name)
+        if count is None or left_ms is None or int(left_ms) < 0:
+            return Hit(0, 0.0)
+        return Hit(int(count), int(left_ms) / 1000)
 
     async def _hit(self, name: str) -> Hit:
         if self._script is None or time.monotonic() < self._global_down_until:
