@@ -153,6 +153,7 @@ async def test_no_secret_in_the_logs_of_a_running_service(
         "LOG_FORMAT": "json",
     }
     subscription_secret = "whsec_sekret-subscription-5c4b"
+    nul_secret = "whsec_sekret-nul-subscription-9e1f"
     port = free_port()
     async with http_service(port, env, tmp_path) as server, remote_client(port) as client:
         client.headers["x-api-key"] = "sekret-api-key-7f3e2b"
@@ -169,6 +170,19 @@ async def test_no_secret_in_the_logs_of_a_running_service(
             },
         )
         assert subscribed.status_code == 201, subscribed.text
+        # NUL in a text field used to fail inside PostgreSQL, whose error was
+        # logged with the statement's values: the secret with it.
+        for field in ("description", "secret"):
+            poisoned = await client.post(
+                "/api/v1/webhooks/subscriptions",
+                json={
+                    "url": "https://hooks.example.com/potok",
+                    "events": ["*"],
+                    "secret": nul_secret,
+                    field: "bad\x00value" if field == "description" else nul_secret + "\x00",
+                },
+            )
+            assert poisoned.status_code == 422, poisoned.text
         wrong = await client.get(
             "/api/v1/states/task/secret-1", headers={"x-api-key": "sekret-api-key-7f3e2b!"}
         )
@@ -176,5 +190,5 @@ async def test_no_secret_in_the_logs_of_a_running_service(
         assert (await client.get("/health")).status_code == 200
     log = server.log
     assert '"event": "http.request"' in log or '"event":"http.request"' in log
-    for secret in [*SECRET_VALUES, DB_PASSWORD, subscription_secret]:
+    for secret in [*SECRET_VALUES, DB_PASSWORD, subscription_secret, nul_secret]:
         assert secret not in log, secret
