@@ -184,6 +184,14 @@ _UPDATABLE = (
 )
 
 
+def fair_share(subscriptions: int, concurrency: int, per_subscription: int) -> int:
+    """Slots one of `subscriptions` with work may hold: all it may have alone,
+    otherwise an equal part of the worker with one part kept free."""
+    if subscriptions <= 1:
+        return per_subscription
+    return min(per_subscription, max(1, concurrency // (subscriptions + 1)))
+
+
 class WebhookRepository:
     def __init__(self, store: SqlStateStore) -> None:
         self.store = store
@@ -509,15 +517,19 @@ class WebhookRepository:
         and subscription is still pending, so each subscriber sees an entity's
         events in revision order.
 
-        Slots are shared fairly: while several subscriptions have work, each may
-        hold its share of the worker's `concurrency` (`in_flight`: what this
-        worker already sends per subscription), and never more than
-        `per_subscription`, so one slow receiver cannot take every slot."""
+        Slots are shared fairly (`fair_share`): while several subscriptions have
+        work, each may hold its share of the worker's `concurrency` (`in_flight`:
+        what this worker already sends per subscription), one share is kept free
+        for a subscription whose work arrives next, and none holds more than
+        `per_subscription`; so receivers that hang hold only their own shares.
+        Subscriptions at their share are left out of the candidates in SQL:
+        otherwise their backlog fills the candidate window and hides the others'
+        deliveries until it drains."""
         dialect = self.dialect
         now = utc_now()
-        saturated = dialect.text_list(
-            [sub for sub, count in in_flight.items() if count >= per_subscription]
-        )
+        active = [sub for sub, count in in_flight.items() if count > 0]
+        share = fair_share(len(active), concurrency, per_subscription)
+        saturated = dialect.text_list([sub for sub in active if in_flight[sub] >= share])
         candidates = (
             "SELECT d.id, d.subscription_id FROM webhook_deliveries d WHERE d.status = 'pending' "
             "AND d.next_attempt_at <= $1 "
@@ -537,8 +549,8 @@ class WebhookRepository:
 
         async def work(tx: Tx) -> Sequence[Row]:
             found = await tx.fetch(candidates, dialect.time(now), 2 * limit, saturated)
-            busy = set(in_flight) | {row["subscription_id"] for row in found}
-            cap = min(per_subscription, max(1, concurrency // max(1, len(busy))))
+            busy = set(active) | {row["subscription_id"] for row in found}
+            cap = fair_share(len(busy), concurrency, per_subscription)
             taken = dict(in_flight)
             ids: list[int] = []
             for row in found:
