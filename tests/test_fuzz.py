@@ -4,11 +4,13 @@ describes (or breaks on purpose) may produce a 5xx or an undocumented answer."""
 from __future__ import annotations
 
 from collections.abc import Iterator
+from datetime import UTC
 from typing import Any
 
 import pytest
 import schemathesis
 from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from hypothesis.errors import Unsatisfiable
 from schemathesis.checks import not_a_server_error
 from schemathesis.core.failures import FailureGroup
@@ -32,6 +34,22 @@ CHECKS = [
     response_schema_conformance,
 ]
 EXAMPLES_PER_OPERATION = 20
+
+# Times at the edges of what UTC can hold, besides ordinary ones: each used to be
+# a 500 somewhere (an OverflowError converting to UTC).
+EXTREME_TIMES = st.sampled_from(
+    [
+        "0001-01-01T00:00:00+14:00",
+        "9999-12-31T23:59:59-14:00",
+        "0001-01-01T00:00:00Z",
+        "9999-12-31T23:59:59.999999Z",
+    ]
+)
+schemathesis.openapi.format(
+    "date-time",
+    EXTREME_TIMES
+    | st.datetimes(timezones=st.timezones() | st.just(UTC)).map(lambda t: t.isoformat()),
+)
 
 
 @pytest.fixture
