@@ -168,3 +168,10 @@ async def test_types_without_a_table_are_counted_as_other(client: httpx.AsyncCli
     )
     entities = after.label_values("potok_state_transitions_total", "entity")
     assert not any(entity.startswith("invented") for entity in entities)
+
+
+def test_no_created_series() -> None:
+    metrics = Metrics()
+    metrics.observe_request("/x", "GET", 200, 0.001)
+    metrics.count_transition("task", "entity.created", "created")
+    assert b"_created" not in metrics.exposition()
