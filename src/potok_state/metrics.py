@@ -18,7 +18,7 @@ from prometheus_client import (
 
 # No `*_created` series beside every counter: they double the scrape and say
 # nothing an operator asks of this service.
-disable_created_metrics()
+disable_created_metrics()  # type: ignore[no-untyped-call]
 
 UNMATCHED_ROUTE = "<unmatched>"
 OTHER = "other"

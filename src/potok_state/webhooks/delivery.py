@@ -365,7 +365,10 @@ class DeliveryWorker:
         )
         self.metrics.deliveries.labels(outcome=outcome_label).inc()
         self.metrics.delivery_latency.observe(finished.duration_ms / 1000)
-        log.info(
+        # A failed attempt is a warning (someone may need to look at the
+        # receiver); a success is routine.
+        report = log.info if status == SUCCEEDED else log.warning
+        report(
             "webhook.attempt",
             deliveryId=delivery.id,
             subscriptionId=delivery.subscription_id,
