@@ -13,7 +13,7 @@ from collections.abc import Callable
 import uvicorn
 from pydantic import SecretStr, ValidationError
 
-from potok_state.settings import Settings
+from potok_state.settings import Settings, by_environment_name
 from potok_state.states.machines import MachineDefinitionError
 from potok_state.storage.migrate import upgrade_to_head
 
@@ -116,10 +116,12 @@ def _masked(value: object) -> object:
 
 
 def show_config(_: argparse.Namespace) -> None:
+    """The effective settings by the environment variables that set them, secrets
+    masked; API_KEYS shows the key names in effect (the development key too)."""
     settings = _load_settings()
-    effective = _masked(settings.model_dump())
-    assert isinstance(effective, dict)
-    effective["database_url"] = _safe_url(settings.database_url)
+    effective = {name: _masked(value) for name, value in by_environment_name(settings).items()}
+    effective["DATABASE_URL"] = _safe_url(settings.database_url)
+    effective["API_KEYS"] = ",".join(f"{key.name}:********" for key in settings.parsed_api_keys)
     print(json.dumps(effective, indent=2, default=str))
 
 

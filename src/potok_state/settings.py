@@ -11,6 +11,7 @@ from enum import StrEnum
 from functools import cached_property
 
 from pydantic import AliasChoices, BaseModel, Field, SecretStr, model_validator
+from pydantic.fields import FieldInfo
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEFAULT_SQLITE_URL = "sqlite+aiosqlite:///./data/potok-state.db"
@@ -304,3 +305,27 @@ class Settings(BaseSettings):
     def webhooks_allow_private_targets(self) -> bool:
         allowed = self.webhooks.allow_private_targets
         return (not self.is_production) if allowed is None else allowed
+
+
+def environment_name(prefix: str, name: str, field: FieldInfo) -> str:
+    """The environment variable a setting is read from (the first of its aliases)."""
+    alias = field.validation_alias
+    if isinstance(alias, str):
+        return alias
+    if isinstance(alias, AliasChoices):
+        return next(str(choice) for choice in alias.choices if str(choice).isupper())
+    return (prefix + name).upper()
+
+
+def by_environment_name(settings: BaseSettings) -> dict[str, object]:
+    """Every setting under the environment variable that sets it, nested groups
+    flattened (`WEBHOOK_DELIVERY_TIMEOUT`, not webhooks.delivery_timeout)."""
+    values: dict[str, object] = {}
+    prefix = str(settings.model_config.get("env_prefix", ""))
+    for name, field in type(settings).model_fields.items():
+        value = getattr(settings, name)
+        if isinstance(value, BaseSettings):
+            values.update(by_environment_name(value))
+        else:
+            values[environment_name(prefix, name, field)] = value
+    return values

@@ -111,7 +111,7 @@ def test_production_starts_with_real_secrets(tmp_path: Path) -> None:
     env = {"APP_ENV": "production", "DATABASE_URL": f"sqlite+aiosqlite:///{tmp_path}/db", **SECRETS}
     result = run_cli("config", env=env, cwd=tmp_path)
     assert result.returncode == 0, result.stderr
-    assert json.loads(result.stdout)["app_env"] == "production"
+    assert json.loads(result.stdout)["APP_ENV"] == "production"
 
 
 def test_settings_refusal_names_the_setting() -> None:
@@ -131,11 +131,13 @@ def test_config_output_masks_every_secret(tmp_path: Path) -> None:
     for secret in [*SECRET_VALUES, DB_PASSWORD]:
         assert secret not in output
     effective = json.loads(result.stdout)
-    assert effective["api_keys"] == "********"
-    assert effective["webhooks"]["secret_key"] == "********"
-    assert effective["redis_global"]["password"] == "********"
-    assert effective["external_db"]["api_key"] == "********"
-    assert effective["database_url"] == "postgresql+asyncpg://potok:***@127.0.0.1:5432/potok"
+    assert effective["API_KEYS"] == "ops:********"
+    assert effective["WEBHOOK_SECRET_KEY"] == "********"
+    assert effective["REDIS_GLOBAL_PASSWORD"] == "********"
+    assert effective["EXTERNAL_DB_API_KEY"] == "********"
+    assert effective["DATABASE_URL"] == "postgresql+asyncpg://potok:***@127.0.0.1:5432/potok"
+    assert effective["WEBHOOK_DELIVERY_TIMEOUT"] == 30_000
+    assert effective["APP_ENV"] == "development"
 
 
 async def test_no_secret_in_the_logs_of_a_running_service(

@@ -5,11 +5,11 @@ from __future__ import annotations
 from pydantic import AliasChoices
 from pydantic_settings import BaseSettings
 
-from potok_state.settings import Settings
+from potok_state.settings import Settings, environment_name
 
 
 def setting_names() -> set[str]:
-    """Every environment variable the service reads."""
+    """Every environment variable the service reads (every alias of each)."""
     names: set[str] = set()
 
     def collect(model: type[BaseSettings]) -> None:
@@ -18,12 +18,10 @@ def setting_names() -> set[str]:
             annotation = field.annotation
             if isinstance(annotation, type) and issubclass(annotation, BaseSettings):
                 collect(annotation)
-            elif isinstance(field.validation_alias, str):
-                names.add(field.validation_alias)
             elif isinstance(field.validation_alias, AliasChoices):
                 names.update(str(c) for c in field.validation_alias.choices if str(c).isupper())
             else:
-                names.add((prefix + name).upper())
+                names.add(environment_name(prefix, name, field))
 
     collect(Settings)
     return names
