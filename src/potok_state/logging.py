@@ -42,9 +42,28 @@ def configure_logging(level: str, log_format: LogFormat) -> None:
         logger_factory=structlog.PrintLoggerFactory(sys.stderr),
         cache_logger_on_first_use=True,
     )
-    # Libraries that log through the stdlib (uvicorn, alembic) keep their own
-    # handlers; only their level follows ours.
-    logging.basicConfig(
-        level=numeric_level, stream=sys.stderr, format="%(levelname)s %(name)s %(message)s"
+    # Libraries that log through the stdlib (uvicorn, alembic, asyncio) are
+    # rendered by the same processors, so every line has one format and carries
+    # the request id when there is one.
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(
+        structlog.stdlib.ProcessorFormatter(
+            foreign_pre_chain=[
+                structlog.contextvars.merge_contextvars,
+                structlog.stdlib.add_log_level,
+                structlog.stdlib.add_logger_name,
+                structlog.processors.TimeStamper(fmt="iso", utc=True),
+            ],
+            processors=[
+                structlog.stdlib.ProcessorFormatter.remove_processors_meta,
+                *([structlog.processors.format_exc_info] if log_format is LogFormat.JSON else []),
+                renderer,
+            ],
+        )
     )
-    logging.getLogger("uvicorn.access").disabled = True
+    root = logging.getLogger()
+    root.handlers = [handler]
+    root.setLevel(numeric_level)
+    logging.getLogger("uvicorn.access").disabled = True  # one access line, ours
+    # Its debug lines name every statement of every migration.
+    logging.getLogger("aiosqlite").setLevel(max(numeric_level, logging.INFO))

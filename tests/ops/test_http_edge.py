@@ -316,3 +316,17 @@ async def test_unfinished_bodies_are_answered_408_and_closed(
             assert b'"code":"request_timeout"' in answer
             writer.close()
         assert (await client.get("/api/v1/changes")).json()["items"] == []
+
+
+async def test_every_log_line_is_json_when_asked(tmp_path: Path) -> None:
+    """uvicorn's and alembic's lines too, not only the service's own."""
+    port = free_port()
+    env = service_env(f"sqlite+aiosqlite:///{tmp_path}/db.sqlite", LOG_LEVEL="info")
+    async with http_service(port, env, tmp_path) as server, remote_client(port) as client:
+        assert (await client.get("/health/liveness")).status_code == 200
+        await client.get("/api/v1/states/task/missing")
+    lines = [line for line in server.log.splitlines() if line.strip()]
+    assert any('"logger": "uvicorn.error"' in line for line in lines)
+    for line in lines:
+        entry = json.loads(line)
+        assert {"event", "level", "timestamp"} <= set(entry), line
