@@ -24,7 +24,7 @@ async def test_the_default_service_runs_without_any_redis(database_url: str) -> 
             assert set(health["checks"]) == {"storage"}
             readiness = await client.get("/health/readiness")
             assert readiness.status_code == 200
-            assert readiness.json()["redis"] is True
+            assert readiness.json()["redis"] == "disabled"
 
 
 async def test_a_configured_tier_that_is_down_degrades_but_does_not_fail(
@@ -51,7 +51,7 @@ async def test_a_configured_tier_that_is_down_degrades_but_does_not_fail(
                 "ready": True,
                 "storage": True,
                 "redis": False,
-                "externalDb": True,
+                "externalDb": "disabled",
             }
 
 

@@ -3,7 +3,7 @@ from __future__ import annotations
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, Depends, Request, Response
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 from potok_state.health.service import HealthService
 
@@ -28,10 +28,15 @@ class Liveness(BaseModel):
 
 
 class Readiness(BaseModel):
+    """Each dependency as checked now; "disabled" when it is not configured
+    (nothing is reported up that was not checked)."""
+
     ready: bool
     storage: bool
-    redis: bool
-    externalDb: bool
+    redis: bool | Literal["disabled"]
+    externalDb: bool | Literal["disabled"] = Field(
+        description='"disabled" while states are stored in SQL (STORAGE_BACKEND=sql).'
+    )
 
 
 async def health_service(request: Request) -> HealthService:
@@ -80,8 +85,9 @@ async def liveness() -> Liveness:
 )
 async def readiness(service: Service, response: Response) -> Readiness:
     storage = await service.check_storage()
-    redis = all(check.up for check in await service.check_cache())
+    tiers = await service.check_cache()
+    redis: bool | Literal["disabled"] = all(t.up for t in tiers) if tiers else "disabled"
     if not storage.up:
         response.status_code = 503
     # A cache tier being down is "degraded", never "not ready" (docs/operations.md).
-    return Readiness(ready=storage.up, storage=storage.up, redis=redis, externalDb=True)
+    return Readiness(ready=storage.up, storage=storage.up, redis=redis, externalDb="disabled")
