@@ -265,8 +265,18 @@ class SqlStateStore:
     ) -> list[Renewal]:
         if self.is_sqlite:
             return await self.db.write(lambda tx: _renew_on_sqlite(tx, entity, entity_ids, ttl))
-        rows = await self.db.read(lambda tx: tx.fetch(_RENEW, entity, list(entity_ids), ttl))
         read_time = self.dialect.read_time
+        if len(entity_ids) == 1:
+            [entity_id] = entity_ids
+            # One statement, committed on its own (no explicit transaction).
+            row = await self.db.read(lambda tx: tx.fetchrow(_RENEW_ONE, entity, entity_id, ttl))
+            if row is not None:
+                return [
+                    Renewal(entity_id, True, row["lease_ttl"], read_time(row["lease_expires_at"]))
+                ]
+            found = await self.db.read_point(lambda tx: tx.fetchval(_EXISTS, entity, entity_id))
+            return [Renewal(entity_id, found is not None)]
+        rows = await self.db.read(lambda tx: tx.fetch(_RENEW, entity, list(entity_ids), ttl))
         return [
             Renewal(
                 row["entity_id"],
@@ -337,10 +347,24 @@ FROM k LEFT JOIN renewed r USING (entity_id)
     LEFT JOIN states st ON st.entity_type = $1 AND st.entity_id = k.entity_id
 ORDER BY k.n
 """
-_DUE_POSTGRES = (
-    "SELECT entity_type, entity_id, clock_timestamp() AS now FROM states "
-    "WHERE lease_expires_at <= clock_timestamp() ORDER BY lease_expires_at LIMIT $1"
-)
+# The time is taken once (an InitPlan): compared with the volatile
+# clock_timestamp() itself, PostgreSQL walked the whole lease index and
+# filtered every row, on every look.
+_DUE_POSTGRES = """
+WITH t AS (SELECT clock_timestamp() AS now)
+SELECT s.entity_type, s.entity_id, (SELECT now FROM t) AS now FROM states s
+WHERE s.lease_expires_at <= (SELECT now FROM t) ORDER BY s.lease_expires_at LIMIT $1
+"""
+# One heartbeat, the common case: a primary-key update; whether the state
+# exists is asked only when it did not renew.
+_RENEW_ONE = """
+UPDATE states SET lease_ttl = coalesce($3, lease_ttl),
+    lease_expires_at = date_trunc('milliseconds', clock_timestamp())
+        + make_interval(secs => coalesce($3, lease_ttl))
+WHERE entity_type = $1 AND entity_id = $2 AND lease_expires_at > clock_timestamp()
+RETURNING lease_ttl, lease_expires_at
+"""
+_EXISTS = "SELECT 1 FROM states WHERE entity_type = $1 AND entity_id = $2"
 _DUE_SQLITE = (
     "SELECT entity_type, entity_id FROM states WHERE lease_expires_at <= $1 "
     "ORDER BY lease_expires_at LIMIT $2"
