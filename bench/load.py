@@ -27,6 +27,11 @@ USER_STATUSES = ("online", "offline", "busy")
 SEED_ENTITY = "user"
 """Entity type of every scenario: its table allows any status → any status, so
 every PUT and batch item is a valid change."""
+LEASE_ENTITY = "service"
+"""Entity type of the heartbeat row and the lease lapses: the built-in `service`
+table (lease default `{ttl: 15, onExpire: down}`)."""
+LEASE_SEED_TTL = 3600
+"""Lease of the seeded `service` states, s: long enough that none lapses in a run."""
 
 
 class RequestKind(StrEnum):
@@ -37,6 +42,7 @@ class RequestKind(StrEnum):
     PUT = "put"
     BATCH_CREATE = "batch_create"
     BATCH_UPDATE = "batch_update"
+    HEARTBEAT = "heartbeat"
 
 
 @dataclass(frozen=True)
@@ -102,12 +108,24 @@ def seed_id(index: int) -> str:
     return f"seed-{index:06d}"
 
 
+def lease_seed_id(index: int) -> str:
+    """The seeded `service` states the heartbeat row renews."""
+    return f"svc-{index:06d}"
+
+
+def _own_slice(work: Workload, worker: int, seq: int, workers: int) -> int:
+    """A seeded index of `worker`'s own slice: concurrent workers never write the
+    same row, so they never queue on one row lock."""
+    per_worker = max(1, work.seeded_ids // workers)
+    return (worker + workers * (seq % per_worker)) % work.seeded_ids
+
+
 def build_request(work: Workload, worker: int, seq: int, workers: int) -> tuple[str, str, bytes]:
     """The (method, path, body) of request `seq` of `worker`.
 
-    PUTs of one worker touch only its own slice of the seeded ids, so concurrent
-    workers never queue on one row lock: the bench measures the write path, not
-    contention on a single entity."""
+    PUTs and heartbeats of one worker touch only its own slice of the seeded ids,
+    so concurrent workers never queue on one row lock: the bench measures the
+    write path, not contention on a single entity."""
     base = f"/api/v1/states/{SEED_ENTITY}"
     match work.kind:
         case RequestKind.LIVENESS:
@@ -122,13 +140,16 @@ def build_request(work: Workload, worker: int, seq: int, workers: int) -> tuple[
             created = {"entityId": f"new-{work.tag}-{worker}-{seq}", "status": "online"}
             return "POST", base, orjson.dumps(created)
         case RequestKind.PUT:
-            per_worker = max(1, work.seeded_ids // workers)
-            index = (worker + workers * (seq % per_worker)) % work.seeded_ids
+            index = _own_slice(work, worker, seq, workers)
             body: dict[str, object] = {
                 "status": USER_STATUSES[(seq + worker) % len(USER_STATUSES)],
                 "metadata": {"worker": worker, "seq": seq},
             }
             return "PUT", f"{base}/{seed_id(index)}", orjson.dumps(body)
+        case RequestKind.HEARTBEAT:
+            # No body: the lease's own ttl (LEASE_SEED_TTL).
+            state = lease_seed_id(_own_slice(work, worker, seq, workers))
+            return "POST", f"/api/v1/states/{LEASE_ENTITY}/{state}/heartbeat", b""
         case RequestKind.BATCH_CREATE:
             items = [
                 {"entityId": f"batch-{work.tag}-{seq}-{i}", "status": USER_STATUSES[i % 3]}
@@ -236,6 +257,13 @@ def process_cpu_seconds(pid: int) -> float:
 def process_tree_cpu_seconds(pid: int) -> float:
     """CPU used so far by a process and every live process descending from it, s."""
     return sum(stat.ticks for stat in process_tree(pid)) / _TICKS
+
+
+def tree_and_postgres_cpu_seconds(root: int) -> tuple[float, float]:
+    """(CPU of `root`'s process tree, CPU of every `postgres` process) used so far,
+    in seconds, from one walk of /proc."""
+    tree, postgres = _ticks(root)
+    return tree / _TICKS, postgres / _TICKS
 
 
 def postgres_cpu_seconds() -> float:

@@ -15,9 +15,11 @@ from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from bench.load import LEASE_SEED_TTL
 from bench.scenarios import (
     BACKEND_TITLES,
     DELIVERY_SCENARIOS,
+    HEARTBEAT_KEY,
     PROFILES,
     Goal,
     ServerProfile,
@@ -27,6 +29,7 @@ from bench.scenarios import (
 from bench.webhooks import percentile
 
 if TYPE_CHECKING:
+    from bench.leases import LapseResult, WindowCpu
     from bench.load import LoadResult
     from bench.run import BenchRun, Measurement
     from bench.watch import FanOut, Spread, SteadyWrites, WatchResult
@@ -35,6 +38,9 @@ if TYPE_CHECKING:
 ANALYSIS_START = "<!-- ANALYSIS:START (hand-written, kept when the report is regenerated) -->"
 ANALYSIS_END = "<!-- ANALYSIS:END -->"
 WATCH_HEADING = "## Watch streams"
+LEASES_HEADING = "## Leases"
+SPLICED_HEADINGS = (WATCH_HEADING, LEASES_HEADING)
+"""The sections `--splice` writes into an existing report, in report order."""
 _ANALYSIS_PLACEHOLDER = "_No analysis written yet for this run._"
 _BACKEND_TITLES = BACKEND_TITLES
 
@@ -134,18 +140,22 @@ def _verdict(measurement: Measurement) -> str:
     return _goal_verdict(measurement.scenario.goal_for(measurement.backend), _met(measurement))
 
 
-def _throughput_table(measurements: list[Measurement]) -> list[str]:
+def _throughput_table(measurements: list[Measurement], *, backends: bool = False) -> list[str]:
+    """The request rows; with `backends`, a first column names each row's backend."""
     lines = [
         "| path | req/s | p50 ms | p99 ms | errors | × ceiling | §9 goal | server CPU | "
         "req per server CPU-s | × ceiling per CPU | generator CPU | postgres CPU | machine busy |",
         "|---|--:|--:|--:|--:|--:|---|--:|--:|--:|--:|--:|--:|",
     ]
+    if backends:
+        lines = ["| backend " + lines[0], "|---" + lines[1]]
     for m in measurements:
         r = m.result
         ratio = "—" if m.ratio is None else f"{m.ratio:.2f}"
         cpu_ratio = "—" if m.cpu_ratio is None else f"{m.cpu_ratio:.2f}"
+        backend = f"| {_BACKEND_TITLES.get(m.backend, m.backend)} " if backends else ""
         lines.append(
-            f"| {m.scenario.title} | {r.rate:,.0f} | {_ms(r.percentile(50))} | "
+            f"{backend}| {m.scenario.title} | {r.rate:,.0f} | {_ms(r.percentile(50))} | "
             f"{_ms(r.percentile(99))} | {r.errors} | {ratio} | {_verdict(m)} | "
             f"{r.server_cpu:.2f} | {m.per_cpu:,.0f} | {cpu_ratio} | "
             f"{r.client_cpu:.2f} | {r.postgres_cpu:.2f} | "
@@ -534,17 +544,198 @@ def _watch_section(run: BenchRun) -> list[str]:
     return out
 
 
-def splice_watch(rendered: str, previous_path: Path) -> str | None:
-    """The report at `previous_path` with its watch section replaced by the one
-    in `rendered` (or added before *Cache and notes*); None when `rendered` has none."""
-    new = _section(rendered, WATCH_HEADING)
-    if new is None:
+def _heartbeat_rows(run: BenchRun) -> list[Measurement]:
+    """The heartbeat row of each backend (1 worker) between its server's ceilings."""
+    rows: list[Measurement] = []
+    for backend in run.options.backends:
+        heartbeat = _find(run, backend, HEARTBEAT_KEY)
+        if heartbeat is None:
+            continue
+        same = [
+            m
+            for m in run.measurements
+            if m.backend == backend and m.workers == 1 and m.profile == heartbeat.profile
+        ]
+        rows += [m for m in same if m.scenario.ceiling and not m.scenario.key.endswith("_end")]
+        rows.append(heartbeat)
+        rows += [m for m in same if m.scenario.ceiling and m.scenario.key.endswith("_end")]
+    return rows
+
+
+def _lapse_met(result: LapseResult) -> bool | None:
+    goal = result.scenario.goal_for(result.backend)
+    if goal is None or goal.max_ms is None or not result.lateness.count:
         return None
+    clean = result.missing == 0 and result.duplicates == 0 and result.early == 0
+    return result.lateness.max <= goal.max_ms and clean and result.lost == 0
+
+
+def _seconds(value: float) -> str:
+    return "—" if value != value else f"{value:.2f}"
+
+
+def _window_cpu(window: WindowCpu | None, name: str) -> str:
+    return "—" if window is None else f"{getattr(window, name):.2f}"
+
+
+def _lapse_table(results: list[LapseResult]) -> list[str]:
+    lines = [
+        "| backend | deadlines set by | leases | set in s | deadline spread s | lapsed | "
+        "duplicates | early | lapse − deadline p50 / p99 / max ms | first lapse − first "
+        "deadline s | last lapse − last deadline s | lapse timestamps | lapse deliveries | lost | "
+        "delivery duplicates | arrival − deadline p50 / p99 / max ms | last arrival − last "
+        "deadline s | server CPU, to last lapse | server CPU, to last arrival | postgres CPU | "
+        "bench CPU | machine busy | §9 goal |",
+        "|---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|---|",
+    ]
+    for r in results:
+        verdict = _goal_verdict(r.scenario.goal_for(r.backend), _lapse_met(r))
+        window = r.cpu_delivery or r.cpu_lapse
+        lines.append(
+            f"| {_BACKEND_TITLES.get(r.backend, r.backend)} | {r.scenario.title} | "
+            f"{r.leases:,} | {r.setup_seconds:.2f} | {r.deadline_spread:.3f} | {r.lapsed:,} | "
+            f"{r.duplicates} | {r.early} | {_spread(r.lateness)} | {_seconds(r.first_lapse)} | "
+            f"{_seconds(r.last_lapse)} | {r.timestamps:,} | {r.delivered:,} | {r.lost} | "
+            f"{r.delivery_duplicates} | {_spread(r.delivery_lateness)} | "
+            f"{_seconds(r.all_delivered)} | {_window_cpu(r.cpu_lapse, 'server')} | "
+            f"{_window_cpu(r.cpu_delivery, 'server')} | {_window_cpu(window, 'postgres')} | "
+            f"{_window_cpu(window, 'bench')} | "
+            f"{'—' if window is None else f'{window.machine_busy:.0%}'} | {verdict} |"
+        )
+    return lines
+
+
+def _lapse_behaviour_lines(results: list[LapseResult]) -> list[str]:
+    lines = []
+    for r in results:
+        label = f"{_BACKEND_TITLES.get(r.backend, r.backend)}, {r.scenario.title}"
+        if r.scenario.setup == "heartbeat":
+            created = (
+                f"{r.created_delivered:,} `entity.created` deliveries, the last "
+                f"{_seconds(r.created_done)} s after the first batch was sent (before the "
+                "heartbeats)"
+            )
+        else:
+            when = (
+                "—"
+                if r.created_done != r.created_done
+                else f"{abs(r.created_done):.2f} s {'before' if r.created_done < 0 else 'after'}"
+            )
+            created = (
+                f"{r.created_delivered:,} `entity.created` deliveries, the last {when} the "
+                "last deadline"
+            )
+        metrics = ", ".join(f"`{k}` +{v:,.0f}" for k, v in r.metrics.items()) or "none"
+        lines.append(
+            f"* {label}: {created}; /metrics over the scenario: {metrics}"
+            + (
+                f"; {r.setup_errors} deadlines not set (first: `{r.error_sample}`)"
+                if r.setup_errors
+                else ""
+            )
+            + "."
+        )
+        if r.log.lines:
+            events = ", ".join(f"`{event}` × {count}" for event, count in r.log.events.items())
+            lines.append(
+                f"* {label}: the server logged {r.log.lines} lines: {events}. First of each:"
+            )
+            lines += [f"  * `{sample.replace('`', '')}`" for sample in r.log.samples]
+        else:
+            lines.append(f"* {label}: the server logged nothing (LOG_LEVEL=warning).")
+        lines += [f"* {label}: {note}." for note in r.notes]
+    return lines
+
+
+def _leases_section(run: BenchRun) -> list[str]:
+    heartbeats = _heartbeat_rows(run)
+    if not heartbeats and not run.leases:
+        return []
+    options = run.options
+    measured = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
+    out = [
+        f"{LEASES_HEADING} (1 worker only)",
+        "",
+        f"Measured by `{options.command}` ({measured}). The built-in `service` table "
+        "(statuses starting, up, draining, down; lease default `{ttl: 15, onExpire: down}`), "
+        f"one uvicorn worker, docs/leases.md. Load average as this section was written: "
+        f"{load_average()}; the machine (2 cores) is shared, see *machine busy*.",
+        "",
+    ]
+    if heartbeats:
+        out += [
+            "### Heartbeats per second",
+            "",
+            *_throughput_table(heartbeats, backends=True),
+            "",
+            f"The *no cache* profile's server (the rows of its section above, when the run had "
+            f"them): {options.seed} `service` states (`up`, ttl {LEASE_SEED_TTL} s) are seeded "
+            f"with atomic batches; {options.concurrency} keep-alive connections, each looping "
+            f"over its own slice of them, send `POST /api/v1/states/service/{{id}}/heartbeat` "
+            f"without a body (the lease's own ttl) for {options.warmup:g} s warm-up then "
+            f"{options.duration:g} s measured. A heartbeat writes only the lease: on SQLite one "
+            "unit of the single writer thread (group commit), on PostgreSQL one UPDATE.",
+            "",
+        ]
+    if run.leases:
+        leases = options.leases
+        out += [
+            f"### {leases.leases:,} leases lapsing together",
+            "",
+            *_lapse_table(run.leases),
+            "",
+            f"One server per row (`serve`, one uvicorn worker, every setting at its default: "
+            "the embedded webhook worker delivers, WEBHOOK_WORKER_CONCURRENCY 64), a "
+            "subscription to `entity.*` on `service` for a receiver in the bench process "
+            f"(aiohttp, 127.0.0.1, answers 200). {leases.leases:,} new `up` states get "
+            f"deadlines {leases.ttl} s away. *Batch heartbeats*: the states are created "
+            f"first with a {leases.hold_ttl} s lease, their `entity.created` deliveries "
+            "awaited; then one round of batch heartbeats (1000 ids each, every request sent "
+            f"at once) with ttl {leases.ttl}. *Creation*: atomic 1000-item batches of new "
+            f"states with ttl {leases.ttl}, every request sent at once, so their "
+            "`entity.created` deliveries are still on their way when the leases lapse. Each "
+            "state's deadline is its `lease.expiresAt` in the answer; *set in* is first "
+            "request → last answer, *deadline spread* the last deadline − the first.",
+            "",
+            "Each lapse is an ordinary change (`up → down`, reason `lease expired`): *lapse − "
+            "deadline* is its event `timestamp` in `GET /api/v1/changes` (the commit time) − the "
+            "state's deadline, over every state that lapsed; *lapsed* counts states with a lapse "
+            "event (must be all), *duplicates* lapse events beyond one per state, *early* lapses "
+            "before the deadline (both must be 0); *lapse timestamps* counts the distinct ones "
+            "(the changes of one change set share one). *arrival − deadline*: the receiver's "
+            "`time.time()` at the first lapse delivery of each state; *lost*: lapses never "
+            "delivered (waiting stops 30 s after the last arrival, at most max(60 s, leases ÷ 50)"
+            " after the last deadline). The goal needs the latest lapse ≤ 2 s after its deadline,"
+            " every state lapsed once and every lapse delivered. CPU in cores from the first "
+            "deadline to the last lapse, and to the last arrival (the other CPU columns), sampled"
+            " every 0.1 s; *bench CPU* is the receiver's process. Times are the host's clock on "
+            "SQLite, the database's on PostgreSQL (the same host): one clock with the bench's.",
+            "",
+            "### What the service did",
+            "",
+            *_lapse_behaviour_lines(run.leases),
+            "",
+        ]
+    return out
+
+
+def splice_sections(rendered: str, previous_path: Path) -> tuple[str, list[str]]:
+    """The report at `previous_path` with each of its `SPLICED_HEADINGS` sections
+    that `rendered` has replaced by the new one (or added before *Cache and
+    notes*), every other section kept; and the headings written."""
+    found = [(h, new) for h in SPLICED_HEADINGS if (new := _section(rendered, h)) is not None]
+    written = [heading.removeprefix("## ") for heading, _ in found]
     try:
-        previous = previous_path.read_text()
+        text = previous_path.read_text()
     except OSError:
-        return rendered
-    old = _section(previous, WATCH_HEADING)
+        return rendered, written
+    for heading, section in found:
+        text = _splice(text, heading, section)
+    return text, written
+
+
+def _splice(previous: str, heading: str, new: str) -> str:
+    old = _section(previous, heading)
     if old is not None:
         return previous.replace(old, new, 1)
     for anchor in ("\n## Cache and notes", "\n## Analysis"):
@@ -722,7 +913,8 @@ def render(run: BenchRun, machine: dict[str, str]) -> str:
         "* Server profiles (each started once per backend and worker count, with its own "
         "ceiling): "
         + "; ".join(f"*{p.title}*: {_profile_settings(p)}" for p in PROFILES)
-        + ". Batches, webhook delivery and watch streams run with 1 worker only. Before "
+        + ". Batches, heartbeats, webhook delivery, watch streams and lease lapses run "
+        "with 1 worker only. Before "
         "the rows of a Redis profile, every seeded state is read once (with N workers 2N "
         "times, each request on a new connection, since every worker has its own near "
         "cache), so the cache-hit rows measure hits, not first reads.",
@@ -768,6 +960,7 @@ def render(run: BenchRun, machine: dict[str, str]) -> str:
         ]
     out += _webhook_section(run)
     out += _watch_section(run)
+    out += _leases_section(run)
     out += ["## Cache and notes", ""]
     for label, stats in run.redis.items():
         line = (

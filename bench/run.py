@@ -6,6 +6,7 @@
     .venv/bin/python -m bench.run --backends sqlite --profile put   # cProfile of the server
     .venv/bin/python -m bench.run --only delivery_latency,deliveries  # webhook delivery only
     .venv/bin/python -m bench.run --only watch --splice   # watch streams only, into REPORT.md
+    .venv/bin/python -m bench.run --only leases --splice  # heartbeats and lease lapses only
 
 Every req/s figure is reported as a ratio to the trivial endpoint measured on the
 same server in the same run (bench/README.md); with `--workers 1,2` every server
@@ -35,22 +36,31 @@ import aiohttp
 import orjson
 
 from bench import report
+from bench.leases import LapseResult, LeaseOptions
+from bench.leases import measure as measure_leases
 from bench.load import (
+    LEASE_ENTITY,
+    LEASE_SEED_TTL,
     SEED_ENTITY,
     USER_STATUSES,
     LoadResult,
     LoadSpec,
     Workload,
     drive,
+    lease_seed_id,
     seed_id,
 )
 from bench.scenarios import (
     BACKENDS,
     DELIVERY_SCENARIOS,
+    HEARTBEAT_KEY,
+    LEASE_GROUP,
+    LEASE_SCENARIOS,
     PROFILES,
     WATCH_GROUP,
     WATCH_SCENARIOS,
     DeliveryScenario,
+    LeaseScenario,
     Scenario,
     ServerProfile,
     WatchScenario,
@@ -93,8 +103,9 @@ class Options:
     command: str
     deliveries: DeliveryOptions
     watch: WatchOptions
+    leases: LeaseOptions
     splice: bool = False
-    """Write only the watch section into `report_path`, keeping the rest of it."""
+    """Write only the watch and leases sections into `report_path`, keeping the rest."""
 
 
 @dataclass
@@ -139,6 +150,15 @@ class BenchRun:
     delivery_latencies: list[LatencyResult] = field(default_factory=list)
     delivery_rates: list[ThroughputResult] = field(default_factory=list)
     watch: list[WatchResult] = field(default_factory=list)
+    leases: list[LapseResult] = field(default_factory=list)
+
+
+@dataclass
+class Seeded:
+    """What is already in the run's database (one per backend)."""
+
+    users: bool = False
+    services: bool = False
 
 
 def _progress(message: str) -> None:
@@ -164,6 +184,26 @@ async def seed_states(service: Service, count: int) -> None:
                     raise BenchSetupError(
                         f"seeding failed: HTTP {response.status}: {(await response.text())[:500]}"
                         f"\nserver log:\n{service.log_tail()}"
+                    )
+
+
+async def seed_lease_states(service: Service, count: int) -> None:
+    """`count` `service` states (`up`) with ids svc-000000…, each holding a lease
+    of LEASE_SEED_TTL seconds: what the heartbeat row renews."""
+    headers = {"x-api-key": BENCH_API_KEY, "content-type": "application/json"}
+    url = f"{service.base_url}/api/v1/states/{LEASE_ENTITY}/batch"
+    async with aiohttp.ClientSession() as session:
+        for start in range(0, count, 1000):
+            items = [
+                {"entityId": lease_seed_id(i), "status": "up", "ttl": LEASE_SEED_TTL}
+                for i in range(start, min(start + 1000, count))
+            ]
+            body = orjson.dumps({"items": items, "atomic": True})
+            async with session.post(url, data=body, headers=headers) as response:
+                if response.status != 200:
+                    raise BenchSetupError(
+                        f"seeding leases failed: HTTP {response.status}: "
+                        f"{(await response.text())[:500]}\nserver log:\n{service.log_tail()}"
                     )
 
 
@@ -253,7 +293,7 @@ async def bench_profile(
     database_url: str,
     workdir: Path,
     pool: ProcessPoolExecutor,
-    seeded: list[bool],
+    seeded: Seeded,
 ) -> None:
     options = run.options
     scenarios = _selected(profile, options, workers)
@@ -276,9 +316,12 @@ async def bench_profile(
         service = await stack.enter_async_context(
             running_service(workdir, settings, profile_to=profile_path, workers=workers)
         )
-        if not seeded[0]:
+        if not seeded.users:
             await seed_states(service, options.seed)
-            seeded[0] = True
+            seeded.users = True
+        if not seeded.services and any(s.key == HEARTBEAT_KEY for s in scenarios):
+            await seed_lease_states(service, options.seed)
+            seeded.services = True
         if redis_port is not None:
             await _touch_seeds(service)
             stats = await redis_stats(redis_port)
@@ -345,12 +388,13 @@ async def bench_backend(run: BenchRun, backend: str, pool: ProcessPoolExecutor) 
         workdir = Path(tmp)
         database = sqlite_database if backend == "sqlite" else postgres_database
         async with database(workdir) as url:
-            seeded = [False]
+            seeded = Seeded()
             for workers in run.options.workers:
                 for profile in PROFILES:
                     await bench_profile(run, backend, workers, profile, url, workdir, pool, seeded)
             await bench_deliveries(run, backend, url, workdir, pool)
             await bench_watch(run, backend, url, workdir, pool, seeded)
+            await bench_leases(run, backend, url, workdir)
 
 
 def _selected_deliveries(options: Options) -> list[DeliveryScenario]:
@@ -392,7 +436,7 @@ async def bench_watch(
     database_url: str,
     workdir: Path,
     pool: ProcessPoolExecutor,
-    seeded: list[bool],
+    seeded: Seeded,
 ) -> None:
     """The watch stream figures (bench/watch.py): their own one-worker server on
     the same database, after the other scenarios."""
@@ -405,14 +449,37 @@ async def bench_watch(
         return
 
     async def seed(service: Service) -> None:
-        if not seeded[0]:
+        if not seeded.users:
             await seed_states(service, run.options.seed)
-            seeded[0] = True
+            seeded.users = True
 
     result = await measure_watch(
         backend, database_url, workdir, scenarios, run.options.watch, pool, seed, _progress
     )
     run.watch.append(result)
+
+
+def _selected_leases(options: Options) -> list[LeaseScenario]:
+    if options.profile is not None:
+        return []
+    return [s for s in LEASE_SCENARIOS if not options.only or s.key in options.only]
+
+
+async def bench_leases(run: BenchRun, backend: str, database_url: str, workdir: Path) -> None:
+    """The lease lapse figures (bench/leases.py): a one-worker server of their
+    own per scenario, on the same database, after the other scenarios."""
+    scenarios = _selected_leases(run.options)
+    if not scenarios:
+        return
+    if 1 not in run.options.workers:
+        keys = ", ".join(s.key for s in scenarios)
+        run.notes.append(f"{backend}: lease lapses ({keys}) run with --workers 1 only.")
+        return
+    run.leases.extend(
+        await measure_leases(
+            backend, database_url, workdir, scenarios, run.options.leases, _progress
+        )
+    )
 
 
 async def bench(options: Options) -> BenchRun:
@@ -462,6 +529,10 @@ def parse_options(argv: list[str] | None = None) -> Options:
     parser.add_argument(
         "--watch-changes", type=int, help="changes timed, change → event (1000; quick 200)"
     )
+    parser.add_argument("--leases", type=int, help="leases lapsing together (10000; quick 2000)")
+    parser.add_argument(
+        "--lease-ttl", type=int, default=3, help="s from setting the deadlines to them (3)"
+    )
     parser.add_argument(
         "--cache",
         choices=("auto", "off"),
@@ -480,8 +551,8 @@ def parse_options(argv: list[str] | None = None) -> Options:
     parser.add_argument(
         "--splice",
         action="store_true",
-        help="write only the watch section into --report (default bench/REPORT.md), "
-        "keeping every other section; with --only watch",
+        help="write only the watch and leases sections into --report (default "
+        "bench/REPORT.md), keeping every other section; with --only watch and/or leases",
     )
     parser.add_argument("--json", type=Path, help="also write the raw results as JSON")
     args = parser.parse_args(argv)
@@ -493,14 +564,28 @@ def parse_options(argv: list[str] | None = None) -> Options:
     keys = {s.key for p in PROFILES for s in p.scenarios}
     delivery_keys = {s.key for s in DELIVERY_SCENARIOS}
     watch_keys = {s.key for s in WATCH_SCENARIOS}
+    lease_keys = {s.key for s in LEASE_SCENARIOS}
     only = frozenset(k.strip() for k in args.only.split(",") if k.strip())
     if WATCH_GROUP in only:
         only = only - {WATCH_GROUP} | watch_keys
-    if only - keys - delivery_keys - watch_keys or (args.profile and args.profile not in keys):
-        known = [*sorted(keys | delivery_keys | watch_keys), f"{WATCH_GROUP} (all watch_*)"]
+    if LEASE_GROUP in only:
+        only = only - {LEASE_GROUP} | lease_keys | {HEARTBEAT_KEY}
+    known_keys = keys | delivery_keys | watch_keys | lease_keys
+    if only - known_keys or (args.profile and args.profile not in keys):
+        known = [
+            *sorted(known_keys),
+            f"{WATCH_GROUP} (all watch_*)",
+            f"{LEASE_GROUP} ({HEARTBEAT_KEY} and all lease_*)",
+        ]
         parser.error(f"scenario keys: {', '.join(known)}")
-    if args.splice and (args.profile or (only and not only & watch_keys)):
-        parser.error("--splice writes the watch section: run it with --only watch (or no --only)")
+    spliced = watch_keys | lease_keys | {HEARTBEAT_KEY}
+    if args.splice and (args.profile or (only and not only & spliced)):
+        parser.error(
+            "--splice writes the watch and leases sections: run it with --only watch, "
+            "--only leases (or no --only)"
+        )
+    if (args.leases or 1) < 1 or args.lease_ttl < 1:
+        parser.error("--leases and --lease-ttl must be positive")
     if args.watchers < 1 or args.watch_rate <= 0 or (args.watch_changes or 1) < 1:
         parser.error("--watchers, --watch-rate and --watch-changes must be positive")
     if args.delivery_rate <= 0 or (args.delivery_changes or 1) < 1:
@@ -554,6 +639,10 @@ def parse_options(argv: list[str] | None = None) -> Options:
             concurrency=args.concurrency,
             seeded_ids=args.seed,
         ),
+        leases=LeaseOptions(
+            leases=args.leases or (2000 if quick else 10_000),
+            ttl=args.lease_ttl,
+        ),
         splice=args.splice,
     )
 
@@ -569,12 +658,12 @@ def main(argv: list[str] | None = None) -> None:
     rendered = report.render(run, machine)
     if options.splice and options.report_path is not None:
         print(rendered)
-        spliced = report.splice_watch(rendered, options.report_path)
-        if spliced is None:
-            _progress(f"no watch section to write into {options.report_path}")
+        spliced, headings = report.splice_sections(rendered, options.report_path)
+        if not headings:
+            _progress(f"no watch or leases section to write into {options.report_path}")
         else:
             options.report_path.write_text(spliced)
-            _progress(f"wrote the watch section into {options.report_path}")
+            _progress(f"wrote {', '.join(headings)} into {options.report_path}")
     elif options.report_path is not None:
         options.report_path.write_text(report.keep_analysis(rendered, options.report_path))
         _progress(f"wrote {options.report_path}")
@@ -649,6 +738,7 @@ def main(argv: list[str] | None = None) -> None:
                 for t in run.delivery_rates
             ],
             "watch": [w.to_json() for w in run.watch],
+            "leases": [r.to_json() for r in run.leases],
         }
         options.json_path.write_text(json.dumps(payload, indent=2, default=str))
 

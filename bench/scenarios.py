@@ -8,7 +8,9 @@ with one worker.
 Webhook delivery is not a request loop against one server (it needs a receiver,
 a worker process, and a backlog), so it has its own `DeliveryScenario` entries,
 run by `bench/webhooks.py`; likewise watch streams (a process holding the
-streams, a writer), `WatchScenario` entries run by `bench/watch.py`."""
+streams, a writer), `WatchScenario` entries run by `bench/watch.py`; and lease lapses (a
+receiver, thousands of deadlines at once), `LeaseScenario` entries run by
+`bench/leases.py`. Heartbeats are an ordinary request row (`heartbeat`)."""
 
 from __future__ import annotations
 
@@ -29,6 +31,8 @@ class Goal:
     min_ratio: float | None = None
     max_p50_ms: float | None = None
     max_p99_ms: float | None = None
+    max_ms: float | None = None
+    """A bound on the worst of a distribution (lease lapses: the latest one)."""
     backends: tuple[str, ...] = BACKENDS
 
     def applies_to(self, backend: str) -> bool:
@@ -118,6 +122,13 @@ PLAIN = ServerProfile(
             "POST create (new entityId)",
             RequestKind.CREATE,
             (Goal("≥ 0.3 × ceiling", min_ratio=0.3),),
+        ),
+        Scenario(
+            "heartbeat",
+            "POST heartbeat (lease renewal)",
+            RequestKind.HEARTBEAT,
+            (Goal("≥ 0.5 × ceiling", min_ratio=0.5),),
+            one_worker_only=True,
         ),
         Scenario(
             "batch_create",
@@ -261,5 +272,45 @@ WATCH_SCENARIOS = (
         "watch_writes",
         "PUT writes/s with every watcher connected vs none",
         (Goal("≥ 0.9 × without watchers", min_ratio=0.9),),
+    ),
+)
+
+
+@dataclass(frozen=True)
+class LeaseScenario:
+    """A lease lapse figure (bench/README.md), measured by `bench/leases.py`
+    against one one-worker server (its embedded webhook worker delivering)."""
+
+    key: str
+    title: str
+    setup: str
+    """How the deadlines are set: `heartbeat` (the states exist, their creation
+    events delivered; one round of batch heartbeats with the short ttl) or
+    `create` (atomic batches of new states with the short ttl, all at once)."""
+    goals: tuple[Goal, ...] = ()
+
+    def goal_for(self, backend: str) -> Goal | None:
+        return goal_for(self.goals, backend)
+
+
+LEASE_GROUP = "leases"
+"""`--only leases` selects the heartbeat row and every lapse scenario."""
+
+HEARTBEAT_KEY = "heartbeat"
+
+_LAPSE_GOAL = Goal("max ≤ 2 s late, all lapsed once, all delivered", max_ms=2000)
+
+LEASE_SCENARIOS = (
+    LeaseScenario(
+        "lease_lapse",
+        "deadlines set by batch heartbeats",
+        setup="heartbeat",
+        goals=(_LAPSE_GOAL,),
+    ),
+    LeaseScenario(
+        "lease_lapse_create",
+        "deadlines set by creation (created events in flight)",
+        setup="create",
+        goals=(_LAPSE_GOAL,),
     ),
 )
