@@ -123,7 +123,9 @@ class _Plan:
         body: Any = None
         if self.body is not None:
             body = await _json_body(request)
-            if body is _MISSING:
+            if body is _MISSING and not self.body.field_info.is_required():
+                values[self.body.name] = self.body.field_info.get_default(call_default_factory=True)
+            elif body is _MISSING:
                 errors.append(
                     {"type": "missing", "loc": ("body",), "msg": "Field required", "input": None}
                 )

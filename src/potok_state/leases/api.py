@@ -5,11 +5,14 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Path, Request
+import orjson
+from fastapi import APIRouter, Path, Request, Response
 
+from potok_state.clock import format_timestamp
 from potok_state.kit.auth import Actor
+from potok_state.kit.compiled_route import CompiledRoute
 from potok_state.kit.errors import Conflict, error_responses
-from potok_state.kit.json_body import JsonBodyRoute
+from potok_state.kit.responses import JsonBytes
 from potok_state.states.errors import StateNotFound
 from potok_state.states.schemas import (
     ENTITY_ID_PATTERN,
@@ -23,7 +26,9 @@ from potok_state.states.schemas import (
 from potok_state.states.service import StateService
 from potok_state.storage.port import Renewal
 
-router = APIRouter(prefix="/api/v1", tags=["leases"], route_class=JsonBodyRoute)
+# The heartbeat is the hottest write of a presence system: its parameters are
+# gathered by a compiled plan and its answer is encoded directly.
+router = APIRouter(prefix="/api/v1", tags=["leases"], route_class=CompiledRoute)
 
 EntityPath = Annotated[str, Path(pattern=ENTITY_TYPE_PATTERN, description="Entity type.")]
 EntityIdPath = Annotated[str, Path(pattern=ENTITY_ID_PATTERN, description="Entity id.")]
@@ -50,7 +55,7 @@ async def heartbeat(
     entity_id: EntityIdPath,
     _: Actor,
     body: HeartbeatRequest | None = None,
-) -> LeaseView:
+) -> Response:
     """404 when the state does not exist; 409 `no_lease` when it holds none or
     its lease has already lapsed (write the state again to take a new one)."""
     ttl = body.ttl if body is not None else None
@@ -63,7 +68,9 @@ async def heartbeat(
             "again with a ttl to take a new one.",
             details={"entity": entity, "entityId": entity_id},
         )
-    return LeaseView(ttl=renewal.ttl, expiresAt=renewal.expires_at)
+    return JsonBytes(
+        orjson.dumps({"ttl": renewal.ttl, "expiresAt": format_timestamp(renewal.expires_at)})
+    )
 
 
 @router.post(
