@@ -97,6 +97,8 @@ def create_delivery_worker(
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or Settings()
     configure_logging(settings.log_level, settings.log_format)
+    for note in settings.unused_settings():
+        log.warning("config.unused", note=note)
     if settings.storage_backend is StorageBackend.EXTERNAL:
         raise UnsupportedConfiguration(
             "STORAGE_BACKEND=external (the Admin Service REST backend) is not available in "

@@ -132,18 +132,36 @@ class RedisTierSettings(BaseSettings):
     port: int = Field(6379, ge=1, le=65535, description="Redis port.")
     db: int = Field(0, ge=0, description="Redis database number.")
     password: SecretStr | None = Field(None, description="Redis password.")
+    enabled: bool = False
+
+    @model_validator(mode="after")
+    def _on_when_pointed_at(self) -> RedisTierSettings:
+        """A tier whose host or port is set is on unless `*_ENABLED` says false:
+        the seed's `.env` configures the local tier that way, with no flag."""
+        explicit = self.model_fields_set
+        if "enabled" not in explicit and explicit & {"host", "port"}:
+            self.enabled = True
+        return self
 
 
 class RedisLocalSettings(RedisTierSettings):
     model_config = _config("REDIS_LOCAL_")
 
-    enabled: bool = Field(False, description="Use a local Redis cache tier.")
+    enabled: bool = Field(
+        False,
+        description="Use a local Redis cache tier (on by itself when REDIS_LOCAL_HOST or _PORT "
+        "is set and this is not).",
+    )
 
 
 class RedisGlobalSettings(RedisTierSettings):
     model_config = _config("REDIS_GLOBAL_")
 
-    enabled: bool = Field(False, description="Use the global Redis tier shared by replicas.")
+    enabled: bool = Field(
+        False,
+        description="Use the global Redis tier shared by replicas (on by itself when "
+        "REDIS_GLOBAL_HOST or _PORT is set and this is not).",
+    )
     db: int = Field(1, ge=0, description="Redis database number.")
 
 
@@ -278,6 +296,24 @@ class Settings(BaseSettings):
         if self.webhooks.secret_key.get_secret_value() in EXAMPLE_SECRETS:
             raise ValueError("WEBHOOK_SECRET_KEY must be set to a real secret in production")
         return self
+
+    def unused_settings(self) -> list[str]:
+        """Settings that are set but do nothing in this configuration, each with
+        what to do instead (logged once at startup)."""
+        notes: list[str] = []
+        if self.storage_backend is StorageBackend.SQL and (
+            self.external_db.url or self.external_db.api_key
+        ):
+            notes.append(
+                "EXTERNAL_DB_URL/EXTERNAL_DB_API_KEY are set but STORAGE_BACKEND=sql keeps "
+                "states in DATABASE_URL: the Admin Service is not used"
+            )
+        if self.webhooks.secret_key.get_secret_value() in EXAMPLE_SECRETS:
+            notes.append(
+                "WEBHOOK_SECRET_KEY is an example value: set a real secret (production "
+                "refuses to start with it)"
+            )
+        return notes
 
     @property
     def is_production(self) -> bool:
