@@ -126,6 +126,8 @@ def json_error_responses(*errors: type[ServiceError]) -> dict[int | str, dict[st
     }
 
 
+_NOT_AN_OBJECT = frozenset({"model_attributes_type", "dict_type", "model_type"})
+
 _HTTP_CODES = {
     400: "bad_request",
     401: "unauthorized",
@@ -145,7 +147,21 @@ def install_error_handlers(app: FastAPI) -> None:
         return error_response(exc.status_code, exc.code, exc.message, exc.details, exc.headers)
 
     @app.exception_handler(RequestValidationError)
-    async def _validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:
+    async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+        media = request.headers.get("content-type", "").partition(";")[0].strip().lower()
+        if not (media == "application/json" or media.endswith("+json")) and any(
+            tuple(err.get("loc", ())) == ("body",) and err.get("type") in _NOT_AN_OBJECT
+            for err in exc.errors()
+        ):
+            # The body was not read as JSON at all: say why, not that bytes are
+            # not a dictionary.
+            return error_response(
+                422,
+                "not_json",
+                "Send the body as JSON with Content-Type: application/json "
+                f"(got {media or 'no Content-Type'}).",
+                {"contentType": media or None},
+            )
         problems: list[JsonValue] = [
             {
                 "location": [str(part) for part in err.get("loc", ())],

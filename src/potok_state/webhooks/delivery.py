@@ -365,9 +365,11 @@ class DeliveryWorker:
         )
         self.metrics.deliveries.labels(outcome=outcome_label).inc()
         self.metrics.delivery_latency.observe(finished.duration_ms / 1000)
-        # A failed attempt is a warning (someone may need to look at the
-        # receiver); a success is routine.
-        report = log.info if status == SUCCEEDED else log.warning
+        # A failed attempt that will be retried is a warning, one that ends the
+        # delivery an error (someone must look at the receiver).
+        report = (
+            log.info if status == SUCCEEDED else log.warning if status == PENDING else log.error
+        )
         report(
             "webhook.attempt",
             deliveryId=delivery.id,
