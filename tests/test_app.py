@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import re
+import socket
 import subprocess
 import sys
 from collections.abc import AsyncIterator
@@ -204,3 +205,23 @@ def test_production_without_real_secrets_refuses_to_start(
     assert not (tmp_path / "never.db").exists()
     if SECRET_API_KEY in str(env):
         assert SECRET_API_KEY not in result.stderr
+
+
+def test_serve_on_a_busy_port_stops_before_starting_anything(tmp_path: Path) -> None:
+    """The port is taken before the lifespan runs: no delivery worker starts and
+    nothing claims to have started."""
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = cli(
+            ["serve", "--host", "127.0.0.1", "--port", str(port)],
+            tmp_path,
+            LOG_FORMAT="json",
+            LOG_LEVEL="info",
+        )
+    output = result.stdout + result.stderr
+    assert result.returncode != 0, output
+    assert "address already in use" in output.lower(), output
+    for started in ("service.started", "webhook.worker.started", "startup complete"):
+        assert started not in output, output

@@ -55,7 +55,12 @@ def serve(args: argparse.Namespace) -> None:
     }
     try:
         if workers == 1:
-            uvicorn.run(app, **server)  # type: ignore[arg-type]
+            config = uvicorn.Config(app, **server)  # type: ignore[arg-type]
+            # The port first: a second `serve` on a busy port stops here, before
+            # its lifespan starts a delivery worker or announces itself started.
+            # (With workers, uvicorn's supervisor binds before spawning them.)
+            listening = config.bind_socket()
+            uvicorn.Server(config).run(sockets=[listening])
             return
         if settings.is_sqlite:
             # Once, here, rather than racing in every worker.
