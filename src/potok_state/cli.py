@@ -9,6 +9,7 @@ import os
 import sys
 import tempfile
 from collections.abc import Callable
+from pathlib import Path
 
 import uvicorn
 from pydantic import SecretStr, ValidationError
@@ -120,14 +121,62 @@ def _masked(value: object) -> object:
     return value
 
 
-def show_config(_: argparse.Namespace) -> None:
-    """The effective settings by the environment variables that set them, secrets
-    masked; API_KEYS shows the key names in effect (the development key too)."""
+def show_config(args: argparse.Namespace) -> None:
+    """The effective settings by the environment variables that set them, each
+    with where its value came from (environment, .env, default), secrets masked;
+    API_KEYS shows the key names in effect (the development key too).
+
+    `--check` prints what is wrong instead and exits 1 when anything is: the
+    settings that do nothing here, and what production would refuse."""
     settings = _load_settings()
-    effective = {name: _masked(value) for name, value in by_environment_name(settings).items()}
-    effective["DATABASE_URL"] = _safe_url(settings.database_url)
-    effective["API_KEYS"] = ",".join(f"{key.name}:********" for key in settings.parsed_api_keys)
+    if args.check:
+        sys.exit(_check(settings))
+    values = by_environment_name(settings)
+    values["DATABASE_URL"] = _safe_url(settings.database_url)
+    values["API_KEYS"] = ",".join(f"{key.name}:********" for key in settings.parsed_api_keys)
+    in_file = _names_in_dotenv(Path(".env"))
+    in_environment = {name.upper() for name in os.environ}
+    effective = {
+        name: {
+            "value": _masked(value),
+            "source": "environment"
+            if name in in_environment
+            else ".env"
+            if name in in_file
+            else "default",
+        }
+        for name, value in values.items()
+    }
     print(json.dumps(effective, indent=2, default=str))
+
+
+def _names_in_dotenv(path: Path) -> set[str]:
+    """The variable names a `.env` file sets (the values are not needed)."""
+    if not path.is_file():
+        return set()
+    names = set()
+    for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
+        line = line.strip().removeprefix("export ").strip()
+        if line and not line.startswith("#") and "=" in line:
+            names.add(line.split("=", 1)[0].strip().upper())
+    return names
+
+
+def _check(settings: Settings) -> int:
+    problems = [f"unused: {note}" for note in settings.unused_settings()]
+    if not settings.is_production:
+        try:
+            Settings.model_validate({**settings.model_dump(), "app_env": "production"})
+        except ValidationError as exc:
+            problems.extend(
+                f"production would refuse: {error['msg'].removeprefix('Value error, ')}"
+                for error in exc.errors()
+            )
+    for problem in problems:
+        print(problem)
+    if not problems:
+        print("potok-state: the configuration is valid")
+    return 1 if problems else 0
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -144,9 +193,15 @@ def main(argv: list[str] | None = None) -> None:
     serve_cmd.set_defaults(handler=serve)
     commands.add_parser("worker", help="run a webhook delivery worker").set_defaults(handler=worker)
     commands.add_parser("migrate", help="upgrade the database schema").set_defaults(handler=migrate)
-    commands.add_parser("config", help="print the effective settings, secrets masked").set_defaults(
-        handler=show_config
+    config_cmd = commands.add_parser(
+        "config", help="print the effective settings and their sources, secrets masked"
     )
+    config_cmd.add_argument(
+        "--check",
+        action="store_true",
+        help="print what is wrong (unused settings, what production would refuse); exit 1 if any",
+    )
+    config_cmd.set_defaults(handler=show_config)
     args = parser.parse_args(argv)
     args.handler(args)
 

@@ -111,7 +111,7 @@ def test_production_starts_with_real_secrets(tmp_path: Path) -> None:
     env = {"APP_ENV": "production", "DATABASE_URL": f"sqlite+aiosqlite:///{tmp_path}/db", **SECRETS}
     result = run_cli("config", env=env, cwd=tmp_path)
     assert result.returncode == 0, result.stderr
-    assert json.loads(result.stdout)["APP_ENV"] == "production"
+    assert json.loads(result.stdout)["APP_ENV"] == {"value": "production", "source": "environment"}
 
 
 def test_settings_refusal_names_the_setting() -> None:
@@ -130,7 +130,7 @@ def test_config_output_masks_every_secret(tmp_path: Path) -> None:
     output = result.stdout + result.stderr
     for secret in [*SECRET_VALUES, DB_PASSWORD]:
         assert secret not in output
-    effective = json.loads(result.stdout)
+    effective = {name: item["value"] for name, item in json.loads(result.stdout).items()}
     assert effective["API_KEYS"] == "ops:********"
     assert effective["WEBHOOK_SECRET_KEY"] == "********"
     assert effective["REDIS_GLOBAL_PASSWORD"] == "********"
@@ -194,3 +194,27 @@ async def test_no_secret_in_the_logs_of_a_running_service(
     assert '"event": "http.request"' in log or '"event":"http.request"' in log
     for secret in [*SECRET_VALUES, DB_PASSWORD, subscription_secret, nul_secret]:
         assert secret not in log, secret
+
+
+def test_config_says_where_each_value_came_from(tmp_path: Path) -> None:
+    (tmp_path / ".env").write_text("PORT=4111\n# a comment\nexport LOG_LEVEL=warning\n")
+    result = run_cli("config", env={"THROTTLE_LIMIT": "7"}, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    effective = json.loads(result.stdout)
+    assert effective["PORT"] == {"value": 4111, "source": ".env"}
+    assert effective["THROTTLE_LIMIT"] == {"value": 7, "source": "environment"}
+    assert effective["WEBHOOK_MAX_RETRIES"] == {"value": 3, "source": "default"}
+    assert effective["API_KEYS"] == {"value": "gateway:********", "source": "default"}
+
+
+def test_config_check_names_what_is_wrong(tmp_path: Path) -> None:
+    loose = run_cli("config", "--check", env={"EXTERNAL_DB_URL": "http://admin:3000"}, cwd=tmp_path)
+    assert loose.returncode == 1
+    assert "unused: EXTERNAL_DB_URL" in loose.stdout
+    assert "production would refuse: API_KEYS must be set" in loose.stdout
+    ready = run_cli("config", "--check", env={"APP_ENV": "production", **SECRETS}, cwd=tmp_path)
+    assert ready.returncode == 1  # EXTERNAL_DB_API_KEY is among SECRETS: unused under SQL
+    clean = {k: v for k, v in SECRETS.items() if k != "EXTERNAL_DB_API_KEY"}
+    valid = run_cli("config", "--check", env={"APP_ENV": "production", **clean}, cwd=tmp_path)
+    assert valid.returncode == 0, valid.stdout + valid.stderr
+    assert "the configuration is valid" in valid.stdout
