@@ -34,6 +34,7 @@ from potok_state.logging import configure_logging
 from potok_state.metrics import Metrics
 from potok_state.metrics import router as metrics_router
 from potok_state.settings import Settings, StorageBackend
+from potok_state.states.api import machines_router
 from potok_state.states.api import router as states_router
 from potok_state.states.machines import load_machines
 from potok_state.states.service import StateService
@@ -224,6 +225,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(watch_router)
     app.include_router(leases_router)
     app.include_router(states_router)
+    app.include_router(machines_router)
     app.include_router(events_router)
     app.include_router(webhooks_router)
     docs.install_api_docs(app)

@@ -150,5 +150,7 @@ router = APIRouter(tags=["operations"])
     responses={200: {"content": {CONTENT_TYPE_LATEST: {}}, "description": "Metrics"}},
 )
 async def metrics(request: Request) -> Response:
+    """Prometheus metrics of this process: requests by route, transitions, deliveries, cache
+    lookups, watch streams, leases."""
     registry: Metrics = request.app.state.metrics
     return Response(registry.exposition(), media_type=CONTENT_TYPE_LATEST)

@@ -36,6 +36,8 @@ async def list_changes(
     after: Annotated[int, Query(ge=0, le=2**62, description="Revision cursor.")] = 0,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
 ) -> Response:
+    """Every change and custom event in revision order after `after`, as the webhook payloads; page
+    with `nextAfter`. The same JSON as the watch stream."""
     return Response(await feed.page(after, limit), media_type="application/json")
 
 
@@ -53,6 +55,8 @@ async def publish_event(
     actor: Actor,
     idempotency: Idempotency,
 ) -> Event:
+    """Publish `custom.<name>` with any JSON `data`: it gets a revision, goes to subscribers of
+    `custom.*` and to watch streams. 422 `event_data_too_large` above METADATA_MAX_BYTES."""
     applied = await publisher.publish(body, actor=actor, idempotency=idempotency)
     if applied.replayed:
         response.headers["Idempotent-Replayed"] = "true"

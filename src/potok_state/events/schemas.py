@@ -23,7 +23,14 @@ class ChangePage(BaseModel):
 
 
 class PublishEvent(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [
+                {"type": "custom.deploy", "data": {"service": "billing", "version": "1.4.2"}}
+            ]
+        },
+    )
 
     type: Annotated[str, StringConstraints(pattern=r"^custom\.[a-z0-9][a-z0-9_.-]{0,99}$")] = Field(
         description='"custom.event" or "custom.<name>".'

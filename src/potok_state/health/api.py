@@ -49,6 +49,8 @@ Service = Annotated[HealthService, Depends(health_service)]
 
 @router.get("/health", response_model=Health, summary="Every dependency, with latency")
 async def health(service: Service, response: Response) -> Health:
+    """Every configured dependency with its state and latency; `status` is `ok`, `degraded` (a
+    cache tier down) or `down` (storage down, 503)."""
     storage = await service.check_storage()
     caches = await service.check_cache()
     checks = {
@@ -74,6 +76,7 @@ async def health(service: Service, response: Response) -> Health:
 
 @router.get("/health/liveness", response_model=Liveness, summary="The process is up")
 async def liveness() -> Liveness:
+    """The process answers. For container liveness probes."""
     return Liveness(status="ok")
 
 
@@ -84,6 +87,9 @@ async def liveness() -> Liveness:
     responses={503: {"model": Readiness, "description": "Not ready"}},
 )
 async def readiness(service: Service, response: Response) -> Readiness:
+    """Ready when the database answers (503 otherwise); Redis and the external database are
+    reported as checked (`"disabled"` when not configured) and do not affect readiness. Point
+    load balancers here."""
     storage = await service.check_storage()
     tiers = await service.check_cache()
     redis: bool | Literal["disabled"] = all(t.up for t in tiers) if tiers else "disabled"

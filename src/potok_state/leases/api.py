@@ -82,6 +82,8 @@ async def heartbeat(
 async def heartbeat_many(
     request: Request, entity: EntityPath, body: BatchHeartbeatRequest, _: Actor
 ) -> BatchHeartbeatResult:
+    """Renew the leases of up to 1000 states of one type (optionally with a new `ttl`); each item
+    says `ok` or why not (`state_not_found`, `no_lease`). No revision, history or event."""
     renewals = await _service(request).renew_leases(entity, body.ids, body.ttl)
     items = [_result(renewal) for renewal in renewals]
     renewed = sum(1 for item in items if item.ok)

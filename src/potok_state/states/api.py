@@ -90,6 +90,10 @@ async def record_state(
     actor: Actor,
     idempotency: Idempotency,
 ) -> Response:
+    """Create the state (201), or apply a transition to the one that exists (200), checked against
+    its type's transition table. Errors: 409 `invalid_transition` (with `allowed`), 422
+    `unknown_status`, `reserved_id`, `metadata_too_large`, `validation_error`. `Idempotency-Key`
+    replays the first answer. `ttl` takes a lease."""
     applied = await _service(request).record_state(
         entity, body, actor=actor, idempotency=idempotency
     )
@@ -162,6 +166,9 @@ async def apply_batch(
     actor: Actor,
     idempotency: Idempotency,
 ) -> Response:
+    """Up to 1000 records in one transaction, each a create or a transition. `atomic: true`: all or
+    nothing (409 or 422 `batch_rejected` listing each failed item); `atomic:
+    false`: every valid item is written and each result says ok or why not."""
     applied = await _service(request).apply_batch(
         entity, body, actor=actor, idempotency=idempotency
     )
@@ -178,6 +185,8 @@ async def apply_batch(
 async def get_state(
     request: Request, entity: EntityPath, entity_id: EntityIdPath, _: Actor
 ) -> Response:
+    """The current state, with `ETag: "<version>"` for `If-Match`. 404 `state_not_found`. A leased
+    state is always read fresh (its `lease.expiresAt`)."""
     state = await _service(request).get_state(entity, entity_id)
     return JsonBytes(state.body, headers={"ETag": etag(state.version)})
 
@@ -218,6 +227,9 @@ async def replace_state(
     actor: Actor,
     conditions: Conditions,
 ) -> Response:
+    """Change status and/or metadata (metadata replaces); `ttl` sets or drops a lease. `If-Match:
+    "N"` applies only at version N (412 `version_mismatch`). Errors: 404 `state_not_found`, 409
+    `invalid_transition`, 400 `empty_update`."""
     return await _update(entity, entity_id, body, _service(request), actor, conditions, merge=False)
 
 
@@ -235,6 +247,7 @@ async def patch_state(
     actor: Actor,
     conditions: Conditions,
 ) -> Response:
+    """As PUT, but metadata is merged (JSON merge patch: `null` removes a key)."""
     return await _update(entity, entity_id, body, _service(request), actor, conditions, merge=True)
 
 
@@ -252,6 +265,8 @@ async def delete_state(
     actor: Actor,
     conditions: Conditions,
 ) -> Response:
+    """Delete the state (204); its history is kept and an `entity.deleted` event is sent. `If-
+    Match` honoured (412 `version_mismatch`); 404 `state_not_found`."""
     applied = await _service(request).delete_state(
         entity,
         entity_id,
@@ -277,26 +292,34 @@ async def state_history(
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
     cursor: Annotated[str | None, Query(max_length=512)] = None,
 ) -> Response:
+    """Every change of the state, oldest first, with actor, reason and revision; page with
+    `cursor`. 404 `state_not_found` when it never existed."""
     return JsonBytes(await _service(request).history(entity, entity_id, limit=limit, cursor=cursor))
 
 
-@router.get(
+# Their own router: a route's tags add to its router's, and the docs page would
+# list these under "states" as well.
+machines_router = APIRouter(prefix="/api/v1", tags=["state machines"], route_class=CompiledRoute)
+
+
+@machines_router.get(
     "/state-machines",
     response_model=list[StateMachineView],
-    tags=["state machines"],
     summary="All transition tables",
     responses=error_responses(),
 )
 async def list_state_machines(request: Request, _: Actor) -> list[StateMachineView]:
+    """Every transition table: statuses, initial and final statuses, allowed transitions, and the
+    lease new states get."""
     return _service(request).state_machines()
 
 
-@router.get(
+@machines_router.get(
     "/state-machines/{entity}",
     response_model=StateMachineView,
-    tags=["state machines"],
     summary="The transition table of one entity type",
     responses=error_responses(MachineNotFound),
 )
 async def get_state_machine(request: Request, entity: EntityPath, _: Actor) -> StateMachineView:
+    """One type's transition table. 404 `state_machine_not_found`."""
     return _service(request).state_machine(entity)

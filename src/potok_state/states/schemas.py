@@ -39,6 +39,19 @@ class RequestModel(BaseModel):
 
 
 class RecordStateRequest(RequestModel):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "entityId": "task_123",
+                    "status": "in_progress",
+                    "metadata": {"assignee": "user_789", "priority": "high"},
+                    "reason": "picked up",
+                }
+            ]
+        }
+    )
+
     entityId: EntityId
     status: Status
     metadata: Metadata | None = Field(
@@ -49,6 +62,18 @@ class RecordStateRequest(RequestModel):
 
 
 class UpdateStateRequest(RequestModel):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "status": "completed",
+                    "metadata": {"assignee": "user_789", "priority": "high"},
+                    "reason": "done",
+                }
+            ]
+        }
+    )
+
     status: Status | None = None
     metadata: Metadata | None = None
     reason: Reason | None = None
@@ -61,12 +86,18 @@ class LeaseView(BaseModel):
 
 
 class HeartbeatRequest(RequestModel):
+    model_config = ConfigDict(json_schema_extra={"examples": [{"ttl": 30}]})
+
     ttl: Annotated[int, Field(ge=1, le=MAX_LEASE_TTL)] | None = Field(
         None, description="A new lease length, s; omitted: the lease's own."
     )
 
 
 class BatchHeartbeatRequest(HeartbeatRequest):
+    model_config = ConfigDict(
+        json_schema_extra={"examples": [{"ids": ["billing-7f3a"], "ttl": 15}]}
+    )
+
     ids: list[EntityId] = Field(min_length=1, max_length=1000)
 
 
@@ -156,6 +187,20 @@ class BatchItem(RequestModel):
 
 
 class BatchRequest(RequestModel):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "atomic": True,
+                    "items": [
+                        {"entityId": "p1", "status": "pending"},
+                        {"entityId": "p2", "status": "pending"},
+                    ],
+                }
+            ]
+        }
+    )
+
     items: list[BatchItem] = Field(min_length=1, max_length=1000)
     atomic: bool = Field(True, description="All-or-nothing when true; per-item results when false.")
 

@@ -51,6 +51,9 @@ Service = Annotated[WebhookService, Depends(webhook_service)]
 async def create_subscription(
     body: SubscriptionCreate, service: Service, _: Actor
 ) -> SubscriptionCreated:
+    """Subscribe a URL to event patterns, optionally for some entity types only. The signing secret
+    is generated when not given and shown only in this answer. 422 `invalid_webhook_url` for
+    non-http(s), credentials in the URL, or private targets when they are refused."""
     return await service.create_subscription(body)
 
 
@@ -61,6 +64,7 @@ async def create_subscription(
     responses=error_responses(),
 )
 async def list_subscriptions(service: Service, _: Actor) -> list[Subscription]:
+    """Every subscription, without secrets."""
     return await service.list_subscriptions()
 
 
@@ -73,6 +77,8 @@ async def list_subscriptions(service: Service, _: Actor) -> list[Subscription]:
 async def get_subscription(
     subscription_id: SubscriptionId, service: Service, _: Actor
 ) -> Subscription:
+    """One subscription with its delivery state (failures in a row, last error). 404
+    `subscription_not_found`."""
     return await service.get_subscription(subscription_id)
 
 
@@ -85,6 +91,8 @@ async def get_subscription(
 async def update_subscription(
     subscription_id: SubscriptionId, body: SubscriptionPatch, service: Service, _: Actor
 ) -> Subscription:
+    """Change the URL, events, entity types, description, or set `active` (re-enabling resets the
+    failure count). 404 `subscription_not_found`, 422 `invalid_webhook_url`."""
     return await service.update_subscription(subscription_id, body)
 
 
@@ -98,6 +106,7 @@ async def update_subscription(
 async def delete_subscription(
     subscription_id: SubscriptionId, service: Service, _: Actor
 ) -> Response:
+    """Delete the subscription and its pending deliveries (204). 404 `subscription_not_found`."""
     await service.delete_subscription(subscription_id)
     return Response(status_code=status.HTTP_204_NO_CONTENT)
 
@@ -115,6 +124,8 @@ async def list_deliveries(
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
     before: Annotated[int | None, Query(ge=1, le=2**62, description="Older than this id.")] = None,
 ) -> DeliveryPage:
+    """The delivery log of a subscription, newest first: status, attempts, last status code and
+    error; filter by `status`, page with `cursor`."""
     return await service.deliveries(subscription_id, before=before, limit=limit)
 
 
@@ -127,6 +138,8 @@ async def list_deliveries(
 async def retry_delivery(
     delivery_id: Annotated[int, Path(ge=1, le=2**62)], service: Service, _: Actor
 ) -> Delivery:
+    """Send a failed delivery again now, with a fresh attempt budget. 404 `delivery_not_found`, 409
+    when it is not failed."""
     return await service.retry_delivery(delivery_id)
 
 
@@ -140,6 +153,8 @@ async def retry_delivery(
 async def replay(
     subscription_id: SubscriptionId, body: ReplayRequest, service: Service, _: Actor
 ) -> ReplayResult:
+    """Send again every event the subscription matches since a revision (`fromRevision`) or a time
+    (`since`), in per-entity order."""
     return await service.replay(subscription_id, body)
 
 
@@ -150,4 +165,5 @@ async def replay(
     responses=error_responses(SubscriptionNotFound),
 )
 async def send_test(subscription_id: SubscriptionId, service: Service, _: Actor) -> TestResult:
+    """Send a signed `ping` event to the subscription's URL now; answers what the receiver said."""
     return await service.send_test(subscription_id)

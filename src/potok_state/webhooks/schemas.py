@@ -21,6 +21,19 @@ class RequestModel(BaseModel):
 
 
 class SubscriptionCreate(RequestModel):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "url": "https://hooks.example.com/potok",
+                    "events": ["entity.*"],
+                    "entityTypes": ["task"],
+                    "description": "Task status updates",
+                }
+            ]
+        }
+    )
+
     url: WebhookUrl
     events: list[EventFilter] = Field(min_length=1, max_length=50)
     secret: Secret | None = Field(
@@ -33,6 +46,17 @@ class SubscriptionCreate(RequestModel):
 
 
 class SubscriptionPatch(RequestModel):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "events": ["entity.updated", "entity.deleted"],
+                    "description": "Task updates and deletions",
+                }
+            ]
+        }
+    )
+
     url: WebhookUrl | None = None
     events: list[EventFilter] | None = Field(None, min_length=1, max_length=50)
     description: Description | None = None
@@ -92,6 +116,8 @@ class DeliveryPage(BaseModel):
 
 
 class ReplayRequest(RequestModel):
+    model_config = ConfigDict(json_schema_extra={"examples": [{"fromRevision": 1}]})
+
     fromRevision: int | None = Field(None, ge=0, le=2**62)
     since: InputTime | None = None
 
