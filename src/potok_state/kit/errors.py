@@ -106,23 +106,26 @@ def error_response(
     return JSONResponse(body.model_dump(), status_code=status_code, headers=headers)
 
 
+def _error_statuses(errors: tuple[type[ServiceError], ...]) -> list[int]:
+    """The statuses of these errors and those every authenticated route may answer."""
+    return sorted({e.status_code for e in errors} | {401, 422, 429})
+
+
 def error_responses(*errors: type[ServiceError]) -> dict[int | str, dict[str, object]]:
     """OpenAPI `responses=` entry declaring the error body for each status."""
-    statuses = sorted({e.status_code for e in errors} | {401, 422, 429})
     return {
         status: {"model": ErrorBody, "description": HTTPStatus(status).phrase}
-        for status in statuses
+        for status in _error_statuses(errors)
     }
 
 
 def json_error_responses(*errors: type[ServiceError]) -> dict[int | str, dict[str, object]]:
     """As `error_responses`, for a route whose own responses are not JSON (an event
     stream): FastAPI would document a `model` under the route's media type."""
-    statuses = sorted({e.status_code for e in errors} | {401, 422, 429})
     content = {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorBody"}}}
     return {
         status: {"description": HTTPStatus(status).phrase, "content": content}
-        for status in statuses
+        for status in _error_statuses(errors)
     }
 
 

@@ -115,16 +115,10 @@ class Throttle:
         hit = await self._hit(name)
         if hit.count <= self.limit:
             return
-        retry_after = max(1, math.ceil(hit.seconds_left))
-        raise RateLimited(
-            f"Rate limit of {self.limit} requests per {self.window_seconds} s exceeded; "
-            f"retry after {retry_after} s.",
-            details={
-                "limit": self.limit,
-                "windowSeconds": self.window_seconds,
-                "retryAfterSeconds": retry_after,
-            },
-            headers={"Retry-After": str(retry_after)},
+        raise self._refusal(
+            f"Rate limit of {self.limit} requests per {self.window_seconds} s exceeded",
+            self.limit,
+            hit,
         )
 
     async def refuse_if_failing(self, address: str) -> None:
@@ -134,11 +128,16 @@ class Throttle:
         hit = await self._peek(FAILURE_PREFIX + address)
         if hit.count < self.auth_failures:
             return
+        raise self._refusal(
+            "Too many failed authentications from this address", self.auth_failures, hit
+        )
+
+    def _refusal(self, reason: str, limit: int, hit: Hit) -> RateLimited:
         retry_after = max(1, math.ceil(hit.seconds_left))
-        raise RateLimited(
-            f"Too many failed authentications from this address; retry after {retry_after} s.",
+        return RateLimited(
+            f"{reason}; retry after {retry_after} s.",
             details={
-                "limit": self.auth_failures,
+                "limit": limit,
                 "windowSeconds": self.window_seconds,
                 "retryAfterSeconds": retry_after,
             },

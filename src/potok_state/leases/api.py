@@ -3,44 +3,32 @@
 
 from __future__ import annotations
 
-from typing import Annotated
-
 import orjson
-from fastapi import APIRouter, Path, Request, Response
+from fastapi import APIRouter, Request, Response
 
 from potok_state.clock import format_timestamp
 from potok_state.kit.auth import Actor
 from potok_state.kit.compiled_route import CompiledRoute
 from potok_state.kit.errors import Conflict, error_responses
 from potok_state.kit.responses import JsonBytes
+from potok_state.states.api import EntityIdPath, EntityPath, state_service
 from potok_state.states.errors import StateNotFound
 from potok_state.states.schemas import (
-    ENTITY_ID_PATTERN,
-    ENTITY_TYPE_PATTERN,
     BatchHeartbeatRequest,
     BatchHeartbeatResult,
     HeartbeatRequest,
     HeartbeatResult,
     LeaseView,
 )
-from potok_state.states.service import StateService
 from potok_state.storage.port import Renewal
 
 # The heartbeat is the hottest write of a presence system: its parameters are
 # gathered by a compiled plan and its answer is encoded directly.
 router = APIRouter(prefix="/api/v1", tags=["leases"], route_class=CompiledRoute)
 
-EntityPath = Annotated[str, Path(pattern=ENTITY_TYPE_PATTERN, description="Entity type.")]
-EntityIdPath = Annotated[str, Path(pattern=ENTITY_ID_PATTERN, description="Entity id.")]
-
 
 class NoLease(Conflict):
     code = "no_lease"
-
-
-def _service(request: Request) -> StateService:
-    service: StateService = request.app.state.state_service
-    return service
 
 
 @router.post(
@@ -59,7 +47,7 @@ async def heartbeat(
     """404 when the state does not exist; 409 `no_lease` when it holds none or
     its lease has already lapsed (write the state again to take a new one)."""
     ttl = body.ttl if body is not None else None
-    [renewal] = await _service(request).renew_leases(entity, [entity_id], ttl)
+    [renewal] = await state_service(request).renew_leases(entity, [entity_id], ttl)
     if not renewal.found:
         raise StateNotFound(f"No {entity} with id {entity_id!r}.")
     if renewal.ttl is None or renewal.expires_at is None:
@@ -84,7 +72,7 @@ async def heartbeat_many(
 ) -> BatchHeartbeatResult:
     """Renew the leases of up to 1000 states of one type (optionally with a new `ttl`); each item
     says `ok` or why not (`state_not_found`, `no_lease`). No revision, history or event."""
-    renewals = await _service(request).renew_leases(entity, body.ids, body.ttl)
+    renewals = await state_service(request).renew_leases(entity, body.ids, body.ttl)
     items = [_result(renewal) for renewal in renewals]
     renewed = sum(1 for item in items if item.ok)
     return BatchHeartbeatResult(renewed=renewed, failed=len(items) - renewed, items=items)

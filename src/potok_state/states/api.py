@@ -60,7 +60,7 @@ SortSpec = Literal[
 ]
 
 
-def _service(request: Request) -> StateService:
+def state_service(request: Request) -> StateService:
     # Taken from the app here rather than through a FastAPI dependency: one
     # dependency less to solve on the hottest routes.
     service: StateService = request.app.state.state_service
@@ -94,7 +94,7 @@ async def record_state(
     its type's transition table. Errors: 409 `invalid_transition` (with `allowed`), 422
     `unknown_status`, `reserved_id`, `metadata_too_large`, `validation_error`. `Idempotency-Key`
     replays the first answer. `ttl` takes a lease."""
-    applied = await _service(request).record_state(
+    applied = await state_service(request).record_state(
         entity, body, actor=actor, idempotency=idempotency
     )
     created = applied.outcome.version == 1
@@ -149,7 +149,7 @@ async def query_states(
         limit=limit,
         cursor=cursor,
     )
-    page = await _service(request).query_states(entity, query)
+    page = await state_service(request).query_states(entity, query)
     return JsonBytes(page.body, headers={REVISION_HEADER: str(page.revision)})
 
 
@@ -169,7 +169,7 @@ async def apply_batch(
     """Up to 1000 records in one transaction, each a create or a transition. `atomic: true`: all or
     nothing (409 or 422 `batch_rejected` listing each failed item); `atomic:
     false`: every valid item is written and each result says ok or why not."""
-    applied = await _service(request).apply_batch(
+    applied = await state_service(request).apply_batch(
         entity, body, actor=actor, idempotency=idempotency
     )
     headers = {"Idempotent-Replayed": "true"} if applied.replayed else None
@@ -187,7 +187,7 @@ async def get_state(
 ) -> Response:
     """The current state, with `ETag: "<version>"` for `If-Match`. 404 `state_not_found`. A leased
     state is always read fresh (its `lease.expiresAt`)."""
-    state = await _service(request).get_state(entity, entity_id)
+    state = await state_service(request).get_state(entity, entity_id)
     return JsonBytes(state.body, headers={"ETag": etag(state.version)})
 
 
@@ -230,7 +230,9 @@ async def replace_state(
     """Change status and/or metadata (metadata replaces); `ttl` sets or drops a lease. `If-Match:
     "N"` applies only at version N (412 `version_mismatch`). Errors: 404 `state_not_found`, 409
     `invalid_transition`, 400 `empty_update`."""
-    return await _update(entity, entity_id, body, _service(request), actor, conditions, merge=False)
+    return await _update(
+        entity, entity_id, body, state_service(request), actor, conditions, merge=False
+    )
 
 
 @router.patch(
@@ -248,7 +250,9 @@ async def patch_state(
     conditions: Conditions,
 ) -> Response:
     """As PUT, but metadata is merged (JSON merge patch: `null` removes a key)."""
-    return await _update(entity, entity_id, body, _service(request), actor, conditions, merge=True)
+    return await _update(
+        entity, entity_id, body, state_service(request), actor, conditions, merge=True
+    )
 
 
 @router.delete(
@@ -267,7 +271,7 @@ async def delete_state(
 ) -> Response:
     """Delete the state (204); its history is kept and an `entity.deleted` event is sent. `If-
     Match` honoured (412 `version_mismatch`); 404 `state_not_found`."""
-    applied = await _service(request).delete_state(
+    applied = await state_service(request).delete_state(
         entity,
         entity_id,
         actor=actor,
@@ -294,7 +298,9 @@ async def state_history(
 ) -> Response:
     """Every change of the state, oldest first, with actor, reason and revision; page with
     `cursor`. 404 `state_not_found` when it never existed."""
-    return JsonBytes(await _service(request).history(entity, entity_id, limit=limit, cursor=cursor))
+    return JsonBytes(
+        await state_service(request).history(entity, entity_id, limit=limit, cursor=cursor)
+    )
 
 
 # Their own router: a route's tags add to its router's, and the docs page would
@@ -311,7 +317,7 @@ machines_router = APIRouter(prefix="/api/v1", tags=["state machines"], route_cla
 async def list_state_machines(request: Request, _: Actor) -> list[StateMachineView]:
     """Every transition table: statuses, initial and final statuses, allowed transitions, and the
     lease new states get."""
-    return _service(request).state_machines()
+    return state_service(request).state_machines()
 
 
 @machines_router.get(
@@ -322,4 +328,4 @@ async def list_state_machines(request: Request, _: Actor) -> list[StateMachineVi
 )
 async def get_state_machine(request: Request, entity: EntityPath, _: Actor) -> StateMachineView:
     """One type's transition table. 404 `state_machine_not_found`."""
-    return _service(request).state_machine(entity)
+    return state_service(request).state_machine(entity)

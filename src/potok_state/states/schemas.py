@@ -11,6 +11,7 @@ from potok_state.changes.model import (
     StoredState,
 )
 from potok_state.clock import Timestamp
+from potok_state.states.machines import MAX_LEASE_TTL
 
 ENTITY_TYPE_PATTERN = r"^[a-z][a-z0-9_-]{0,63}$"
 ENTITY_ID_PATTERN = r"^[A-Za-z0-9._:@-]{1,128}$"
@@ -21,7 +22,6 @@ EntityId = Annotated[str, StringConstraints(pattern=ENTITY_ID_PATTERN)]
 Status = Annotated[str, StringConstraints(pattern=STATUS_PATTERN)]
 Metadata = dict[str, JsonValue]
 Reason = Annotated[str, StringConstraints(max_length=1000)]
-MAX_LEASE_TTL = 30 * 86_400
 LeaseTtl = Annotated[
     int,
     Field(

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Header, Path, Query, Request
+from fastapi import APIRouter, Header, Query, Request
 
 from potok_state.changes.selection import EVENT_FILTER_PATTERN
 from potok_state.kit.auth import Actor
@@ -15,7 +15,8 @@ from potok_state.kit.errors import (
     Unavailable,
     json_error_responses,
 )
-from potok_state.states.schemas import ENTITY_TYPE_PATTERN, STATUS_PATTERN
+from potok_state.states.api import EntityPath
+from potok_state.states.schemas import ENTITY_ID_PATTERN, STATUS_PATTERN
 from potok_state.watch.hub import WatchFilter, WatchHub
 from potok_state.watch.stream import EventStream
 
@@ -66,7 +67,7 @@ IdPrefix = Annotated[
     str | None,
     Query(
         alias="entityId",
-        pattern=r"^[A-Za-z0-9._:@-]{1,128}$",
+        pattern=ENTITY_ID_PATTERN,
         description="Only entities whose id starts with this.",
     ),
 ]
@@ -134,7 +135,7 @@ async def watch_all(
 async def watch_entity(
     request: Request,
     actor: Actor,
-    entity: Annotated[str, Path(pattern=ENTITY_TYPE_PATTERN, description="Entity type.")],
+    entity: EntityPath,
     statuses: Statuses = [],  # noqa: B006
     events: Events = [],  # noqa: B006
     id_prefix: IdPrefix = None,

@@ -216,10 +216,6 @@ class WatchHub:
         self._ticker: asyncio.Task[None] | None = None
         self._closed = False
 
-    @property
-    def clients(self) -> int:
-        return len(self._watchers)
-
     async def open(self, actor: str, watch_filter: WatchFilter, after: int | None) -> Opened:
         """Admit a stream that resumes after revision `after` (None: from now)."""
         if self._closed:
