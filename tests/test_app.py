@@ -3,8 +3,10 @@ config`, and production settings that refuse to start (docs/operations.md)."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import re
+import signal
 import socket
 import subprocess
 import sys
@@ -16,6 +18,9 @@ import httpx
 import pytest
 import schemathesis
 from fastapi import FastAPI
+
+from tests.support.hub import ServiceProcess, wait_ready
+from tests.support.ports import free_port
 
 CLI = str(Path(sys.executable).with_name("potok-state"))
 SECRET_API_KEY = "s3cret-gateway-key-7f1c"
@@ -225,3 +230,20 @@ def test_serve_on_a_busy_port_stops_before_starting_anything(tmp_path: Path) -> 
     assert "address already in use" in output.lower(), output
     for started in ("service.started", "webhook.worker.started", "startup complete"):
         assert started not in output, output
+
+
+async def test_ctrl_c_stops_serve_quietly(tmp_path: Path) -> None:
+    """SIGINT (Ctrl+C) ends `serve` with status 0 and no traceback."""
+    port = free_port()
+    server = ServiceProcess(
+        ["serve", "--host", "127.0.0.1", "--port", str(port)],
+        {"DATABASE_URL": f"sqlite+aiosqlite:///{tmp_path}/db.sqlite"},
+        tmp_path,
+        "ctrl-c",
+    )
+    await server.start()
+    await wait_ready(server, port)
+    assert server.process is not None
+    server.process.send_signal(signal.SIGINT)
+    assert await asyncio.wait_for(server.process.wait(), 30) == 0
+    assert "Traceback" not in server.log

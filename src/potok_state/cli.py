@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import sys
@@ -61,7 +62,10 @@ def serve(args: argparse.Namespace) -> None:
             # its lifespan starts a delivery worker or announces itself started.
             # (With workers, uvicorn's supervisor binds before spawning them.)
             listening = config.bind_socket()
-            uvicorn.Server(config).run(sockets=[listening])
+            # uvicorn re-raises the SIGINT it shut down for; uvicorn.run, which
+            # this replaces, ends quietly on it, and so does serve.
+            with contextlib.suppress(KeyboardInterrupt):
+                uvicorn.Server(config).run(sockets=[listening])
             return
         if settings.is_sqlite:
             # Once, here, rather than racing in every worker.
