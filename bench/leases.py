@@ -46,10 +46,10 @@ from aiohttp import web
 
 from bench.load import LEASE_ENTITY, machine_ticks, tree_and_postgres_cpu_seconds
 from bench.scenarios import LeaseScenario
-from bench.server import BENCH_API_KEY, BenchSetupError, Service, free_port, running_service
+from bench.server import BENCH_API_KEY, BenchSetupError, Service, running_service
 from bench.watch import Spread
+from bench.webhooks import LOOPBACK, listening
 
-LOOPBACK = "127.0.0.1"
 LAPSE_REASON = "lease expired"
 _API_HEADERS = {"x-api-key": BENCH_API_KEY, "content-type": "application/json"}
 _BATCH = 1000
@@ -253,15 +253,8 @@ class LapseReceiver:
     async def running(self) -> AsyncIterator[LapseReceiver]:
         app = web.Application()
         app.router.add_post("/hook", self._on_hook)
-        runner = web.AppRunner(app, access_log=None, handle_signals=False)
-        await runner.setup()
-        self.port = free_port()
-        site = web.TCPSite(runner, LOOPBACK, self.port, backlog=1024)
-        await site.start()
-        try:
+        async with listening(app) as self.port:
             yield self
-        finally:
-            await runner.cleanup()
 
     async def wait(
         self, found: Callable[[], int], count: int, *, until: float, quiet_from: float

@@ -149,6 +149,20 @@ class DeliveryResults:
 # -- the receiver ---------------------------------------------------------------------
 
 
+@asynccontextmanager
+async def listening(app: web.Application) -> AsyncIterator[int]:
+    """`app` served on a free loopback port (yielded) until the block ends."""
+    runner = web.AppRunner(app, access_log=None, handle_signals=False)
+    await runner.setup()
+    port = free_port()
+    site = web.TCPSite(runner, LOOPBACK, port, backlog=1024)
+    await site.start()
+    try:
+        yield port
+    finally:
+        await runner.cleanup()
+
+
 class Receiver:
     """An aiohttp server on 127.0.0.1 answering 200: `/hook/{name}` records the
     first arrival of each entity id per hook, `/raw` only counts."""
@@ -197,15 +211,8 @@ class Receiver:
         app = web.Application()
         app.router.add_post("/hook/{name}", self._on_hook)
         app.router.add_post("/raw", self._on_raw)
-        runner = web.AppRunner(app, access_log=None, handle_signals=False)
-        await runner.setup()
-        self.port = free_port()
-        site = web.TCPSite(runner, LOOPBACK, self.port, backlog=1024)
-        await site.start()
-        try:
+        async with listening(app) as self.port:
             yield self
-        finally:
-            await runner.cleanup()
 
     async def wait_for(
         self, hooks: list[str], count: int, *, within: float, stall: float | None = None
