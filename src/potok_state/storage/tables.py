@@ -191,3 +191,15 @@ webhook_dispatch_cursor = Table(
     Column("id", Integer, primary_key=True, autoincrement=False),
     Column("revision", BigInteger, nullable=False),
 )
+
+# One row, written by the external backend only (docs/external.md): every
+# change up to `revision` is in the Admin Service; `holder` is the process
+# draining the journal to it until `held_until`.
+external_sync = Table(
+    "external_sync",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=False),
+    Column("revision", BigInteger, nullable=False),
+    Column("holder", String(64)),
+    Column("held_until", Timestamp),
+)
