@@ -5,7 +5,7 @@ UV_VERSION := 0.13.8
 UV := .tools/bin/uv
 export UV_PROJECT_ENVIRONMENT := .venv
 
-.PHONY: run test install lint typecheck pytest bench
+.PHONY: run test install lint typecheck pytest bench docs-check
 
 $(UV):
 	python3 -m venv .tools
@@ -22,14 +22,21 @@ test: $(UV)
 	$(MAKE) lint typecheck pytest
 
 lint:
-	.venv/bin/ruff format --check src tests bench
-	.venv/bin/ruff check src tests bench
+	.venv/bin/ruff format --check src tests bench scripts docs/examples
+	.venv/bin/ruff check src tests bench scripts docs/examples
 
 typecheck:
 	.venv/bin/mypy
 
 pytest:
 	.venv/bin/pytest
+
+# Swagger UI as a browser shows it: the real service, /api-docs in headless Chromium
+# (installed from Debian when missing), a screenshot in build/docs-check/.
+docs-check: $(UV)
+	$(UV) sync --frozen
+	scripts/install-chromium
+	.venv/bin/python scripts/docs_check.py
 
 bench: $(UV)
 	$(UV) sync --frozen

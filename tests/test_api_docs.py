@@ -1,13 +1,20 @@
 """The docs page as a tool: every operation says what it does, every request
 body has a hand-written example, and each example is accepted by the service
-(run here, in the order a user would try them)."""
+(run here, in the order a user would try them); every response the spec
+documents has an example that its own model reads back unchanged."""
 
 from __future__ import annotations
 
+import json
+from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
+from pydantic import BaseModel
 
+from potok_state.app import create_app
+from potok_state.events.schemas import Event
 from potok_state.kit.docs import OPENAPI_PATH
 from tests.conftest import make_settings
 from tests.support.apps import api_client, running_app
@@ -28,6 +35,7 @@ RUNS = [
     ("post", "/api/v1/webhooks/subscriptions", {}, 201),
     ("patch", ONE_SUBSCRIPTION, SUB, 200),
     ("post", ONE_SUBSCRIPTION + "/replay", SUB, 202),
+    ("post", ONE_SUBSCRIPTION + "/rotate-secret", SUB, 200),
     ("post", ONE_STATE + "/heartbeat", INSTANCE, 200),
     ("post", "/api/v1/states/{entity}/heartbeat", {"entity": "service"}, 200),
 ]
@@ -76,9 +84,69 @@ async def test_every_operation_is_described_and_every_example_is_accepted(
         assert registered.status_code == 201
         subscription = ""
         for method, path, params, status in RUNS:
-            [example] = _examples(spec, spec["paths"][path][method])
             url = path.format(**{k: subscription if v == "$sub" else v for k, v in params.items()})
-            response: httpx.Response = await client.request(method, url, json=example)
-            assert response.status_code == status, (method, url, response.text)
-            if path == "/api/v1/webhooks/subscriptions":
-                subscription = response.json()["id"]
+            for example in _examples(spec, spec["paths"][path][method]):
+                response: httpx.Response = await client.request(method, url, json=example)
+                assert response.status_code == status, (method, url, example, response.text)
+                if path == "/api/v1/webhooks/subscriptions":
+                    subscription = response.json()["id"]
+
+
+def _wire_models() -> dict[str, type[BaseModel]]:
+    """The service's pydantic models by class name, the schema name the spec gives
+    them (FastAPI would qualify a name two models shared, and the lookup would fail)."""
+    models: dict[str, type[BaseModel]] = {}
+    pending: list[type[BaseModel]] = [BaseModel]
+    while pending:
+        for model in pending.pop().__subclasses__():
+            pending.append(model)
+            # The client's own copy of the error body (it cannot import the
+            # server's) is not a model the server answers with.
+            server_side = not model.__module__.startswith(
+                ("potok_state.client", "potok_state.receiver")
+            )
+            if model.__module__.startswith("potok_state.") and server_side:
+                models[model.__name__] = model
+    return models
+
+
+def _response_schemas(spec: dict[str, Any]) -> Iterator[tuple[str, str, dict[str, Any]]]:
+    """(label, media type, schema) of every documented response body, success and error."""
+    for path, item in spec["paths"].items():
+        for method, operation in item.items():
+            for status, response in operation["responses"].items():
+                for media, content in response.get("content", {}).items():
+                    if "schema" in content:  # /metrics: Prometheus text, no JSON shape
+                        yield f"{method.upper()} {path} {status} {media}", media, content["schema"]
+
+
+def test_every_response_has_an_example_its_model_reads_back(tmp_path: Path) -> None:
+    app = create_app(make_settings(f"sqlite+aiosqlite:///{tmp_path}/potok-state.db"))
+    spec = app.openapi()
+    models = _wire_models()
+    checked: set[str] = set()
+    for label, media, schema in _response_schemas(spec):
+        ref = schema.get("$ref") or schema.get("items", {}).get("$ref")
+        if ref is None:
+            # An inline shape (the watch stream's events): its examples sit on it.
+            assert schema.get("examples"), f"{label} has no response example"
+            assert media == "text/event-stream", label
+            for example in schema["examples"]:
+                # Each event's data is the change-feed JSON, byte for byte.
+                event = Event.model_validate_json(example["data"])
+                assert event.model_dump_json() == example["data"], label
+                assert (example["id"], example["event"]) == (str(event.revision), event.event)
+            continue
+        name = ref.rsplit("/", 1)[1]
+        assert name in models, f"{label}: no model named {name}"
+        examples = spec["components"]["schemas"][name].get("examples")
+        assert examples, f"{label}: {name} has no response example"
+        # The page shows the examples as written (FastAPI would drop their nulls).
+        assert examples == models[name].model_json_schema()["examples"], name
+        checked.add(name)
+        for example in examples:
+            # Read back unchanged, fields in the order the service writes them: a
+            # field the model lacks, or a value it would write differently, fails.
+            read = models[name].model_validate(example).model_dump(mode="json", exclude_unset=True)
+            assert json.dumps(read) == json.dumps(example), name
+    assert {"StateView", "Subscription", "ErrorBody", "Health"} <= checked

@@ -10,6 +10,20 @@ from potok_state.clock import Timestamp
 
 
 class Event(BaseModel):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "id": "evt_673218811e5fafbd6d29479c0dcef4e2",
+                    "event": "custom.deploy",
+                    "revision": 3,
+                    "timestamp": "2026-11-27T10:15:00.000Z",
+                    "data": {"service": "billing", "version": "1.4.2"},
+                }
+            ]
+        }
+    )
+
     id: str
     event: str
     revision: int
@@ -18,6 +32,40 @@ class Event(BaseModel):
 
 
 class ChangePage(BaseModel):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "items": [
+                        {
+                            "id": "evt_5af4d9902fc15f762e70470a54d2e861",
+                            "event": "entity.updated",
+                            "revision": 2,
+                            "timestamp": "2026-11-27T10:05:00.000Z",
+                            "data": {
+                                "entity": "task",
+                                "id": "task_123",
+                                "version": 2,
+                                "previousStatus": "in_progress",
+                                "newStatus": "completed",
+                                "metadata": {"assignee": "user_789", "priority": "high"},
+                                "reason": "done",
+                            },
+                        },
+                        {
+                            "id": "evt_673218811e5fafbd6d29479c0dcef4e2",
+                            "event": "custom.deploy",
+                            "revision": 3,
+                            "timestamp": "2026-11-27T10:15:00.000Z",
+                            "data": {"service": "billing", "version": "1.4.2"},
+                        },
+                    ],
+                    "nextAfter": 3,
+                }
+            ]
+        }
+    )
+
     items: list[Event]
     nextAfter: int
 

@@ -12,6 +12,7 @@ import hashlib
 import re
 from importlib.util import find_spec
 from pathlib import Path
+from typing import Any
 
 from fastapi import FastAPI
 from fastapi.openapi.docs import get_swagger_ui_html
@@ -40,10 +41,60 @@ def install_api_docs(app: FastAPI) -> None:
         swagger_favicon_url=f"{ASSETS_PATH}/favicon-32x32.png",
     ).body
     headers = {"Content-Security-Policy": docs_content_security_policy(bytes(page))}
+    generate_openapi = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            restore_examples(generate_openapi())  # which FastAPI keeps, as openapi_schema
+        return generate_openapi()
+
+    app.openapi = openapi  # type: ignore[method-assign]
 
     @app.get(DOCS_PATH, include_in_schema=False)
     async def swagger_ui() -> HTMLResponse:
         return HTMLResponse(page, headers=headers)
+
+
+def restore_examples(spec: dict[str, Any]) -> None:
+    """FastAPI drops every null from the document it generates, examples included
+    (fastapi/fastapi#5559), and pydantic sorts the keys of examples: put back each
+    null a schema requires (a creation's `"previousStatus": null`) and the fields in
+    the order of the schema, which is the order the service writes them in."""
+    schemas: dict[str, Any] = spec.get("components", {}).get("schemas", {})
+
+    def fill(value: object, schema: dict[str, Any]) -> None:
+        if "$ref" in schema:
+            schema = schemas[schema["$ref"].rsplit("/", 1)[1]]
+        for option in schema.get("anyOf", []):
+            fill(value, option)
+        if isinstance(value, list):
+            for item in value:
+                fill(item, schema.get("items", {}))
+        elif isinstance(value, dict) and schema.get("type") == "object":
+            properties: dict[str, Any] = schema.get("properties", {})
+            for name, prop in properties.items():
+                if name in value:
+                    fill(value[name], prop)
+                elif name in schema.get("required", []) and _nullable(prop):
+                    value[name] = None
+            in_order = {name: value[name] for name in properties if name in value} | value
+            value.clear()
+            value.update(in_order)
+            extra = schema.get("additionalProperties")
+            if isinstance(extra, dict):
+                for name, item in value.items():
+                    if name not in properties:
+                        fill(item, extra)
+
+    for schema in schemas.values():
+        for example in schema.get("examples", []):
+            fill(example, schema)
+
+
+def _nullable(schema: dict[str, Any]) -> bool:
+    return schema.get("type") == "null" or any(
+        option.get("type") == "null" for option in schema.get("anyOf", [])
+    )
 
 
 _INLINE_SCRIPT = re.compile(rb"<script>(.*?)</script>", re.DOTALL)

@@ -81,6 +81,10 @@ class UpdateStateRequest(RequestModel):
 
 
 class LeaseView(BaseModel):
+    model_config = ConfigDict(
+        json_schema_extra={"examples": [{"ttl": 30, "expiresAt": "2026-11-27T10:00:30.000Z"}]}
+    )
+
     ttl: int
     expiresAt: Timestamp
 
@@ -111,12 +115,48 @@ class HeartbeatResult(BaseModel):
 
 
 class BatchHeartbeatResult(BaseModel):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "renewed": 1,
+                    "failed": 1,
+                    "items": [
+                        {
+                            "entityId": "billing-7f3a",
+                            "ok": True,
+                            "lease": {"ttl": 15, "expiresAt": "2026-11-27T10:00:15.000Z"},
+                        },
+                        {"entityId": "billing-c91e", "ok": False, "error": "no_lease"},
+                    ],
+                }
+            ]
+        }
+    )
+
     renewed: int
     failed: int
     items: list[HeartbeatResult]
 
 
 class StateView(BaseModel):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "entity": "task",
+                    "entityId": "task_123",
+                    "status": "in_progress",
+                    "metadata": {"assignee": "user_789", "priority": "high"},
+                    "version": 1,
+                    "revision": 1,
+                    "createdAt": "2026-11-27T10:00:00.000Z",
+                    "updatedAt": "2026-11-27T10:00:00.000Z",
+                }
+            ]
+        }
+    )
+
     entity: str
     entityId: str
     status: str
@@ -142,6 +182,28 @@ class StateView(BaseModel):
 
 
 class StatePage(BaseModel):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "items": [
+                        {
+                            "entity": "task",
+                            "entityId": "task_123",
+                            "status": "completed",
+                            "metadata": {"assignee": "user_789", "priority": "high"},
+                            "version": 2,
+                            "revision": 2,
+                            "createdAt": "2026-11-27T10:00:00.000Z",
+                            "updatedAt": "2026-11-27T10:05:00.000Z",
+                        }
+                    ],
+                    "nextCursor": "WyItdXBkYXRlZEF0IiwyLCJ0YXNrXzEyMyJd",
+                }
+            ]
+        }
+    )
+
     items: list[StateView]
     nextCursor: str | None = Field(None, description="Pass as `cursor` for the next page.")
 
@@ -173,6 +235,40 @@ class HistoryEntry(BaseModel):
 
 
 class HistoryPage(BaseModel):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "items": [
+                        {
+                            "revision": 1,
+                            "version": 1,
+                            "event": "entity.created",
+                            "previousStatus": None,
+                            "newStatus": "in_progress",
+                            "metadata": {"assignee": "user_789", "priority": "high"},
+                            "reason": "picked up",
+                            "actor": "gateway",
+                            "changedAt": "2026-11-27T10:00:00.000Z",
+                        },
+                        {
+                            "revision": 2,
+                            "version": 2,
+                            "event": "entity.updated",
+                            "previousStatus": "in_progress",
+                            "newStatus": "completed",
+                            "metadata": {"assignee": "user_789", "priority": "high"},
+                            "reason": "done",
+                            "actor": "gateway",
+                            "changedAt": "2026-11-27T10:05:00.000Z",
+                        },
+                    ],
+                    "nextCursor": "Mg",
+                }
+            ]
+        }
+    )
+
     items: list[HistoryEntry]
     nextCursor: str | None = None
 
@@ -221,6 +317,50 @@ class BatchItemResult(BaseModel):
 
 
 class BatchResult(BaseModel):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "atomic": True,
+                    "succeeded": 2,
+                    "failed": 0,
+                    "items": [
+                        {
+                            "index": 0,
+                            "entityId": "p1",
+                            "ok": True,
+                            "state": {
+                                "entity": "process",
+                                "entityId": "p1",
+                                "status": "pending",
+                                "metadata": {},
+                                "version": 1,
+                                "revision": 3,
+                                "createdAt": "2026-11-27T10:10:00.000Z",
+                                "updatedAt": "2026-11-27T10:10:00.000Z",
+                            },
+                        },
+                        {
+                            "index": 1,
+                            "entityId": "p2",
+                            "ok": True,
+                            "state": {
+                                "entity": "process",
+                                "entityId": "p2",
+                                "status": "pending",
+                                "metadata": {},
+                                "version": 1,
+                                "revision": 4,
+                                "createdAt": "2026-11-27T10:10:00.000Z",
+                                "updatedAt": "2026-11-27T10:10:00.000Z",
+                            },
+                        },
+                    ],
+                }
+            ]
+        }
+    )
+
     atomic: bool
     succeeded: int
     failed: int
@@ -233,6 +373,24 @@ class LeasePolicyView(BaseModel):
 
 
 class StateMachineView(BaseModel):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "entity": "task",
+                    "statuses": ["created", "in_progress", "completed", "failed"],
+                    "initial": ["created", "in_progress"],
+                    "final": ["completed"],
+                    "transitions": {
+                        "created": ["in_progress", "failed"],
+                        "in_progress": ["completed", "failed"],
+                        "failed": ["in_progress"],
+                    },
+                }
+            ]
+        }
+    )
+
     entity: str
     statuses: list[str]
     initial: list[str]

@@ -41,6 +41,18 @@ _STREAM_DOC: dict[int | str, dict[str, Any]] = {
                         "data": {"type": "string", "description": "The event JSON."},
                         "retry": {"type": "integer"},
                     },
+                    "examples": [
+                        {
+                            "id": "2",
+                            "event": "entity.updated",
+                            "data": '{"id":"evt_5af4d9902fc15f762e70470a54d2e861",'
+                            '"event":"entity.updated","revision":2,'
+                            '"timestamp":"2026-11-27T10:05:00.000Z","data":{"entity":"task",'
+                            '"id":"task_123","version":2,"previousStatus":"in_progress",'
+                            '"newStatus":"completed","metadata":{"assignee":"user_789",'
+                            '"priority":"high"},"reason":"done"}}',
+                        }
+                    ],
                 }
             }
         },
