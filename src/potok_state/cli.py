@@ -1,4 +1,8 @@
-"""`potok-state serve | worker | migrate | config`."""
+"""`potok-state serve | worker | migrate | config`, and the client verbs
+`states …` and `webhooks …` (potok_state/client/commands.py).
+
+The server's modules are imported inside the commands that need them, so the client
+verbs start without loading FastAPI, SQLAlchemy or Redis code."""
 
 from __future__ import annotations
 
@@ -11,16 +15,19 @@ import sys
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import uvicorn
-from pydantic import SecretStr, ValidationError
+from potok_state.client.commands import add_commands
 
-from potok_state.settings import Settings, by_environment_name
-from potok_state.states.machines import MachineDefinitionError
-from potok_state.storage.migrate import upgrade_to_head
+if TYPE_CHECKING:
+    from potok_state.settings import Settings
 
 
 def _load_settings() -> Settings:
+    from pydantic import ValidationError
+
+    from potok_state.settings import Settings
+
     try:
         return Settings()
     except ValidationError as exc:
@@ -31,21 +38,23 @@ def _load_settings() -> Settings:
         sys.exit(f"potok-state: invalid configuration: {problems}")
 
 
+# uvicorn's exit code when the application does not start.
+STARTUP_FAILURE = 3
+
+
 def serve(args: argparse.Namespace) -> None:
+    import uvicorn
+
+    from potok_state.states.machines import MachineDefinitionError
+    from potok_state.storage.migrate import upgrade_to_head
+
     settings = _load_settings()
-    from potok_state.app import (
-        SHARED_FLOORS_ENV,
-        SchemaNotCurrent,
-        UnsupportedConfiguration,
-        create_app,
-    )
+    from potok_state.app import SHARED_FLOORS_ENV, create_app
 
     try:
         app = create_app(settings)
     except MachineDefinitionError as exc:
         sys.exit(f"potok-state: invalid state machine table: {exc}")
-    except UnsupportedConfiguration as exc:
-        sys.exit(f"potok-state: {exc}")
     workers = args.workers or settings.workers
     server = {
         "host": args.host or settings.host,
@@ -55,33 +64,35 @@ def serve(args: argparse.Namespace) -> None:
         "proxy_headers": True,
         "timeout_graceful_shutdown": 30,
     }
-    try:
-        if workers == 1:
-            config = uvicorn.Config(app, **server)  # type: ignore[arg-type]
-            # The port first: a second `serve` on a busy port stops here, before
-            # its lifespan starts a delivery worker or announces itself started.
-            # (With workers, uvicorn's supervisor binds before spawning them.)
-            listening = config.bind_socket()
-            # uvicorn re-raises the SIGINT it shut down for; uvicorn.run, which
-            # this replaces, ends quietly on it, and so does serve.
-            with contextlib.suppress(KeyboardInterrupt):
-                uvicorn.Server(config).run(sockets=[listening])
-            return
-        if settings.is_sqlite:
-            # Once, here, rather than racing in every worker.
-            upgrade_to_head(settings.database_url)
-        # The workers share one table of revision floors (cache/floors.py), so a
-        # write in one is never followed by a stale read in another.
-        with tempfile.TemporaryDirectory(prefix="potok-state-") as shared:
-            os.environ[SHARED_FLOORS_ENV] = os.path.join(shared, "floors")
-            uvicorn.run(
-                "potok_state.app:app_from_environment",
-                factory=True,
-                workers=workers,
-                **server,  # type: ignore[arg-type]
-            )
-    except SchemaNotCurrent as exc:
-        sys.exit(f"potok-state: {exc}")
+    if workers == 1:
+        config = uvicorn.Config(app, **server)  # type: ignore[arg-type]
+        # The port first: a second `serve` on a busy port stops here, before
+        # its lifespan starts a delivery worker or announces itself started.
+        # (With workers, uvicorn's supervisor binds before spawning them.)
+        listening = config.bind_socket()
+        running = uvicorn.Server(config)
+        # uvicorn re-raises the SIGINT it shut down for; uvicorn.run, which
+        # this replaces, ends quietly on it, and so does serve.
+        with contextlib.suppress(KeyboardInterrupt):
+            running.run(sockets=[listening])
+        if not running.started:
+            # The lifespan failed (say, a schema that is not current); uvicorn
+            # has logged why. uvicorn.run exits with this code too.
+            sys.exit(STARTUP_FAILURE)
+        return
+    if settings.is_sqlite:
+        # Once, here, rather than racing in every worker.
+        upgrade_to_head(settings.database_url)
+    # The workers share one table of revision floors (cache/floors.py), so a
+    # write in one is never followed by a stale read in another.
+    with tempfile.TemporaryDirectory(prefix="potok-state-") as shared:
+        os.environ[SHARED_FLOORS_ENV] = os.path.join(shared, "floors")
+        uvicorn.run(
+            "potok_state.app:app_from_environment",
+            factory=True,
+            workers=workers,
+            **server,  # type: ignore[arg-type]
+        )
 
 
 def worker(_: argparse.Namespace) -> None:
@@ -106,6 +117,8 @@ def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
 
 
 def migrate(_: argparse.Namespace) -> None:
+    from potok_state.storage.migrate import upgrade_to_head
+
     settings = _load_settings()
     upgrade_to_head(settings.database_url)
     print(f"potok-state: database schema is up to date ({_safe_url(settings.database_url)})")
@@ -118,6 +131,8 @@ def _safe_url(url: str) -> str:
 
 
 def _masked(value: object) -> object:
+    from pydantic import SecretStr
+
     if isinstance(value, SecretStr):
         return "********" if value.get_secret_value() else ""
     if isinstance(value, dict):
@@ -132,6 +147,8 @@ def show_config(args: argparse.Namespace) -> None:
 
     `--check` prints what is wrong instead and exits 1 when anything is: the
     settings that do nothing here, and what production would refuse."""
+    from potok_state.settings import by_environment_name
+
     settings = _load_settings()
     if args.check:
         sys.exit(_check(settings))
@@ -167,6 +184,10 @@ def _names_in_dotenv(path: Path) -> set[str]:
 
 
 def _check(settings: Settings) -> int:
+    from pydantic import ValidationError
+
+    from potok_state.settings import Settings
+
     problems = [f"unused: {note}" for note in settings.unused_settings()]
     if not settings.is_production:
         try:
@@ -206,6 +227,7 @@ def main(argv: list[str] | None = None) -> None:
         help="print what is wrong (unused settings, what production would refuse); exit 1 if any",
     )
     config_cmd.set_defaults(handler=show_config)
+    add_commands(commands)
     args = parser.parse_args(argv)
     args.handler(args)
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import uuid
 from pathlib import Path
 
 import pytest
@@ -13,6 +14,7 @@ from pydantic import ValidationError
 from sqlalchemy.engine import make_url
 
 from potok_state.settings import Settings
+from tests.conftest import POSTGRES_ADMIN_URL, postgres_admin, run_in_thread, sqlalchemy_url
 from tests.support.hub import POTOK_STATE, http_service, remote_client
 from tests.support.ports import free_port
 
@@ -218,3 +220,20 @@ def test_config_check_names_what_is_wrong(tmp_path: Path) -> None:
     valid = run_cli("config", "--check", env={"APP_ENV": "production", **clean}, cwd=tmp_path)
     assert valid.returncode == 0, valid.stdout + valid.stderr
     assert "the configuration is valid" in valid.stdout
+
+
+def test_serve_on_a_schema_that_is_not_current_exits_with_the_reason(
+    tmp_path: Path,
+) -> None:
+    name = f"potok_unmigrated_{uuid.uuid4().hex[:10]}"
+    run_in_thread(postgres_admin(f'CREATE DATABASE "{name}"'))
+    try:
+        url = sqlalchemy_url(f"{POSTGRES_ADMIN_URL.rsplit('/', 1)[0]}/{name}")
+        result = run_cli(
+            "serve", "--port", str(free_port()), env={"DATABASE_URL": url}, cwd=tmp_path
+        )
+    finally:
+        run_in_thread(postgres_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    assert result.returncode == 3, result.stderr
+    assert "run `potok-state migrate` first" in result.stderr
+    assert "service.started" not in result.stderr

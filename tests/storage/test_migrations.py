@@ -22,7 +22,13 @@ from potok_state.app import SchemaNotCurrent, create_app
 from potok_state.storage.engine import create_engine
 from potok_state.storage.migrate import current_revision, head_revision, upgrade_to_head
 from potok_state.storage.tables import metadata
-from tests.conftest import POSTGRES_ADMIN_URL, _admin, make_settings, run_in_thread, sqlalchemy_url
+from tests.conftest import (
+    POSTGRES_ADMIN_URL,
+    make_settings,
+    postgres_admin,
+    run_in_thread,
+    sqlalchemy_url,
+)
 from tests.support.ports import free_port
 
 CLI = str(Path(sys.executable).with_name("potok-state"))
@@ -32,9 +38,9 @@ CLI = str(Path(sys.executable).with_name("potok-state"))
 def empty_postgres_url() -> Iterator[str]:
     """A PostgreSQL database with nothing in it, dropped after the test."""
     name = f"potok_empty_{uuid.uuid4().hex[:12]}"
-    run_in_thread(_admin(f'CREATE DATABASE "{name}"'))
+    run_in_thread(postgres_admin(f'CREATE DATABASE "{name}"'))
     yield sqlalchemy_url(f"{POSTGRES_ADMIN_URL.rsplit('/', 1)[0]}/{name}")
-    run_in_thread(_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    run_in_thread(postgres_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
