@@ -61,6 +61,18 @@ class Metrics:
             buckets=LATENCY_BUCKETS,
             registry=self.registry,
         )
+        self.subscription_events = Counter(
+            "potok_webhook_subscription_events_total",
+            "Operational events about webhook subscriptions: subscription.failing, "
+            "subscription.disabled, subscription.enabled (docs/webhooks.md).",
+            ["event"],
+            registry=self.registry,
+        )
+        self.circuits_opened = Counter(
+            "potok_webhook_circuits_opened_total",
+            "Times a subscription's circuit opened (its deliveries wait for a probe).",
+            registry=self.registry,
+        )
         self.outbox_lag = Gauge(
             "potok_outbox_lag_revisions",
             "Revisions written but not yet dispatched to webhook deliveries.",

@@ -1,5 +1,5 @@
 """Signatures: every delivery verifies with a plain HMAC over the raw body and
-with the `standardwebhooks` library; `verify_signature` for receivers."""
+with the `standardwebhooks` library and with the receiver kit's `verify`."""
 
 from __future__ import annotations
 
@@ -8,12 +8,15 @@ import hashlib
 import hmac
 import re
 import time
+from collections.abc import Mapping
+from typing import Any
 
 import httpx
 import pytest
 from standardwebhooks import Webhook, WebhookVerificationError
 
-from potok_state.webhooks.signing import signature_headers, verify_signature
+from potok_state.receiver import InvalidDelivery, verify
+from potok_state.webhooks.signing import signature_headers
 from tests.support.hub import record, subscribe
 from tests.support.receivers import Received, Receiver
 
@@ -23,6 +26,14 @@ TIMESTAMP = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$")
 
 def plain_hmac(secret: str, body: bytes) -> str:
     return "sha256=" + hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
+
+
+def verifies(secret: str, headers: Mapping[str, str], body: bytes, **options: Any) -> bool:
+    try:
+        verify(headers, body, secret, **options)
+    except InvalidDelivery:
+        return False
+    return True
 
 
 def standard_secret(secret: str) -> str:
@@ -49,7 +60,7 @@ async def test_a_delivery_verifies_with_plain_hmac_and_standard_webhooks(
         for delivery in await receiver.wait_for(2, path=path):
             assert delivery.headers["x-webhook-signature"] == plain_hmac(secret, delivery.body)
             assert Webhook(library_secret).verify(delivery.body, delivery.headers) is not None
-            assert verify_signature(secret, delivery.headers, delivery.body)
+            assert verifies(secret, delivery.headers, delivery.body)
     with pytest.raises(WebhookVerificationError):
         Webhook(standard_secret("another-secret-entirely")).verify(
             receiver.at("/plain")[0].body, receiver.at("/plain")[0].headers
@@ -110,7 +121,7 @@ def assert_delivery_headers(delivery: Received, secret: str) -> None:
     assert TIMESTAMP.match(body["timestamp"])
 
 
-# -- verify_signature, the receiver-side helper -----------------------------------------
+# -- the receiver kit's verify on signatures made here ----------------------------------
 
 BODY = b'{"id":"evt_1","event":"custom.ping","revision":1,"timestamp":"x","data":{}}'
 
@@ -122,11 +133,11 @@ def signed(secret: str, *, at: int) -> dict[str, str]:
 
 
 @pytest.mark.parametrize("secret", [PLAIN_SECRET, standard_secret(PLAIN_SECRET)])
-def test_verify_signature_accepts_a_good_signature(secret: str) -> None:
+def test_verify_accepts_a_good_signature(secret: str) -> None:
     now = int(time.time())
-    assert verify_signature(secret, signed(secret, at=now), BODY)
+    assert verifies(secret, signed(secret, at=now), BODY)
     upper = {name.upper(): value for name, value in signed(secret, at=now).items()}
-    assert verify_signature(secret, upper, BODY)
+    assert verifies(secret, upper, BODY)
 
 
 def test_a_whsec_secret_and_its_plain_form_sign_alike() -> None:
@@ -136,38 +147,37 @@ def test_a_whsec_secret_and_its_plain_form_sign_alike() -> None:
     assert plain["webhook-signature"] == encoded["webhook-signature"]
 
 
-def test_verify_signature_rejects_a_tampered_body() -> None:
+def test_verify_rejects_a_tampered_body() -> None:
     now = int(time.time())
     headers = signed(PLAIN_SECRET, at=now)
-    assert not verify_signature(PLAIN_SECRET, headers, BODY.replace(b"ping", b"pong"))
-    assert not verify_signature(PLAIN_SECRET, headers, BODY + b" ")
+    assert not verifies(PLAIN_SECRET, headers, BODY.replace(b"ping", b"pong"))
+    assert not verifies(PLAIN_SECRET, headers, BODY + b" ")
 
 
-def test_verify_signature_rejects_a_wrong_secret() -> None:
+def test_verify_rejects_a_wrong_secret() -> None:
     now = int(time.time())
-    assert not verify_signature("not-the-secret-at-all", signed(PLAIN_SECRET, at=now), BODY)
+    assert not verifies("not-the-secret-at-all", signed(PLAIN_SECRET, at=now), BODY)
 
 
-def test_verify_signature_rejects_a_stale_or_future_timestamp() -> None:
+def test_verify_rejects_a_stale_or_future_timestamp() -> None:
     now = int(time.time())
-    assert not verify_signature(PLAIN_SECRET, signed(PLAIN_SECRET, at=now - 301), BODY)
-    assert not verify_signature(PLAIN_SECRET, signed(PLAIN_SECRET, at=now + 301), BODY)
-    assert verify_signature(PLAIN_SECRET, signed(PLAIN_SECRET, at=now - 299), BODY)
-    assert verify_signature(
-        PLAIN_SECRET, signed(PLAIN_SECRET, at=now - 3600), BODY, tolerance_seconds=7200
-    )
+    assert not verifies(PLAIN_SECRET, signed(PLAIN_SECRET, at=now - 301), BODY)
+    assert not verifies(PLAIN_SECRET, signed(PLAIN_SECRET, at=now + 301), BODY)
+    assert verifies(PLAIN_SECRET, signed(PLAIN_SECRET, at=now - 299), BODY)
+    assert verifies(PLAIN_SECRET, signed(PLAIN_SECRET, at=now - 3600), BODY, tolerance_seconds=7200)
 
 
-def test_verify_signature_falls_back_to_the_sha256_header() -> None:
+def test_verify_checks_the_sha256_header_when_asked() -> None:
     headers = signed(PLAIN_SECRET, at=int(time.time()))
     legacy = {"X-Webhook-Signature": headers["X-Webhook-Signature"]}
-    assert verify_signature(PLAIN_SECRET, legacy, BODY)
-    assert not verify_signature(PLAIN_SECRET, legacy, BODY + b"x")
-    assert not verify_signature(PLAIN_SECRET, {}, BODY)
+    assert verifies(PLAIN_SECRET, legacy, BODY, scheme="sha256")
+    assert not verifies(PLAIN_SECRET, legacy, BODY + b"x", scheme="sha256")
+    assert not verifies(PLAIN_SECRET, {}, BODY, scheme="sha256")
+    assert not verifies(PLAIN_SECRET, legacy, BODY)  # the Standard Webhooks headers are absent
 
 
 def test_a_whsec_secret_verifies_with_the_library_even_without_padding() -> None:
     secret = "whsec_" + base64.b64encode(b"thirty-two bytes of key material").decode().rstrip("=")
     headers = signed(secret, at=int(time.time()))
     assert Webhook(secret).verify(BODY, headers) is not None
-    assert verify_signature(secret, headers, BODY)
+    assert verifies(secret, headers, BODY)

@@ -5,7 +5,12 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Query, Request, Response, status
 
 from potok_state.events.schemas import ChangePage, Event, PublishEvent
-from potok_state.events.service import ChangeFeed, EventDataTooLarge, EventPublisher
+from potok_state.events.service import (
+    ChangeFeed,
+    EventDataTooLarge,
+    EventPublisher,
+    RevisionPruned,
+)
 from potok_state.kit.auth import Actor
 from potok_state.kit.errors import error_responses
 from potok_state.kit.headers import Idempotency
@@ -28,7 +33,7 @@ async def event_publisher(request: Request) -> EventPublisher:
     "/changes",
     response_model=ChangePage,
     summary="The global change feed, oldest first, after a revision",
-    responses=error_responses(),
+    responses=error_responses(RevisionPruned),
 )
 async def list_changes(
     feed: Annotated[ChangeFeed, Depends(change_feed)],
@@ -37,7 +42,8 @@ async def list_changes(
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
 ) -> Response:
     """Every change and custom event in revision order after `after`, as the webhook payloads; page
-    with `nextAfter`. The same JSON as the watch stream."""
+    with `nextAfter`. The same JSON as the watch stream. 410 `revision_pruned` when changes after
+    `after` are no longer kept (retention)."""
     return Response(await feed.page(after, limit), media_type="application/json")
 
 

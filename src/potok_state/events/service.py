@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 
 import orjson
+from pydantic import JsonValue
 
 from potok_state.changes.model import (
     AppliedChange,
@@ -15,10 +16,30 @@ from potok_state.changes.model import (
 from potok_state.changes.payload import event_body
 from potok_state.changes.pipeline import Applied, IdempotencyKey, ModelCodec, apply_change
 from potok_state.events.schemas import Event, PublishEvent
-from potok_state.kit.errors import InvalidInput
+from potok_state.kit.errors import InvalidInput, ServiceError
 from potok_state.storage.port import (
     StateStore,
 )
+
+
+class RevisionPruned(ServiceError):
+    """The changes asked for are older than what retention keeps
+    (docs/operations.md, "Retention")."""
+
+    status_code = 410
+    code = "revision_pruned"
+
+
+async def check_kept(store: StateStore, after: int) -> None:
+    """Raise `RevisionPruned` when revisions after `after` were pruned."""
+    bounds = await store.revision_bounds()
+    kept_from = bounds.oldest if bounds.oldest is not None else bounds.head + 1
+    if after < kept_from - 1 and after < bounds.head:
+        raise RevisionPruned(
+            f"Revisions up to {kept_from - 1} are no longer kept; start after "
+            f"{kept_from - 1} (or list the states again).",
+            details={"oldestRevision": bounds.oldest, "revision": bounds.head},
+        )
 
 
 class EventDataTooLarge(InvalidInput):
@@ -36,6 +57,9 @@ class ChangeFeed:
     async def page(self, after: int, limit: int) -> bytes:
         """A `ChangePage` as JSON, built from the stored payload bytes."""
         records = await self.store.changes(after, limit)
+        if not records or records[0].revision != after + 1:
+            # Only then can something have been pruned in between.
+            await check_kept(self.store, after)
         next_after = records[-1].revision if records else after
         items = b",".join(event_body(record) for record in records)
         return b'{"items":[' + items + b'],"nextAfter":' + str(next_after).encode() + b"}"
@@ -85,3 +109,14 @@ class EventPublisher:
             idempotency=idempotency,
             ttl_seconds=self.idempotency_ttl,
         )
+
+    async def publish_operational(
+        self, event: str, data: dict[str, JsonValue], actor: str
+    ) -> Event:
+        """Record an event the service raises about itself (`subscription.*`,
+        docs/webhooks.md) the way custom events are: on the change feed, the
+        watch streams and to the subscribers that ask for it."""
+        published = await self.publish(
+            PublishEvent.model_construct(type=event, data=data), actor=actor
+        )
+        return published.outcome

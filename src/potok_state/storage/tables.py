@@ -126,6 +126,23 @@ webhook_subscriptions = Table(
     Column("after_revision", BigInteger, nullable=False),
     Column("created_at", Timestamp, nullable=False),
     Column("updated_at", Timestamp, nullable=False),
+    # The disable policy and the circuit breaker (docs/webhooks.md):
+    # `consecutive_failures` counts deliveries that exhausted their retries,
+    # `failed_attempts` single attempts; both and the circuit reset on a success.
+    Column("failed_attempts", Integer, nullable=False, server_default=text("0")),
+    Column("failing_since", Timestamp),
+    # The highest share of the disable policy announced (0, 50 or 90 percent).
+    Column("failing_notified", Integer, nullable=False, server_default=text("0")),
+    Column("circuit_open_until", Timestamp),
+    Column("circuit_probes", Integer, nullable=False, server_default=text("0")),
+    # After a rotation the old secret still signs until `previous_secret_until`.
+    Column("previous_secret", Text),
+    Column("previous_secret_until", Timestamp),
+    # Per-subscription overrides (null: the WEBHOOK_* setting): deliveries per
+    # second, per-attempt timeout, attempts per delivery.
+    Column("rate_limit", Integer),
+    Column("timeout_ms", Integer),
+    Column("max_attempts", Integer),
 )
 
 webhook_deliveries = Table(

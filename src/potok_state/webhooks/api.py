@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Path, Query, Request, Response, status
+from fastapi import APIRouter, Body, Depends, Path, Query, Request, Response, status
 
+from potok_state.events.service import RevisionPruned
 from potok_state.kit.auth import Actor
 from potok_state.kit.errors import error_responses
 from potok_state.kit.json_body import JsonBodyRoute
@@ -14,6 +15,8 @@ from potok_state.webhooks.schemas import (
     DeliveryPage,
     ReplayRequest,
     ReplayResult,
+    RotateSecretRequest,
+    SecretRotated,
     Subscription,
     SubscriptionCreate,
     SubscriptionCreated,
@@ -23,6 +26,9 @@ from potok_state.webhooks.schemas import (
 from potok_state.webhooks.service import (
     DeliveryNotFailed,
     DeliveryNotFound,
+    InvalidSubscriptionLimit,
+    ReplayNeedsOneSource,
+    SubscriptionDisabled,
     SubscriptionNotFound,
     WebhookService,
 )
@@ -46,7 +52,7 @@ Service = Annotated[WebhookService, Depends(webhook_service)]
     response_model=SubscriptionCreated,
     status_code=status.HTTP_201_CREATED,
     summary="Subscribe a URL to events; the secret is shown only here",
-    responses=error_responses(InvalidWebhookUrl),
+    responses=error_responses(InvalidWebhookUrl, InvalidSubscriptionLimit),
 )
 async def create_subscription(
     body: SubscriptionCreate, service: Service, _: Actor
@@ -86,7 +92,7 @@ async def get_subscription(
     "/subscriptions/{subscription_id}",
     response_model=Subscription,
     summary="Change url, events, description or entity types; re-enable with active: true",
-    responses=error_responses(SubscriptionNotFound, InvalidWebhookUrl),
+    responses=error_responses(SubscriptionNotFound, InvalidWebhookUrl, InvalidSubscriptionLimit),
 )
 async def update_subscription(
     subscription_id: SubscriptionId, body: SubscriptionPatch, service: Service, _: Actor
@@ -133,13 +139,13 @@ async def list_deliveries(
     "/deliveries/{delivery_id}/retry",
     response_model=Delivery,
     summary="Send a failed delivery again",
-    responses=error_responses(DeliveryNotFound, DeliveryNotFailed),
+    responses=error_responses(DeliveryNotFound, DeliveryNotFailed, RevisionPruned),
 )
 async def retry_delivery(
     delivery_id: Annotated[int, Path(ge=1, le=2**62)], service: Service, _: Actor
 ) -> Delivery:
     """Send a failed delivery again now, with a fresh attempt budget. 404 `delivery_not_found`, 409
-    when it is not failed."""
+    when it is not failed, 410 `revision_pruned` when its event is no longer kept."""
     return await service.retry_delivery(delivery_id)
 
 
@@ -147,15 +153,48 @@ async def retry_delivery(
     "/subscriptions/{subscription_id}/replay",
     response_model=ReplayResult,
     status_code=status.HTTP_202_ACCEPTED,
-    summary="Send again what the subscription matched from a revision or a time",
-    responses=error_responses(SubscriptionNotFound),
+    summary="Send again what the subscription matched from a revision or a time, or what it missed",
+    responses=error_responses(
+        SubscriptionNotFound, SubscriptionDisabled, ReplayNeedsOneSource, RevisionPruned
+    ),
 )
 async def replay(
-    subscription_id: SubscriptionId, body: ReplayRequest, service: Service, _: Actor
+    subscription_id: SubscriptionId,
+    service: Service,
+    _: Actor,
+    body: Annotated[ReplayRequest | None, Body()] = None,
+    missing: Annotated[
+        bool,
+        Query(
+            description="Send exactly the deliveries skipped while the subscription was disabled "
+            "(no body)."
+        ),
+    ] = False,
 ) -> ReplayResult:
     """Send again every event the subscription matches since a revision (`fromRevision`) or a time
-    (`since`), in per-entity order."""
-    return await service.replay(subscription_id, body)
+    (`since`), in per-entity order. With `missing=true` and no body: send exactly the deliveries
+    recorded as `skipped` while it was disabled, in per-entity order (409 `subscription_disabled`
+    while it still is). 410 `revision_pruned` when the range asked for starts before the oldest
+    event kept (retention)."""
+    return await service.replay(subscription_id, body, missing=missing)
+
+
+@router.post(
+    "/subscriptions/{subscription_id}/rotate-secret",
+    response_model=SecretRotated,
+    summary="Replace the signing secret; the old one keeps signing for a grace period",
+    responses=error_responses(SubscriptionNotFound),
+)
+async def rotate_secret(
+    subscription_id: SubscriptionId,
+    service: Service,
+    _: Actor,
+    body: Annotated[RotateSecretRequest | None, Body()] = None,
+) -> SecretRotated:
+    """Give the subscription a new secret (`secret`, or a generated `whsec_…` one), shown only in
+    this answer. For WEBHOOK_SECRET_GRACE (24 h) deliveries carry both signatures in
+    `webhook-signature` (`v1,<new> v1,<old>`); `X-Webhook-Signature` uses the new secret."""
+    return await service.rotate_secret(subscription_id, body or RotateSecretRequest())
 
 
 @router.post(

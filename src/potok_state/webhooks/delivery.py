@@ -7,7 +7,9 @@ Two loops share one process:
 * deliver: leases due deliveries in batches (see `repository.claim_due` for
   the ordering rule), sends each with its signatures, and records the attempts
   that finished meanwhile, and their consequences (retry with backoff,
-  Retry-After, 410, auto-disable), in one transaction per batch.
+  Retry-After, 410, the circuit breaker and the disable policy of
+  webhooks/policy.py), in one transaction per batch; the operational events
+  they raise are published after it commits (webhooks/notices.py).
 
 Both loops sleep until woken by the commit feed (storage/commits.py: a commit
 in this process, or PostgreSQL NOTIFY from other processes) or by a finished
@@ -32,9 +34,13 @@ from potok_state.changes.payload import event_body
 from potok_state.clock import utc_now
 from potok_state.metrics import Metrics
 from potok_state.settings import WebhookSettings
+from potok_state.webhooks.notices import SubscriptionNotices
+from potok_state.webhooks.policy import FailurePolicy
+from potok_state.webhooks.rates import DeliveryRates
 from potok_state.webhooks.repository import (
     DISPATCH_BATCH,
     PENDING,
+    SKIPPED,
     SUCCEEDED,
     AttemptResult,
     ClaimedDelivery,
@@ -103,8 +109,15 @@ class WebhookSender:
         if self._session is not None:
             await self._session.close()
 
-    async def send(self, url: str, body: bytes, headers: dict[str, str]) -> SendOutcome:
+    async def send(
+        self, url: str, body: bytes, headers: dict[str, str], *, timeout_ms: int | None = None
+    ) -> SendOutcome:
+        """One attempt. `timeout_ms`: the subscription's own timeout (the API
+        keeps it within WEBHOOK_DELIVERY_TIMEOUT, which the lease is sized for)."""
         started_at = utc_now()
+        timeout = (
+            self.timeout if timeout_ms is None else aiohttp.ClientTimeout(total=timeout_ms / 1000)
+        )
         started = time.perf_counter()
         status: int | None = None
         error: str | None = None
@@ -116,8 +129,10 @@ class WebhookSender:
         except InvalidWebhookUrl as refused:
             return SendOutcome(started_at, 0, None, refused.message, None)
         try:
+            # A 3xx is a failure like any other non-2xx: redirects are never
+            # followed (docs/webhooks.md).
             async with self._client().post(
-                url, data=body, headers=headers, allow_redirects=False
+                url, data=body, headers=headers, allow_redirects=False, timeout=timeout
             ) as response:
                 status = response.status
                 if not 200 <= status < 300:
@@ -126,7 +141,7 @@ class WebhookSender:
                 if status in (429, 503):
                     retry_after = parse_retry_after(response.headers.get("Retry-After"))
         except TimeoutError:
-            error = f"timed out after {self.timeout.total:g} s"
+            error = f"timed out after {timeout.total:g} s"
         except (aiohttp.ClientError, OSError) as exc:
             error = f"{type(exc).__name__}: {exc}"[:ERROR_TEXT_LIMIT]
         duration_ms = round((time.perf_counter() - started) * 1000)
@@ -168,10 +183,13 @@ class DeliveryWorker:
         allow_private: bool,
         concurrency: int = 64,
         per_subscription: int = 16,
+        notices: SubscriptionNotices | None = None,
     ) -> None:
         self.repository = repository
         self.settings = settings
         self.metrics = metrics
+        self.policy = FailurePolicy.from_settings(settings)
+        self.notices = notices
         self.concurrency = concurrency
         self.per_subscription = per_subscription
         self.sender = WebhookSender(
@@ -190,6 +208,7 @@ class DeliveryWorker:
         self._record_ready = asyncio.Event()
         self._recorded = asyncio.Event()
         self._stopping = asyncio.Event()
+        self._rates = DeliveryRates()
 
     async def start(self) -> None:
         self._stopping.clear()
@@ -275,11 +294,16 @@ class DeliveryWorker:
                         in_flight=self._per_subscription,
                         per_subscription=self.per_subscription,
                         concurrency=self.concurrency,
+                        rates=self._rates,
                     )
                 except Exception:
                     log.exception("webhook.claim.failed")
                     await asyncio.sleep(POLL_SECONDS)
                     continue
+                token_in = self._rates.next_token_in()
+                if token_in is not None:
+                    # A rate-limited subscription may go on then.
+                    asyncio.get_running_loop().call_later(token_in, self._due.notify)
             for delivery in claimed:
                 self._per_subscription[delivery.subscription_id] = (
                     self._per_subscription.get(delivery.subscription_id, 0) + 1
@@ -311,8 +335,11 @@ class DeliveryWorker:
             body=body,
             attempt=delivery.attempt,
             timestamp=int(time.time()),
+            previous_secret=delivery.previous_secret,
         )
-        outcome = await self.sender.send(delivery.url, body, headers)
+        outcome = await self.sender.send(
+            delivery.url, body, headers, timeout_ms=delivery.timeout_ms
+        )
         delay = self.settings.retry_delay / 1000 * 2 ** (delivery.attempt - 1)
         if outcome.retry_after_seconds is not None:
             delay = max(delay, outcome.retry_after_seconds)
@@ -328,6 +355,7 @@ class DeliveryWorker:
             succeeded=outcome.succeeded,
             gone=outcome.status_code == 410,
             retry_at=utc_now() + timedelta(seconds=delay),
+            probe=delivery.probe,
         )
         # The slot is free once the receiver answered; the attempt is recorded
         # with others in the next batch (until then the delivery stays pending
@@ -345,9 +373,8 @@ class DeliveryWorker:
                 batch = self._to_record[:RECORD_BATCH]
                 del self._to_record[:RECORD_BATCH]
                 try:
-                    statuses = await self.repository.record_attempts(
-                        [finished.result for finished in batch],
-                        max_consecutive_failures=self.settings.max_consecutive_failures,
+                    recorded = await self.repository.record_attempts(
+                        [finished.result for finished in batch], self.policy
                     )
                 except Exception:
                     # Their leases run out and they are sent again: at-least-once.
@@ -355,13 +382,23 @@ class DeliveryWorker:
                     continue
                 finally:
                     self._recorded.set()
-                for finished, status in zip(batch, statuses, strict=True):
+                for finished, status in zip(batch, recorded.statuses, strict=True):
                     self._recorded_attempt(finished, status)
+                loop = asyncio.get_running_loop()
+                for subscription_id in recorded.circuits_opened:
+                    self.metrics.circuits_opened.inc()
+                    log.warning("webhook.circuit.opened", subscriptionId=subscription_id)
+                for probe_at in recorded.probes_due:
+                    wait = (probe_at - utc_now()).total_seconds()
+                    loop.call_later(max(wait, 0.0), self._due.notify)
+                for notice in recorded.notices:
+                    if self.notices is not None:
+                        await self.notices.publish(notice)
 
     def _recorded_attempt(self, finished: _Finished, status: str) -> None:
         delivery, result = finished.delivery, finished.result
-        outcome_label = (
-            "succeeded" if status == SUCCEEDED else ("retrying" if status == PENDING else "failed")
+        outcome_label = {SUCCEEDED: "succeeded", PENDING: "retrying", SKIPPED: "skipped"}.get(
+            status, "failed"
         )
         self.metrics.deliveries.labels(outcome=outcome_label).inc()
         self.metrics.delivery_latency.observe(finished.duration_ms / 1000)

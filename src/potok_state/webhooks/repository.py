@@ -1,6 +1,10 @@
 """SQL for webhooks: subscriptions, the dispatch of outbox events into
 deliveries, claiming due deliveries and recording attempts.
 
+Failed attempts are judged by webhooks/policy.py (the circuit breaker and the
+disable policy) in the transaction that records them; a disabled
+subscription's deliveries are `skipped` (docs/webhooks.md).
+
 Claims are leases: a claimed delivery carries `locked_until`; if its worker dies
 the lease runs out and another worker (or the restarted one) sends it again, so
 delivery is at-least-once. On PostgreSQL, claims use FOR UPDATE SKIP LOCKED so
@@ -26,10 +30,15 @@ from potok_state.storage.database import Row, Tx
 from potok_state.storage.dialect import Dialect
 from potok_state.storage.rows import OUTBOX_COLUMNS, event_record
 from potok_state.storage.sql import SqlStateStore
+from potok_state.webhooks.policy import FailurePolicy, FailureStreak
+from potok_state.webhooks.rates import DeliveryRates
+from potok_state.webhooks.sealing import SecretSeal
 
 PENDING = "pending"
 SUCCEEDED = "succeeded"
 FAILED = "failed"
+# Not sent: the subscription was disabled (`replay?missing=true` sends these).
+SKIPPED = "skipped"
 DISPATCH_BATCH = 500
 # The queue's planner statistics are refreshed once this many deliveries were
 # queued since the last refresh, at most every STATISTICS_EVERY seconds: a queue
@@ -41,7 +50,9 @@ LAST_DELIVERY_RESOLUTION = timedelta(seconds=1)
 
 SUBSCRIPTION_COLUMNS = (
     "id, url, events, entity_types, secret, description, active, consecutive_failures, "
-    "disabled_reason, last_delivery_at, last_error, after_revision, created_at, updated_at"
+    "disabled_reason, last_delivery_at, last_error, after_revision, created_at, updated_at, "
+    "failed_attempts, failing_since, failing_notified, circuit_open_until, circuit_probes, "
+    "previous_secret, previous_secret_until, rate_limit, timeout_ms, max_attempts"
 )
 DELIVERY_COLUMNS = (
     "id, subscription_id, revision, event_id, event, status, attempts, attempt_limit, "
@@ -65,6 +76,19 @@ class SubscriptionRow:
     after_revision: int
     created_at: datetime
     updated_at: datetime
+    failed_attempts: int = 0
+    failing_since: datetime | None = None
+    failing_notified: int = 0
+    circuit_open_until: datetime | None = None
+    circuit_probes: int = 0
+    previous_secret: str | None = None
+    previous_secret_until: datetime | None = None
+    rate_limit: int | None = None
+    timeout_ms: int | None = None
+    max_attempts: int | None = None
+
+    def attempt_limit(self, default: int) -> int:
+        return self.max_attempts or default
 
     def matches(self, event: str, entity: str | None) -> bool:
         if entity is not None and self.entity_types is not None and entity not in self.entity_types:
@@ -109,6 +133,12 @@ class ClaimedDelivery:
     attempt: int
     attempt_limit: int
     event: EventRecord
+    previous_secret: str | None = None
+    """The secret before a rotation, while it still signs."""
+    probe: bool = False
+    """Sent to test an open circuit."""
+    timeout_ms: int | None = None
+    """The subscription's own per-attempt timeout."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -117,7 +147,7 @@ class Dispatched:
     """Outbox events read (DISPATCH_BATCH: there may be more)."""
     deliveries: int
     subscribed: bool
-    """Some subscription is active."""
+    """Some subscription exists (active or not: a disabled one gets skipped deliveries)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -133,6 +163,28 @@ class AttemptResult:
     succeeded: bool
     gone: bool
     retry_at: datetime
+    probe: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Notice:
+    """An operational event about a subscription, published after the
+    transaction that caused it commits (docs/webhooks.md)."""
+
+    event: str
+    subscription_id: str
+    data: dict[str, object]
+
+
+@dataclass(frozen=True, slots=True)
+class Recorded:
+    statuses: list[str]
+    """Each attempt's delivery status, in order."""
+    notices: list[Notice]
+    probes_due: list[datetime]
+    """When circuits opened or re-armed by these attempts allow their next probe."""
+    circuits_opened: list[str]
+    """Subscriptions whose circuit these attempts opened."""
 
 
 def _json_list(value: object) -> list[str] | None:
@@ -146,14 +198,26 @@ def _json_list(value: object) -> list[str] | None:
     return [str(item) for item in parsed]
 
 
-def _subscription(dialect: Dialect, row: Row) -> SubscriptionRow:
+def _subscription(dialect: Dialect, row: Row, seal: SecretSeal | None) -> SubscriptionRow:
+    """A subscription row with its secrets opened (left sealed without `seal`:
+    the dispatcher only matches events)."""
     last_delivery_at = row["last_delivery_at"]
+    secret, previous_secret = row["secret"], row["previous_secret"]
+    if seal is not None:
+        secret = seal.open(secret, row["id"])
+        if previous_secret is not None:
+            previous_secret = seal.open(previous_secret, row["id"])
+
+    def time_or_none(column: str) -> datetime | None:
+        value = row[column]
+        return None if value is None else dialect.read_time(value)
+
     return SubscriptionRow(
         id=row["id"],
         url=row["url"],
         events=_json_list(row["events"]) or [],
         entity_types=_json_list(row["entity_types"]),
-        secret=row["secret"],
+        secret=secret,
         description=row["description"],
         active=dialect.read_bool(row["active"]),
         consecutive_failures=row["consecutive_failures"],
@@ -163,6 +227,16 @@ def _subscription(dialect: Dialect, row: Row) -> SubscriptionRow:
         after_revision=row["after_revision"],
         created_at=dialect.read_time(row["created_at"]),
         updated_at=dialect.read_time(row["updated_at"]),
+        failed_attempts=row["failed_attempts"],
+        failing_since=time_or_none("failing_since"),
+        failing_notified=row["failing_notified"],
+        circuit_open_until=time_or_none("circuit_open_until"),
+        circuit_probes=row["circuit_probes"],
+        previous_secret=previous_secret,
+        previous_secret_until=time_or_none("previous_secret_until"),
+        rate_limit=row["rate_limit"],
+        timeout_ms=row["timeout_ms"],
+        max_attempts=row["max_attempts"],
     )
 
 
@@ -181,7 +255,24 @@ _UPDATABLE = (
     "active",
     "consecutive_failures",
     "disabled_reason",
+    "failed_attempts",
+    "failing_since",
+    "failing_notified",
+    "circuit_open_until",
+    "circuit_probes",
+    "rate_limit",
+    "timeout_ms",
+    "max_attempts",
 )
+# Written by a re-enable: a fresh start for the disable policy and the circuit.
+HEALTHY: dict[str, object] = {
+    "consecutive_failures": 0,
+    "failed_attempts": 0,
+    "failing_since": None,
+    "failing_notified": 0,
+    "circuit_open_until": None,
+    "circuit_probes": 0,
+}
 
 
 def fair_share(subscriptions: int, concurrency: int, per_subscription: int) -> int:
@@ -193,8 +284,9 @@ def fair_share(subscriptions: int, concurrency: int, per_subscription: int) -> i
 
 
 class WebhookRepository:
-    def __init__(self, store: SqlStateStore) -> None:
+    def __init__(self, store: SqlStateStore, seal: SecretSeal) -> None:
         self.store = store
+        self.seal = seal
         self.db = store.db
         self.dialect = store.dialect
         # Set when deliveries become due (dispatched, retried, replayed) in this
@@ -218,25 +310,61 @@ class WebhookRepository:
             await tx.execute(
                 "INSERT INTO webhook_subscriptions (id, url, events, entity_types, secret, "
                 "description, active, consecutive_failures, after_revision, created_at, "
-                "updated_at) "
-                "VALUES ($1, $2, $3, $4, $5, $6, $7, 0, $8, $9, $9)",
+                "updated_at, rate_limit, timeout_ms, max_attempts) "
+                "VALUES ($1, $2, $3, $4, $5, $6, $7, 0, $8, $9, $9, $10, $11, $12)",
                 values["id"],
                 values["url"],
                 orjson.dumps(values["events"]).decode(),
                 None
                 if values.get("entity_types") is None
                 else orjson.dumps(values["entity_types"]).decode(),
-                values["secret"],
+                self.seal.seal(str(values["secret"]), str(values["id"])),
                 values.get("description"),
                 True,
                 int(head or 0),
                 now,
+                values.get("rate_limit"),
+                values.get("timeout_ms"),
+                values.get("max_attempts"),
             )
             row = await tx.fetchrow(_SELECT_SUBSCRIPTION, values["id"])
             assert row is not None
             return row
 
-        return _subscription(dialect, await self.db.write(work))
+        return _subscription(dialect, await self.db.write(work), self.seal)
+
+    async def seal_stored_secrets(self) -> int:
+        """At startup: seal secrets stored in the clear (rows from before
+        sealing existed) or with the previous WEBHOOK_SECRET_KEY, with the
+        current key. `SecretKeyMismatch` when some were sealed with a key this
+        process does not have. Returns how many values were sealed again."""
+        seal = self.seal
+
+        async def work(tx: Tx) -> int:
+            resealed = 0
+            rows = await tx.fetch(
+                "SELECT id, secret, previous_secret FROM webhook_subscriptions"
+                + self.dialect.for_update
+            )
+            for row in rows:
+                values = [row["secret"], row["previous_secret"]]
+                if not any(value is not None and seal.needs_sealing(value) for value in values):
+                    continue
+                secret, previous = (
+                    None if value is None else seal.seal(seal.open(value, row["id"]), row["id"])
+                    for value in values
+                )
+                await tx.execute(
+                    "UPDATE webhook_subscriptions SET secret = $2, previous_secret = $3 "
+                    "WHERE id = $1",
+                    row["id"],
+                    secret,
+                    previous,
+                )
+                resealed += 1
+            return resealed
+
+        return await self.db.write(work)
 
     async def list_subscriptions(self) -> list[SubscriptionRow]:
         rows = await self.db.read(
@@ -244,11 +372,11 @@ class WebhookRepository:
                 f"SELECT {SUBSCRIPTION_COLUMNS} FROM webhook_subscriptions ORDER BY created_at, id"
             )
         )
-        return [_subscription(self.dialect, row) for row in rows]
+        return [_subscription(self.dialect, row, self.seal) for row in rows]
 
     async def get_subscription(self, subscription_id: str) -> SubscriptionRow | None:
         row = await self.db.read(lambda tx: tx.fetchrow(_SELECT_SUBSCRIPTION, subscription_id))
-        return None if row is None else _subscription(self.dialect, row)
+        return None if row is None else _subscription(self.dialect, row, self.seal)
 
     async def update_subscription(
         self, subscription_id: str, values: dict[str, object]
@@ -274,7 +402,7 @@ class WebhookRepository:
             return await tx.fetchrow(_SELECT_SUBSCRIPTION, subscription_id)
 
         row = await self.db.write(work)
-        return None if row is None else _subscription(dialect, row)
+        return None if row is None else _subscription(dialect, row, self.seal)
 
     async def delete_subscription(self, subscription_id: str) -> bool:
         async def work(tx: Tx) -> bool:
@@ -368,7 +496,7 @@ class WebhookRepository:
             changed = await tx.execute(
                 "UPDATE webhook_deliveries SET status = $2, attempt_limit = attempts + $3, "
                 "next_attempt_at = $4, locked_until = NULL, updated_at = $4 "
-                "WHERE id = $1 AND status = $5",
+                f"WHERE id = $1 AND status = $5 AND {_EVENT_KEPT}",
                 delivery_id,
                 PENDING,
                 extra_attempts,
@@ -408,7 +536,14 @@ class WebhookRepository:
         async def work(tx: Tx) -> tuple[int, int | None, int | None]:
             records = [event_record(dialect, row) for row in await tx.fetch(sql, *args)]
             rows = [
-                _delivery_values(dialect, subscription.id, record, attempt_limit, now)
+                _delivery_values(
+                    dialect,
+                    subscription.id,
+                    record,
+                    subscription.attempt_limit(attempt_limit),
+                    now,
+                    PENDING,
+                )
                 for record in records
                 if subscription.matches(record.event, record.entity)
             ]
@@ -423,11 +558,78 @@ class WebhookRepository:
         self.deliveries_ready.notify()
         return replayed
 
+    async def resend_skipped(
+        self, subscription_id: str, attempt_limit: int
+    ) -> tuple[int, int | None, int | None]:
+        """Queue again exactly the deliveries skipped while the subscription was
+        disabled. They keep their ids, so each entity's go in revision order."""
+        now = self.dialect.time(utc_now())
+
+        async def work(tx: Tx) -> tuple[int, int | None, int | None]:
+            # Retention may have pruned the events of the oldest: those fail.
+            await tx.execute(
+                "UPDATE webhook_deliveries SET status = $3, last_error = $4, updated_at = $5 "
+                f"WHERE subscription_id = $1 AND status = $2 AND NOT {_EVENT_KEPT}",
+                subscription_id,
+                SKIPPED,
+                FAILED,
+                EVENT_PRUNED,
+                now,
+            )
+            found = await tx.fetchrow(
+                "SELECT count(*) AS skipped, min(revision) AS first, max(revision) AS last "
+                "FROM webhook_deliveries WHERE subscription_id = $1 AND status = $2",
+                subscription_id,
+                SKIPPED,
+            )
+            assert found is not None
+            if not found["skipped"]:
+                return 0, None, None
+            await tx.execute(
+                "UPDATE webhook_deliveries SET status = $3, attempt_limit = attempts + $4, "
+                "next_attempt_at = $5, locked_until = NULL, last_error = NULL, updated_at = $5 "
+                "WHERE subscription_id = $1 AND status = $2",
+                subscription_id,
+                SKIPPED,
+                PENDING,
+                attempt_limit,
+                now,
+            )
+            await self._announce_deliveries(tx)
+            return int(found["skipped"]), found["first"], found["last"]
+
+        resent = await self.db.write(work)
+        self.deliveries_ready.notify()
+        return resent
+
+    async def rotate_secret(
+        self, subscription_id: str, secret: str, previous_until: datetime
+    ) -> SubscriptionRow | None:
+        """The current secret becomes the previous one, signing until `previous_until`."""
+        dialect = self.dialect
+
+        async def work(tx: Tx) -> Row | None:
+            changed = await tx.execute(
+                "UPDATE webhook_subscriptions SET previous_secret = secret, "
+                "previous_secret_until = $3, secret = $2, updated_at = $4 WHERE id = $1",
+                subscription_id,
+                self.seal.seal(secret, subscription_id),
+                dialect.time(previous_until),
+                dialect.time(utc_now()),
+            )
+            if not changed:
+                return None
+            return await tx.fetchrow(_SELECT_SUBSCRIPTION, subscription_id)
+
+        row = await self.db.write(work)
+        return None if row is None else _subscription(dialect, row, self.seal)
+
     # -- the worker's side ----------------------------------------------------------
 
     async def dispatch(self, attempt_limit: int) -> Dispatched:
         """Turn the next outbox events (at most DISPATCH_BATCH) into deliveries
-        for the active subscriptions that match them."""
+        for the subscriptions that match them: pending for active ones, skipped
+        for disabled ones (so `replay?missing=true` can send them later)."""
         dialect = self.dialect
         now = utc_now()
 
@@ -435,13 +637,13 @@ class WebhookRepository:
             cursor = await tx.fetchval(
                 "SELECT revision FROM webhook_dispatch_cursor WHERE id = 1" + dialect.for_update
             )
-            active = [
-                _subscription(dialect, row)
+            subscriptions = [
+                _subscription(dialect, row, None)
                 for row in await tx.fetch(
-                    f"SELECT {SUBSCRIPTION_COLUMNS} FROM webhook_subscriptions WHERE active"
+                    f"SELECT {SUBSCRIPTION_COLUMNS} FROM webhook_subscriptions"
                 )
             ]
-            if not active:
+            if not subscriptions:
                 # Nothing to deliver to: move the cursor to the head without
                 # reading the events (a subscription made later starts there).
                 await tx.execute(
@@ -462,9 +664,16 @@ class WebhookRepository:
             if not records:
                 return Dispatched(0, 0, subscribed=True)
             rows = [
-                _delivery_values(dialect, subscription.id, record, attempt_limit, now)
+                _delivery_values(
+                    dialect,
+                    subscription.id,
+                    record,
+                    subscription.attempt_limit(attempt_limit),
+                    now,
+                    PENDING if subscription.active else SKIPPED,
+                )
                 for record in records
-                for subscription in active
+                for subscription in subscriptions
                 if record.revision > subscription.after_revision
                 and subscription.matches(record.event, record.entity)
             ]
@@ -511,6 +720,7 @@ class WebhookRepository:
         in_flight: Mapping[str, int],
         per_subscription: int,
         concurrency: int,
+        rates: DeliveryRates | None = None,
     ) -> list[ClaimedDelivery]:
         """Lease up to `limit` due deliveries, at most one in flight per
         ordering key: a delivery waits while an older one for the same entity
@@ -524,19 +734,34 @@ class WebhookRepository:
         `per_subscription`; so receivers that hang hold only their own shares.
         Subscriptions at their share are left out of the candidates in SQL:
         otherwise their backlog fills the candidate window and hides the others'
-        deliveries until it drains."""
+        deliveries until it drains.
+
+        A subscription whose circuit is open is left out the same way until its
+        next probe is due; then one delivery is claimed as the probe, and the
+        circuit is pushed past the lease so no other worker probes meanwhile.
+        A subscription with a `rateLimit` gets no more deliveries than `rates`
+        allows now (and none while its bucket is empty)."""
         dialect = self.dialect
         now = utc_now()
         active = [sub for sub, count in in_flight.items() if count > 0]
         share = fair_share(len(active), concurrency, per_subscription)
-        saturated = dialect.text_list([sub for sub in active if in_flight[sub] >= share])
+        held = [sub for sub in active if in_flight[sub] >= share]
+        if rates is not None:
+            held.extend(rates.exhausted())
+        saturated = dialect.text_list(held)
         candidates = (
-            "SELECT d.id, d.subscription_id FROM webhook_deliveries d WHERE d.status = 'pending' "
+            "SELECT d.id, d.subscription_id, (SELECT s.circuit_open_until IS NOT NULL "
+            "FROM webhook_subscriptions s WHERE s.id = d.subscription_id) AS probing, "
+            "(SELECT s.rate_limit FROM webhook_subscriptions s "
+            "WHERE s.id = d.subscription_id) AS rate_limit "
+            "FROM webhook_deliveries d WHERE d.status = 'pending' "
             "AND d.next_attempt_at <= $1 "
             "AND (d.locked_until IS NULL OR d.locked_until < $1) "
-            # A subscription disabled through the API pauses its deliveries.
+            # A subscription disabled through the API pauses its deliveries; an
+            # open circuit holds them until its next probe.
             "AND EXISTS (SELECT 1 FROM webhook_subscriptions s "
-            "WHERE s.id = d.subscription_id AND s.active) "
+            "WHERE s.id = d.subscription_id AND s.active "
+            "AND (s.circuit_open_until IS NULL OR s.circuit_open_until <= $1)) "
             # The oldest pending delivery of its ordering key. Written as a
             # min() so the probe can only be answered from the ordering index:
             # as `NOT EXISTS (an older one)`, a table without statistics yet was
@@ -553,13 +778,25 @@ class WebhookRepository:
             cap = fair_share(len(busy), concurrency, per_subscription)
             taken = dict(in_flight)
             ids: list[int] = []
+            probed: set[str] = set()
             for row in found:
                 subscription = row["subscription_id"]
-                if taken.get(subscription, 0) < cap:
-                    taken[subscription] = taken.get(subscription, 0) + 1
-                    ids.append(row["id"])
-                    if len(ids) == limit:
-                        break
+                if row["probing"]:
+                    if subscription in probed:
+                        continue
+                elif taken.get(subscription, 0) >= cap:
+                    continue
+                if rates is not None and not rates.take(subscription, row["rate_limit"]):
+                    continue
+                if row["probing"]:
+                    if not await self._take_probe(tx, subscription, now, lease):
+                        continue
+                    probed.add(subscription)
+                    probes.add(row["id"])
+                taken[subscription] = taken.get(subscription, 0) + 1
+                ids.append(row["id"])
+                if len(ids) == limit:
+                    break
             if not ids:
                 return []
             id_list = dialect.int_list(ids)
@@ -568,39 +805,78 @@ class WebhookRepository:
                 id_list,
                 dialect.time(now + lease),
             )
-            return await tx.fetch(
+            claimed = await tx.fetch(
                 "SELECT d.id AS delivery_id, d.subscription_id, d.attempts, d.attempt_limit, "
-                "s.url, s.secret, o.revision, o.event_id, o.event, o.entity_type, o.entity_id, "
+                "s.url, s.secret, s.previous_secret, s.previous_secret_until, s.timeout_ms, "
+                "o.revision, o.event_id, o.event, o.entity_type, o.entity_id, "
                 "o.data, o.created_at FROM webhook_deliveries d "
                 "JOIN webhook_subscriptions s ON s.id = d.subscription_id "
                 "JOIN outbox o ON o.revision = d.revision "
                 f"WHERE d.id {dialect.in_ints('$1')} ORDER BY d.id",
                 id_list,
             )
+            if len(claimed) < len(ids):
+                # Requeued by a retry while retention pruned its event: it
+                # cannot be sent, and must not hold its entity's later ones.
+                await tx.execute(
+                    f"UPDATE webhook_deliveries SET status = $2, last_error = $3, "
+                    f"locked_until = NULL WHERE id {dialect.in_ints('$1')} AND NOT {_EVENT_KEPT}",
+                    id_list,
+                    FAILED,
+                    EVENT_PRUNED,
+                )
+            return claimed
 
+        probes: set[int] = set()
         rows = await self.db.write(work)
         return [
             ClaimedDelivery(
                 id=row["delivery_id"],
                 subscription_id=row["subscription_id"],
                 url=row["url"],
-                secret=row["secret"],
+                secret=self.seal.open(row["secret"], row["subscription_id"]),
                 attempt=row["attempts"] + 1,
                 attempt_limit=row["attempt_limit"],
                 event=event_record(dialect, row),
+                previous_secret=self._previous_secret(row, now),
+                probe=row["delivery_id"] in probes,
+                timeout_ms=row["timeout_ms"],
             )
             for row in rows
         ]
 
+    def _previous_secret(self, row: Row, now: datetime) -> str | None:
+        previous, until = row["previous_secret"], row["previous_secret_until"]
+        if previous is None or until is None or self.dialect.read_time(until) <= now:
+            return None
+        return self.seal.open(previous, row["subscription_id"])
+
+    async def _take_probe(
+        self, tx: Tx, subscription_id: str, now: datetime, lease: timedelta
+    ) -> bool:
+        """Claim the right to probe an open circuit whose probe is due: true
+        for exactly one claimer (the update re-checks the row it locks)."""
+        dialect = self.dialect
+        return bool(
+            await tx.execute(
+                "UPDATE webhook_subscriptions SET circuit_open_until = $2 WHERE id = $1 "
+                "AND circuit_open_until IS NOT NULL AND circuit_open_until <= $3",
+                subscription_id,
+                dialect.time(now + lease),
+                dialect.time(now),
+            )
+        )
+
     async def record_attempts(
-        self, results: Sequence[AttemptResult], *, max_consecutive_failures: int
-    ) -> list[str]:
-        """Store finished attempts and their consequences in one transaction;
-        returns each delivery's new status, in order."""
+        self, results: Sequence[AttemptResult], policy: FailurePolicy
+    ) -> Recorded:
+        """Store finished attempts and their consequences in one transaction:
+        each delivery's new status, in order, the operational events to publish
+        once it commits, and when opened circuits want their next probe."""
         dialect = self.dialect
         now = utc_now()
 
-        async def work(tx: Tx) -> list[str]:
+        async def work(tx: Tx) -> Recorded:
             await tx.executemany(
                 "INSERT INTO webhook_attempts (delivery_id, attempt, started_at, duration_ms, "
                 "status_code, error, succeeded) VALUES ($1, $2, $3, $4, $5, $6, $7)",
@@ -617,22 +893,21 @@ class WebhookRepository:
                     for r in results
                 ],
             )
-            statuses: list[str] = []
+            recorded = Recorded([], [], [], [])
             if all(r.succeeded for r in results):
                 await self._record_successes(tx, results, now)
-                return [SUCCEEDED] * len(results)
+                recorded.statuses.extend([SUCCEEDED] * len(results))
+                return recorded
             # A failure in the batch: in order, one by one, so the failure
-            # count of each subscription sees successes and failures as they
+            # counts of each subscription see successes and failures as they
             # happened.
             for result in results:
                 if result.succeeded:
                     await self._record_successes(tx, [result], now)
-                    statuses.append(SUCCEEDED)
+                    recorded.statuses.append(SUCCEEDED)
                 else:
-                    statuses.append(
-                        await self._record_failure(tx, result, now, max_consecutive_failures)
-                    )
-            return statuses
+                    await self._record_failure(tx, result, now, policy, recorded)
+            return recorded
 
         return await self.db.write(work)
 
@@ -648,43 +923,66 @@ class WebhookRepository:
         )
         # Successes of one subscription would all queue on its row lock across
         # workers; the row is only written when it says something new (a
-        # failure streak ended, or a stale timestamp). Sorted, so two workers
-        # lock subscriptions in the same order.
+        # failure streak or an open circuit ended, or a stale timestamp).
+        # Sorted, so two workers lock subscriptions in the same order.
         stale = dialect.time(now - LAST_DELIVERY_RESOLUTION)
         await tx.executemany(
-            "UPDATE webhook_subscriptions SET consecutive_failures = 0, last_delivery_at = $2, "
-            "last_error = NULL WHERE id = $1 AND (consecutive_failures <> 0 "
-            "OR last_error IS NOT NULL OR last_delivery_at IS NULL OR last_delivery_at < $3)",
+            "UPDATE webhook_subscriptions SET consecutive_failures = 0, failed_attempts = 0, "
+            "failing_since = NULL, failing_notified = 0, circuit_open_until = NULL, "
+            "circuit_probes = 0, last_delivery_at = $2, last_error = NULL WHERE id = $1 "
+            "AND (consecutive_failures <> 0 OR failed_attempts <> 0 "
+            "OR circuit_open_until IS NOT NULL OR last_error IS NOT NULL "
+            "OR last_delivery_at IS NULL OR last_delivery_at < $3)",
             [(sub, stamp, stale) for sub in sorted({r.subscription_id for r in successes})],
         )
 
     async def _record_failure(
-        self, tx: Tx, result: AttemptResult, now: datetime, max_consecutive_failures: int
-    ) -> str:
+        self,
+        tx: Tx,
+        result: AttemptResult,
+        now: datetime,
+        policy: FailurePolicy,
+        recorded: Recorded,
+    ) -> None:
         dialect = self.dialect
         stamp = dialect.time(now)
+        exhausted = result.attempt >= result.attempt_limit
         counted = await tx.fetchrow(
-            "UPDATE webhook_subscriptions SET consecutive_failures = consecutive_failures + 1, "
-            "last_delivery_at = $2, last_error = $3 WHERE id = $1 "
-            "RETURNING consecutive_failures, active",
+            "UPDATE webhook_subscriptions SET failed_attempts = failed_attempts + 1, "
+            "consecutive_failures = consecutive_failures + $4, "
+            "failing_since = COALESCE(failing_since, $2), last_delivery_at = $2, "
+            "last_error = $3 WHERE id = $1 RETURNING url, active, consecutive_failures, "
+            "failed_attempts, failing_since, failing_notified, circuit_open_until, circuit_probes",
             result.subscription_id,
             stamp,
             result.error,
+            1 if exhausted else 0,
         )
-        active = counted is not None and dialect.read_bool(counted["active"])
-        disable_reason = None
-        if result.gone:
-            disable_reason = "the receiver answered 410 Gone"
-        elif (
-            active
-            and counted is not None
-            and counted["consecutive_failures"] >= max_consecutive_failures
-        ):
-            disable_reason = f"{counted['consecutive_failures']} failed attempts in a row"
-        exhausted = result.attempt >= result.attempt_limit
-        # An attempt that was in flight when its subscription was disabled (or
-        # deleted) is not retried.
-        status = FAILED if exhausted or disable_reason or not active else PENDING
+        if counted is None:
+            # Deleted meanwhile, with its deliveries.
+            recorded.statuses.append(FAILED)
+            return
+        open_until = counted["circuit_open_until"]
+        streak = FailureStreak(
+            active=dialect.read_bool(counted["active"]),
+            consecutive_failures=counted["consecutive_failures"],
+            failed_attempts=counted["failed_attempts"],
+            failing_since=dialect.read_time(counted["failing_since"]),
+            failing_notified=counted["failing_notified"],
+            circuit_open_until=None if open_until is None else dialect.read_time(open_until),
+            circuit_probes=counted["circuit_probes"],
+        )
+        verdict = policy.judge(
+            streak, now=now, probe=result.probe, gone=result.gone, exhausted=exhausted
+        )
+        # A failure cut short by a disabled subscription did not exhaust its
+        # retries: it is skipped, and `replay?missing=true` sends it again.
+        if exhausted or result.gone:
+            status = FAILED
+        elif verdict.disable_reason or not streak.active:
+            status = SKIPPED
+        else:
+            status = PENDING
         await tx.execute(
             "UPDATE webhook_deliveries SET status = $2, attempts = $3, next_attempt_at = $4, "
             "locked_until = NULL, last_status_code = $5, last_error = $6, updated_at = $7 "
@@ -697,27 +995,74 @@ class WebhookRepository:
             result.error,
             stamp,
         )
-        if disable_reason is not None:
-            await tx.execute(
-                "UPDATE webhook_subscriptions SET active = $2, disabled_reason = $3, "
-                "updated_at = $4 WHERE id = $1",
-                result.subscription_id,
-                False,
-                disable_reason,
-                stamp,
+        recorded.statuses.append(status)
+        notified = max(streak.failing_notified, verdict.announce_percent or 0)
+        await tx.execute(
+            "UPDATE webhook_subscriptions SET circuit_open_until = $2, circuit_probes = $3, "
+            "failing_notified = $4 WHERE id = $1",
+            result.subscription_id,
+            None
+            if verdict.circuit_open_until is None
+            else dialect.time(verdict.circuit_open_until),
+            verdict.circuit_probes,
+            notified,
+        )
+        if verdict.circuit_open_until is not None and verdict.circuit_open_until != (
+            streak.circuit_open_until
+        ):
+            recorded.probes_due.append(verdict.circuit_open_until)
+        if verdict.circuit_opened:
+            recorded.circuits_opened.append(result.subscription_id)
+        facts: dict[str, object] = {
+            "subscriptionId": result.subscription_id,
+            "url": counted["url"],
+            "consecutiveFailures": streak.consecutive_failures,
+            "maxConsecutiveFailures": policy.max_consecutive_failures,
+            "failingSince": streak.failing_since.isoformat(),
+            "lastError": result.error,
+        }
+        if verdict.announce_percent is not None:
+            recorded.notices.append(
+                Notice(
+                    "subscription.failing",
+                    result.subscription_id,
+                    {**facts, "policyPercent": verdict.announce_percent},
+                )
             )
-            await tx.execute(
-                "UPDATE webhook_deliveries SET status = $2, locked_until = NULL, last_error = $3, "
-                "updated_at = $4 WHERE subscription_id = $1 AND status = $5",
-                result.subscription_id,
-                FAILED,
-                f"subscription disabled: {disable_reason}",
-                stamp,
-                PENDING,
+        if verdict.disable_reason is not None:
+            await self._disable(tx, result.subscription_id, verdict.disable_reason, stamp)
+            recorded.notices.append(
+                Notice(
+                    "subscription.disabled",
+                    result.subscription_id,
+                    {**facts, "reason": verdict.disable_reason},
+                )
             )
-        return status
+
+    async def _disable(self, tx: Tx, subscription_id: str, reason: str, stamp: object) -> None:
+        """Disable a subscription; what it still had queued is skipped."""
+        await tx.execute(
+            "UPDATE webhook_subscriptions SET active = $2, disabled_reason = $3, "
+            "updated_at = $4 WHERE id = $1",
+            subscription_id,
+            False,
+            reason,
+            stamp,
+        )
+        await tx.execute(
+            "UPDATE webhook_deliveries SET status = $2, locked_until = NULL, last_error = $3, "
+            "updated_at = $4 WHERE subscription_id = $1 AND status = $5",
+            subscription_id,
+            SKIPPED,
+            f"subscription disabled: {reason}",
+            stamp,
+            PENDING,
+        )
 
 
+# The delivery's event is still in the outbox (retention prunes old ones).
+_EVENT_KEPT = "EXISTS (SELECT 1 FROM outbox o WHERE o.revision = webhook_deliveries.revision)"
+EVENT_PRUNED = "the event is no longer kept (retention)"
 _SELECT_SUBSCRIPTION = f"SELECT {SUBSCRIPTION_COLUMNS} FROM webhook_subscriptions WHERE id = $1"
 _INSERT_DELIVERY = (
     "INSERT INTO webhook_deliveries (subscription_id, revision, event_id, event, ordering_key, "
@@ -727,7 +1072,12 @@ _INSERT_DELIVERY = (
 
 
 def _delivery_values(
-    dialect: Dialect, subscription_id: str, record: EventRecord, attempt_limit: int, now: datetime
+    dialect: Dialect,
+    subscription_id: str,
+    record: EventRecord,
+    attempt_limit: int,
+    now: datetime,
+    status: str,
 ) -> tuple[object, ...]:
     return (
         subscription_id,
@@ -735,7 +1085,7 @@ def _delivery_values(
         record.event_id,
         record.event,
         _ordering_key(subscription_id, record),
-        PENDING,
+        status,
         attempt_limit,
         dialect.time(now),
     )

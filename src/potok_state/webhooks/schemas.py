@@ -14,6 +14,17 @@ EventFilter = Annotated[str, StringConstraints(pattern=EVENT_FILTER_PATTERN)]
 WebhookUrl = Annotated[str, StringConstraints(min_length=8, max_length=2048)]
 Secret = Annotated[str, StringConstraints(min_length=16, max_length=256)]
 Description = Annotated[str, StringConstraints(max_length=500)]
+# Per-subscription overrides (docs/webhooks.md, "Per-subscription limits").
+RateLimit = Annotated[int, Field(ge=1, le=10_000, description="Deliveries per second at most.")]
+TimeoutMs = Annotated[
+    int,
+    Field(
+        ge=100,
+        le=3_600_000,
+        description="Per-attempt timeout, ms; at most WEBHOOK_DELIVERY_TIMEOUT.",
+    ),
+]
+MaxAttempts = Annotated[int, Field(ge=1, le=21, description="Attempts per delivery (1 + retries).")]
 
 
 class RequestModel(BaseModel):
@@ -43,6 +54,9 @@ class SubscriptionCreate(RequestModel):
     entityTypes: list[EntityType] | None = Field(
         None, max_length=100, description="Only entity events of these types."
     )
+    rateLimit: RateLimit | None = None
+    timeoutMs: TimeoutMs | None = None
+    maxAttempts: MaxAttempts | None = None
 
 
 class SubscriptionPatch(RequestModel):
@@ -61,27 +75,94 @@ class SubscriptionPatch(RequestModel):
     events: list[EventFilter] | None = Field(None, min_length=1, max_length=50)
     description: Description | None = None
     entityTypes: list[EntityType] | None = Field(None, max_length=100)
+    rateLimit: RateLimit | None = Field(None, description="null: no limit.")
+    timeoutMs: TimeoutMs | None = Field(None, description="null: WEBHOOK_DELIVERY_TIMEOUT.")
+    maxAttempts: MaxAttempts | None = Field(None, description="null: 1 + WEBHOOK_MAX_RETRIES.")
     active: bool | None = Field(
         None, description="true re-enables a disabled subscription and resets its failures."
     )
 
 
 class Subscription(BaseModel):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "id": "sub_b70ba7a9e69214d03c5618e6",
+                    "url": "https://hooks.example.com/potok",
+                    "events": ["entity.*"],
+                    "entityTypes": ["task"],
+                    "description": "Task status updates",
+                    "status": "active",
+                    "consecutiveFailures": 0,
+                    "disabledReason": None,
+                    "lastDeliveryAt": "2026-11-27T10:05:00.000Z",
+                    "lastError": None,
+                    "createdAt": "2026-11-27T09:00:00.000Z",
+                    "updatedAt": "2026-11-27T09:00:00.000Z",
+                }
+            ]
+        }
+    )
+
     id: str
     url: str
     events: list[str]
     entityTypes: list[str] | None
     description: str | None
     status: Literal["active", "disabled"]
-    consecutiveFailures: int
+    consecutiveFailures: int = Field(
+        description="Deliveries in a row that failed after every retry (docs/webhooks.md)."
+    )
     disabledReason: str | None
     lastDeliveryAt: Timestamp | None
     lastError: str | None
     createdAt: Timestamp
     updatedAt: Timestamp
+    failingSince: Timestamp | None = Field(
+        None, description="First failed attempt since the last success."
+    )
+    circuitOpenUntil: Timestamp | None = Field(
+        None,
+        description="While set, the receiver keeps failing: deliveries wait and one probe is "
+        "sent at this time.",
+    )
+    previousSecretExpiresAt: Timestamp | None = Field(
+        None, description="After a rotation: until then the old secret signs too."
+    )
+    rateLimit: int | None = Field(None, description="Deliveries per second at most; null: none.")
+    timeoutMs: int | None = Field(
+        None, description="Per-attempt timeout, ms; null: WEBHOOK_DELIVERY_TIMEOUT."
+    )
+    maxAttempts: int | None = Field(
+        None, description="Attempts per delivery; null: 1 + WEBHOOK_MAX_RETRIES."
+    )
 
 
 class SubscriptionCreated(Subscription):
+    # Its own example: the config (and so the example) of Subscription is inherited.
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "id": "sub_b70ba7a9e69214d03c5618e6",
+                    "url": "https://hooks.example.com/potok",
+                    "events": ["entity.*"],
+                    "entityTypes": ["task"],
+                    "description": "Task status updates",
+                    "status": "active",
+                    "consecutiveFailures": 0,
+                    "disabledReason": None,
+                    "lastDeliveryAt": None,
+                    "lastError": None,
+                    "createdAt": "2026-11-27T09:00:00.000Z",
+                    "updatedAt": "2026-11-27T09:00:00.000Z",
+                    "secret": "whsec_ITr1yez3rIsV2YstYL4kOvhQIUIk4tF0gw2EosHzjiY=",
+                }
+            ]
+        }
+    )
+
     secret: str = Field(description="Shown only in this response.")
 
 
@@ -95,12 +176,70 @@ class Attempt(BaseModel):
 
 
 class Delivery(BaseModel):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "id": 1042,
+                    "subscriptionId": "sub_b70ba7a9e69214d03c5618e6",
+                    "revision": 2,
+                    "eventId": "evt_5af4d9902fc15f762e70470a54d2e861",
+                    "event": "entity.updated",
+                    "status": "pending",
+                    "attempts": 4,
+                    "nextAttemptAt": "2026-11-27T11:00:00.000Z",
+                    "lastStatusCode": 503,
+                    "lastError": "HTTP 503: Service Unavailable",
+                    "createdAt": "2026-11-27T10:05:00.000Z",
+                    "updatedAt": "2026-11-27T11:00:00.000Z",
+                    "attemptLog": [
+                        {
+                            "attempt": 1,
+                            "startedAt": "2026-11-27T10:05:00.120Z",
+                            "durationMs": 41,
+                            "statusCode": 503,
+                            "error": "HTTP 503: Service Unavailable",
+                            "succeeded": False,
+                        },
+                        {
+                            "attempt": 2,
+                            "startedAt": "2026-11-27T10:05:05.140Z",
+                            "durationMs": 38,
+                            "statusCode": 503,
+                            "error": "HTTP 503: Service Unavailable",
+                            "succeeded": False,
+                        },
+                        {
+                            "attempt": 3,
+                            "startedAt": "2026-11-27T10:05:15.160Z",
+                            "durationMs": 30000,
+                            "statusCode": None,
+                            "error": "timed out after 30 s",
+                            "succeeded": False,
+                        },
+                        {
+                            "attempt": 4,
+                            "startedAt": "2026-11-27T10:06:05.190Z",
+                            "durationMs": 44,
+                            "statusCode": 503,
+                            "error": "HTTP 503: Service Unavailable",
+                            "succeeded": False,
+                        },
+                    ],
+                }
+            ]
+        }
+    )
+
     id: int
     subscriptionId: str
     revision: int
     eventId: str
     event: str
-    status: Literal["pending", "succeeded", "failed"]
+    status: Literal["pending", "succeeded", "failed", "skipped"] = Field(
+        description="skipped: not sent because the subscription was disabled; "
+        "`replay?missing=true` sends it."
+    )
     attempts: int
     nextAttemptAt: Timestamp | None
     lastStatusCode: int | None
@@ -111,6 +250,42 @@ class Delivery(BaseModel):
 
 
 class DeliveryPage(BaseModel):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "items": [
+                        {
+                            "id": 1041,
+                            "subscriptionId": "sub_b70ba7a9e69214d03c5618e6",
+                            "revision": 1,
+                            "eventId": "evt_d0032e3c2325fd22b95bec77081b1084",
+                            "event": "entity.created",
+                            "status": "succeeded",
+                            "attempts": 1,
+                            "nextAttemptAt": None,
+                            "lastStatusCode": 200,
+                            "lastError": None,
+                            "createdAt": "2026-11-27T10:00:00.000Z",
+                            "updatedAt": "2026-11-27T10:00:00.090Z",
+                            "attemptLog": [
+                                {
+                                    "attempt": 1,
+                                    "startedAt": "2026-11-27T10:00:00.020Z",
+                                    "durationMs": 70,
+                                    "statusCode": 200,
+                                    "error": None,
+                                    "succeeded": True,
+                                }
+                            ],
+                        }
+                    ],
+                    "nextCursor": 1041,
+                }
+            ]
+        }
+    )
+
     items: list[Delivery]
     nextCursor: int | None = Field(None, description="Pass as `before` for older deliveries.")
 
@@ -129,12 +304,52 @@ class ReplayRequest(RequestModel):
 
 
 class ReplayResult(BaseModel):
+    model_config = ConfigDict(
+        json_schema_extra={"examples": [{"scheduled": 2, "fromRevision": 1, "toRevision": 6}]}
+    )
+
     scheduled: int
     fromRevision: int | None
     toRevision: int | None
 
 
+class RotateSecretRequest(RequestModel):
+    model_config = ConfigDict(
+        json_schema_extra={"examples": [{}, {"secret": "a-new-secret-of-mine"}]}
+    )
+
+    secret: Secret | None = Field(
+        None, description="The new secret; generated (whsec_…) when omitted. Shown once."
+    )
+
+
+class SecretRotated(BaseModel):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "id": "sub_b70ba7a9e69214d03c5618e6",
+                    "secret": "whsec_ZGVtby1zZWNyZXQtMDEyMzQ1Njc4OWFiY2RlZg==",
+                    "previousSecretExpiresAt": "2026-11-28T10:00:00.000Z",
+                }
+            ]
+        }
+    )
+
+    id: str
+    secret: str = Field(description="The new secret, shown only in this response.")
+    previousSecretExpiresAt: Timestamp = Field(
+        description="Until then deliveries are signed with the old secret too."
+    )
+
+
 class TestResult(BaseModel):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [{"succeeded": True, "statusCode": 200, "durationMs": 84, "error": None}]
+        }
+    )
+
     succeeded: bool
     statusCode: int | None
     durationMs: int

@@ -8,7 +8,7 @@ Two signatures on every delivery, over the exact body bytes:
   a `whsec_` secret (otherwise the secret's UTF-8 bytes), so receivers can verify
   with the standard libraries.
 
-`verify_signature` is the receiver-side helper.
+Receivers verify with the receiver kit (`potok_state.receiver.verify`, docs/receiver.md).
 """
 
 from __future__ import annotations
@@ -18,11 +18,8 @@ import binascii
 import hashlib
 import hmac
 import secrets
-import time
-from collections.abc import Mapping
 
 SECRET_PREFIX = "whsec_"
-DEFAULT_TOLERANCE_SECONDS = 300
 
 
 def generate_secret() -> str:
@@ -51,8 +48,22 @@ def standard_signature(secret: str, message_id: str, timestamp: int, body: bytes
 
 
 def signature_headers(
-    secret: str, *, event_id: str, event: str, body: bytes, attempt: int, timestamp: int
+    secret: str,
+    *,
+    event_id: str,
+    event: str,
+    body: bytes,
+    attempt: int,
+    timestamp: int,
+    previous_secret: str | None = None,
 ) -> dict[str, str]:
+    """Every header of a delivery. During a rotation's grace period
+    (`previous_secret`), `webhook-signature` carries both secrets' signatures,
+    space-separated as Standard Webhooks allows, so a receiver that still holds
+    the old secret verifies too; `X-Webhook-Signature` has the new one only."""
+    signatures = standard_signature(secret, event_id, timestamp, body)
+    if previous_secret is not None:
+        signatures += " " + standard_signature(previous_secret, event_id, timestamp, body)
     return {
         "Content-Type": "application/json",
         "X-Webhook-Signature": sha256_signature(secret, body),
@@ -62,37 +73,5 @@ def signature_headers(
         "X-Webhook-Attempt": str(attempt),
         "webhook-id": event_id,
         "webhook-timestamp": str(timestamp),
-        "webhook-signature": standard_signature(secret, event_id, timestamp, body),
+        "webhook-signature": signatures,
     }
-
-
-def verify_signature(
-    secret: str,
-    headers: Mapping[str, str],
-    body: bytes,
-    *,
-    tolerance_seconds: int = DEFAULT_TOLERANCE_SECONDS,
-    now: float | None = None,
-) -> bool:
-    """True when `body` was signed with `secret`. Checks the Standard Webhooks
-    signature (and that its timestamp is within the tolerance) when present,
-    otherwise the `X-Webhook-Signature: sha256=` one. Header names are matched
-    case-insensitively."""
-    lowered = {name.lower(): value for name, value in headers.items()}
-    message_id = lowered.get("webhook-id")
-    timestamp = lowered.get("webhook-timestamp")
-    signatures = lowered.get("webhook-signature")
-    if message_id and timestamp and signatures:
-        try:
-            sent_at = int(timestamp)
-        except ValueError:
-            return False
-        current = time.time() if now is None else now
-        if abs(current - sent_at) > tolerance_seconds:
-            return False
-        expected = standard_signature(secret, message_id, sent_at, body)
-        return any(hmac.compare_digest(expected, candidate) for candidate in signatures.split())
-    legacy = lowered.get("x-webhook-signature")
-    if legacy:
-        return hmac.compare_digest(sha256_signature(secret, body), legacy)
-    return False
