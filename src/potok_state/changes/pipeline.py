@@ -80,20 +80,23 @@ async def apply_change(
     targets: Sequence[tuple[str, str]],
     decide: Decide,
     respond: Callable[[Sequence[AppliedChange]], OutcomeT],
-    codec: OutcomeCodec[OutcomeT],
     actor: str,
     idempotency: IdempotencyKey | None,
+    codec: OutcomeCodec[OutcomeT] | None = None,
     ttl_seconds: int,
     metrics: Metrics | None = None,
     hint: Mapping[str, StoredState | None] | None = None,
 ) -> Applied[OutcomeT]:
     """Apply one change through the store, honouring an idempotency key. A
-    replayed outcome is neither logged nor counted again. `hint`: states the
-    caller believes current (see `StateStore.apply`)."""
+    replayed outcome is neither logged nor counted again; `codec` stores and
+    reads it (needed with an idempotency key only). `hint`: states the caller
+    believes current (see `StateStore.apply`)."""
     if idempotency is None:
         applied = await store.apply(targets, decide, event_data, hint=hint)
         _log_applied(applied, metrics)
         return Applied(respond(applied), replayed=False)
+    if codec is None:
+        raise TypeError("a change applied with an idempotency key needs a codec")
 
     scope = f"{actor}:{idempotency.key}"
     not_before = utc_now() - timedelta(seconds=ttl_seconds)

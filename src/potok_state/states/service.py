@@ -462,7 +462,6 @@ class StateService:
             targets=[(entity, entity_id) for entity_id in entity_ids],
             decide=decide,
             respond=list,
-            codec=_NO_REPLAY,
             actor=LEASE_ACTOR,
             idempotency=None,
             ttl_seconds=self.idempotency_ttl,
@@ -758,7 +757,10 @@ class StateService:
     ) -> bytes:
         after = _decode_revision_cursor(cursor) if cursor else 0
         records = await self.store.history(entity, entity_id, after, limit + 1)
-        if not records and cursor is None:
+        if not records and cursor is None and await self.store.get_state(entity, entity_id) is None:
+            # A state that exists answers its history, empty once HISTORY_RETENTION
+            # pruned all of it; one that never existed (or was deleted and its
+            # history pruned) is not found.
             raise StateNotFound(f"No {entity} with id {entity_id!r} has any history.")
         items = records[:limit]
         next_cursor = _encode_revision_cursor(items[-1].revision) if len(records) > limit else None
@@ -833,19 +835,6 @@ def _lapse(state: StoredState, status: str | None, event: EventType) -> StateCha
         reason=LEASE_REASON,
         actor=LEASE_ACTOR,
     )
-
-
-class _NoReplay:
-    """Lease expiries carry no idempotency key, so nothing is ever replayed."""
-
-    def encode(self, outcome: list[AppliedChange]) -> bytes:
-        raise NotImplementedError
-
-    def decode(self, data: bytes) -> list[AppliedChange]:
-        raise NotImplementedError
-
-
-_NO_REPLAY = _NoReplay()
 
 
 def _preview(change: StateChange, existing: StoredState | None) -> StoredState:
