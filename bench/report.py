@@ -885,6 +885,8 @@ def _profile_settings(profile: ServerProfile) -> str:
     settings = {k: v for k, v in profile.settings.items() if k != "REDIS_LOCAL_HOST"}
     if profile.needs_redis:
         settings["REDIS_LOCAL_PORT"] = "(a private redis-server)"
+    if profile.needs_admin_service:
+        settings["EXTERNAL_DB_URL"] = "(the reference Admin Service, its own process)"
     return ", ".join(f"{k}={v}" for k, v in settings.items()) or "defaults"
 
 

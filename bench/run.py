@@ -70,6 +70,7 @@ from bench.server import (
     BENCH_API_KEY,
     BenchSetupError,
     Service,
+    admin_service,
     postgres_database,
     redis_server,
     redis_server_available,
@@ -216,6 +217,26 @@ async def _touch_seeds(service: Service) -> None:
                 await response.read()
 
 
+async def _until_replicated(service: Service, run: BenchRun, label: str) -> None:
+    """Wait until the Admin Service has every change (the seeded states before
+    the rows; the rows' writes after them) and note how long that took."""
+    started = time.monotonic()
+    backlog = -1
+    async with aiohttp.ClientSession() as http:
+        for _ in range(1200):
+            async with http.get(f"{service.base_url}/health") as answer:
+                backlog = (await answer.json())["checks"]["externalDb"]["backlog"]
+            if backlog == 0:
+                break
+            await asyncio.sleep(0.25)
+    waited = time.monotonic() - started
+    run.notes.append(
+        f"{label}: the Admin Service caught up {waited:.1f} s later"
+        + ("" if backlog == 0 else f" (gave up with {backlog} changes still waiting)")
+        + "."
+    )
+
+
 async def warm_reads(service: Service, count: int) -> None:
     """GET every seeded state, so that the cache-hit rows measure hits rather
     than the first read of each id. Each of N worker processes has its own near
@@ -313,6 +334,8 @@ async def bench_profile(
         if profile.needs_redis:
             redis_port = await stack.enter_async_context(redis_server(workdir))
             settings["REDIS_LOCAL_PORT"] = str(redis_port)
+        if profile.needs_admin_service:
+            settings.update(await stack.enter_async_context(admin_service(workdir)))
         service = await stack.enter_async_context(
             running_service(workdir, settings, profile_to=profile_path, workers=workers)
         )
@@ -322,6 +345,8 @@ async def bench_profile(
         if not seeded.services and any(s.key == HEARTBEAT_KEY for s in scenarios):
             await seed_lease_states(service, options.seed)
             seeded.services = True
+        if profile.needs_admin_service:
+            await _until_replicated(service, run, label)
         if redis_port is not None:
             await _touch_seeds(service)
             stats = await redis_stats(redis_port)
@@ -354,6 +379,8 @@ async def bench_profile(
             )
             if result.errors:
                 _progress(f"    errors: {result.error_kinds} e.g. {result.error_sample}")
+        if profile.needs_admin_service:
+            await _until_replicated(service, run, label)
         if redis_port is not None:
             stats = await redis_stats(redis_port)
             if workers == 1:

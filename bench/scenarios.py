@@ -72,6 +72,9 @@ class ServerProfile:
     needs_redis: bool = False
     settings: dict[str, str] = field(default_factory=dict)
     """On top of `server.service_env` (Redis tiers off, near cache at its default)."""
+    needs_admin_service: bool = False
+    """STORAGE_BACKEND=external against a reference Admin Service the runner starts
+    (its URL and key are added by the runner)."""
 
 
 def _ceiling(profile: str, when: str) -> Scenario:
@@ -193,7 +196,21 @@ REDIS_ONLY = ServerProfile(
     ),
 )
 
-PROFILES = (PLAIN, CACHED, REDIS_ONLY)
+EXTERNAL = ServerProfile(
+    key="external",
+    title="external backend: journal + reference Admin Service, no cache (informational)",
+    needs_admin_service=True,
+    settings={**_NEAR_CACHE_OFF, "STORAGE_BACKEND": "external"},
+    scenarios=(
+        _ceiling("external", "start"),
+        Scenario("get_external", "GET one state, no cache (external)", RequestKind.GET_STATE),
+        Scenario("put_external", "PUT transition (external)", RequestKind.PUT),
+        Scenario("create_external", "POST create (external)", RequestKind.CREATE),
+        _ceiling("external", "end"),
+    ),
+)
+
+PROFILES = (PLAIN, CACHED, REDIS_ONLY, EXTERNAL)
 
 
 def workers_label(workers: int) -> str:

@@ -29,6 +29,7 @@ POSTGRES_ADMIN_DSN = os.environ.get(
     "POTOK_BENCH_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres"
 )
 BENCH_API_KEY = "bench-key"
+REPOSITORY = Path(__file__).resolve().parents[1]
 
 # Only these reach the service: a developer's shell or `.env` must not change
 # what is measured (the service runs in an empty temp directory for the same reason).
@@ -120,6 +121,32 @@ def redis_version() -> str:
 
 
 @asynccontextmanager
+async def admin_service(workdir: Path) -> AsyncIterator[dict[str, str]]:
+    """The reference Admin Service (tests/support/admin_service.py) on a free
+    port, as the settings that point the service at it."""
+    port, key = free_port(), "bench-admin-key"
+    command = [sys.executable, "-m", "tests.support.admin_service", "--port", str(port)]
+    command += ["--db", str(workdir / f"admin-{port}.db"), "--api-key", key]
+    log_path = workdir / f"admin-{port}.log"
+    process = _start_logged(command, log_path)
+    try:
+        url = f"http://127.0.0.1:{port}"
+        async with aiohttp.ClientSession() as http:
+            for _ in range(200):
+                try:
+                    async with http.get(f"{url}/api/v1/health") as answer:
+                        if answer.status == 200:
+                            break
+                except aiohttp.ClientError:
+                    await asyncio.sleep(0.05)
+            else:
+                raise BenchSetupError(f"the reference Admin Service did not start: {log_path}")
+        yield {"EXTERNAL_DB_URL": url, "EXTERNAL_DB_API_KEY": key}
+    finally:
+        _stop(process, timeout=5)
+
+
+@asynccontextmanager
 async def redis_server(workdir: Path) -> AsyncIterator[int]:
     """A private, non-persistent redis-server on a free port."""
     import redis.asyncio as redis
@@ -142,6 +169,11 @@ async def redis_server(workdir: Path) -> AsyncIterator[int]:
         yield port
     finally:
         _stop(process, timeout=5)
+
+
+def _start_logged(command: list[str], log_path: Path) -> subprocess.Popen[bytes]:
+    with log_path.open("wb") as log:
+        return subprocess.Popen(command, cwd=REPOSITORY, stdout=log, stderr=subprocess.STDOUT)
 
 
 def _start_redis(port: int, workdir: Path) -> subprocess.Popen[bytes]:

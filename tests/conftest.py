@@ -21,6 +21,7 @@ from potok_state.app import create_app
 from potok_state.settings import Settings
 from potok_state.storage.migrate import upgrade_to_head
 from potok_state.storage.tables import metadata
+from tests.support.admin_service import AdminService
 from tests.support.redis_server import RedisServer
 
 POSTGRES_ADMIN_URL = os.environ.get(
@@ -40,7 +41,7 @@ def sqlalchemy_url(dsn: str) -> str:
     return dsn.replace("postgresql://", "postgresql+asyncpg://", 1)
 
 
-async def _admin(statement: str) -> None:
+async def postgres_admin(statement: str) -> None:
     try:
         connection = await asyncpg.connect(POSTGRES_ADMIN_URL, timeout=10)
     except (OSError, asyncpg.PostgresError) as exc:
@@ -65,13 +66,13 @@ def run_in_thread(work: Coroutine[object, object, T]) -> T:
 def postgres_url() -> Iterator[str]:
     """A fresh, migrated PostgreSQL database for this test run."""
     name = f"potok_test_{uuid.uuid4().hex[:12]}"
-    run_in_thread(_admin(f'CREATE DATABASE "{name}"'))
+    run_in_thread(postgres_admin(f'CREATE DATABASE "{name}"'))
     base = POSTGRES_ADMIN_URL.rsplit("/", 1)[0]
     url = sqlalchemy_url(f"{base}/{name}")
     with ThreadPoolExecutor(max_workers=1) as pool:
         pool.submit(upgrade_to_head, url).result()
     yield url
-    run_in_thread(_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    run_in_thread(postgres_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
 
 
 async def reset_postgres(url: str) -> None:
@@ -146,3 +147,26 @@ def redis_servers(tmp_path: Path) -> Iterator[Callable[[], RedisServer]]:
     yield start
     for server in started:
         server.kill()
+
+
+@pytest.fixture
+async def admin_service(tmp_path: Path) -> AsyncIterator[AdminService]:
+    """A private reference Admin Service process (tests/support/admin_service.py)."""
+    workdir = tmp_path / "admin-service"
+    workdir.mkdir()
+    server = AdminService(workdir)
+    await server.start()
+    yield server
+    await server.kill()
+
+
+@pytest.fixture(scope="session")
+async def shared_admin_service(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> AsyncIterator[AdminService]:
+    """One reference Admin Service for tests that never stop it; each test keeps
+    its documents in collections of its own (`external_backend`)."""
+    server = AdminService(tmp_path_factory.mktemp("shared-admin-service"))
+    await server.start()
+    yield server
+    await server.kill()

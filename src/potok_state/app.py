@@ -17,7 +17,10 @@ from potok_state.cache import TieredCache
 from potok_state.cache.floors import RevisionFloors
 from potok_state.cache.near import NearCache, NearCacheFollower
 from potok_state.events.api import router as events_router
+from potok_state.events.retention import Pruner
 from potok_state.events.service import ChangeFeed, EventPublisher
+from potok_state.external.client import AdminServiceClient
+from potok_state.external.replicator import ExternalMetrics, Replicator
 from potok_state.health.api import router as health_router
 from potok_state.health.service import HealthService
 from potok_state.kit import docs
@@ -44,7 +47,9 @@ from potok_state.watch.api import router as watch_router
 from potok_state.watch.hub import WatchHub
 from potok_state.webhooks.api import router as webhooks_router
 from potok_state.webhooks.delivery import DeliveryWorker
+from potok_state.webhooks.notices import SubscriptionNotices
 from potok_state.webhooks.repository import WebhookRepository
+from potok_state.webhooks.sealing import SecretSeal
 from potok_state.webhooks.service import WebhookService
 
 log = structlog.get_logger(__name__)
@@ -64,10 +69,6 @@ class SchemaNotCurrent(RuntimeError):
     pass
 
 
-class UnsupportedConfiguration(RuntimeError):
-    pass
-
-
 async def prepare_schema(store: SqlStateStore) -> None:
     """An embedded SQLite file is migrated in place; a server database must be
     migrated on purpose (`potok-state migrate`) and is only checked here."""
@@ -83,7 +84,10 @@ async def prepare_schema(store: SqlStateStore) -> None:
 
 
 def create_delivery_worker(
-    settings: Settings, repository: WebhookRepository, metrics: Metrics
+    settings: Settings,
+    repository: WebhookRepository,
+    metrics: Metrics,
+    notices: SubscriptionNotices | None = None,
 ) -> DeliveryWorker:
     return DeliveryWorker(
         repository,
@@ -92,6 +96,47 @@ def create_delivery_worker(
         allow_private=settings.webhooks_allow_private_targets,
         concurrency=settings.webhooks.worker_concurrency,
         per_subscription=settings.webhooks.max_in_flight_per_subscription,
+        notices=notices,
+    )
+
+
+def create_webhook_repository(settings: Settings, store: SqlStateStore) -> WebhookRepository:
+    previous = settings.webhooks.previous_secret_key
+    seal = SecretSeal(
+        settings.webhooks.secret_key.get_secret_value(),
+        previous.get_secret_value() if previous else None,
+    )
+    return WebhookRepository(store, seal)
+
+
+def create_event_publisher(settings: Settings, store: SqlStateStore) -> EventPublisher:
+    return EventPublisher(
+        store,
+        data_max_bytes=settings.metadata_max_bytes,
+        idempotency_ttl=settings.idempotency_ttl,
+    )
+
+
+def create_replicator(settings: Settings, store: SqlStateStore, metrics: Metrics) -> Replicator:
+    """The external backend (docs/external.md): the SQL store is the journal,
+    drained into the Admin Service."""
+    external = settings.external_db
+    assert external.url is not None  # the settings refuse STORAGE_BACKEND=external without it
+    counts = ExternalMetrics(metrics.registry)
+    admin = AdminServiceClient(
+        external.url,
+        external.api_key.get_secret_value() if external.api_key else "",
+        timeout_ms=external.connection_timeout,
+        retries=external.retry_attempts,
+        on_outcome=lambda outcome: counts.requests.labels(outcome).inc(),
+    )
+    return Replicator(
+        store,
+        admin,
+        states_collection=external.states_collection,
+        history_collection=external.history_collection,
+        max_backlog=external.max_backlog,
+        metrics=counts,
     )
 
 
@@ -100,11 +145,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     configure_logging(settings.log_level, settings.log_format)
     for note in settings.unused_settings():
         log.warning("config.unused", note=note)
-    if settings.storage_backend is StorageBackend.EXTERNAL:
-        raise UnsupportedConfiguration(
-            "STORAGE_BACKEND=external (the Admin Service REST backend) is not available in "
-            "this release; use STORAGE_BACKEND=sql with DATABASE_URL"
-        )
     machines = load_machines(settings.state_machines_file, strict=settings.state_machines_strict)
     floors = RevisionFloors(shared_path=os.environ.get(SHARED_FLOORS_ENV))
     store = SqlStateStore(
@@ -115,19 +155,29 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     metrics = Metrics()
     metrics.label_entities(machine.entity for machine in machines.all())
+    replicator = (
+        create_replicator(settings, store, metrics)
+        if settings.storage_backend is StorageBackend.EXTERNAL
+        else None
+    )
+    if replicator is not None:
+        store.admission = replicator.admit
     near = NearCache(floors, size=settings.cache.near_size)
     if near.size and store.commits.follows_others:
         store.commits.follow(NearCacheFollower(near), store.changes, store.head_revision)
     cache = TieredCache.from_settings(settings, metrics, floors)
     throttle = Throttle.from_settings(settings.throttle, settings.redis_global)
-    webhook_repository = WebhookRepository(store)
+    webhook_repository = create_webhook_repository(settings, store)
+    event_publisher = create_event_publisher(settings, store)
+    subscription_notices = SubscriptionNotices(event_publisher, metrics)
     webhook_service = WebhookService(
         webhook_repository,
         settings.webhooks,
         allow_private=settings.webhooks_allow_private_targets,
+        notices=subscription_notices,
     )
     worker = (
-        create_delivery_worker(settings, webhook_repository, metrics)
+        create_delivery_worker(settings, webhook_repository, metrics, subscription_notices)
         if settings.webhooks.embedded_worker
         else None
     )
@@ -143,6 +193,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         metrics=metrics,
     )
     reaper = LeaseReaper(store, state_service)
+    pruner = Pruner(store, settings.retention, idempotency_ttl=settings.idempotency_ttl)
     watch_hub = WatchHub(
         store,
         store.commits.outbox_wakeup(),
@@ -156,22 +207,29 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         await prepare_schema(store)
+        await webhook_repository.seal_stored_secrets()
         await store.commits.start()
+        if replicator is not None:
+            await replicator.start()
         on_exit_signal(watch_hub.close)
         if cache is not None:
             await cache.start()
         if worker is not None:
             await worker.start()
         await reaper.start()
+        await pruner.start()
         log.info("service.started", app=settings.app_name, env=settings.app_env.value)
         try:
             yield
         finally:
             watch_hub.close()
+            await pruner.stop()
             await reaper.stop()
             if worker is not None:
                 await worker.stop()
             await webhook_service.close()
+            if replicator is not None:
+                await replicator.stop()
             await throttle.close()
             if cache is not None:
                 await cache.close()
@@ -197,15 +255,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.state_service = state_service
     app.state.change_feed = ChangeFeed(store)
     app.state.watch_hub = watch_hub
-    app.state.event_publisher = EventPublisher(
-        store,
-        data_max_bytes=settings.metadata_max_bytes,
-        idempotency_ttl=settings.idempotency_ttl,
-    )
+    app.state.event_publisher = event_publisher
     app.state.webhook_service = webhook_service
     app.state.delivery_worker = worker
     app.state.cache = cache
-    app.state.health_service = HealthService(store, version=VERSION, cache=cache)
+    app.state.health_service = HealthService(
+        store, version=VERSION, cache=cache, external=replicator
+    )
 
     install_error_handlers(app)
     # Outermost last: headers and the request id reach every response, 413s included.
@@ -252,8 +308,12 @@ async def run_worker(settings: Settings) -> None:
         loop.add_signal_handler(signum, stop.set)
     try:
         await prepare_schema(store)
+        repository = create_webhook_repository(settings, store)
+        await repository.seal_stored_secrets()
         await store.commits.start()
-        worker = create_delivery_worker(settings, WebhookRepository(store), Metrics())
+        metrics = Metrics()
+        notices = SubscriptionNotices(create_event_publisher(settings, store), metrics)
+        worker = create_delivery_worker(settings, repository, metrics, notices)
         await worker.run_until(stop)
     finally:
         await store.close()

@@ -64,10 +64,42 @@ class WebhookSettings(BaseSettings):
     max_retries: int = Field(3, ge=0, le=20, description="Retries after the first attempt.")
     retry_delay: int = Field(5_000, ge=0, description="Backoff base, ms; doubles each retry.")
     secret_key: SecretStr = Field(
-        SecretStr("development-secret"), description="Default signing secret."
+        SecretStr("development-secret"),
+        description="The service secret: subscription secrets are encrypted at rest with a key "
+        "derived from it (docs/webhooks.md).",
+    )
+    previous_secret_key: SecretStr | None = Field(
+        None,
+        description="The WEBHOOK_SECRET_KEY before a change: stored secrets are re-encrypted "
+        "from it at startup.",
     )
     max_consecutive_failures: int = Field(
-        10, ge=1, description="Failed attempts in a row that disable a subscription."
+        10,
+        ge=1,
+        description="Deliveries in a row that exhausted their retries before a subscription "
+        "may be disabled (with WEBHOOK_DISABLE_AFTER; docs/webhooks.md).",
+    )
+    disable_after: int = Field(
+        86_400_000,
+        ge=0,
+        description="How long failures must have lasted before a subscription is disabled, ms.",
+    )
+    circuit_failures: int = Field(
+        5,
+        ge=1,
+        description="Failed attempts in a row that open a subscription's circuit: its "
+        "deliveries wait while one probe per interval tests the receiver.",
+    )
+    circuit_probe_delay: int = Field(
+        5_000, ge=1, description="First interval between circuit probes, ms; doubles each time."
+    )
+    circuit_max_probe_delay: int = Field(
+        600_000, ge=1, description="Longest interval between circuit probes, ms."
+    )
+    secret_grace: int = Field(
+        86_400_000,
+        ge=0,
+        description="How long the old secret still signs after a rotation, ms.",
     )
     allow_private_targets: bool | None = Field(
         None,
@@ -88,6 +120,38 @@ class WebhookSettings(BaseSettings):
         description="Delivery attempts one subscription may have in flight in one worker "
         "process (never two for the same entity); while several subscriptions have work, "
         "each gets its share of WEBHOOK_WORKER_CONCURRENCY.",
+    )
+
+
+class RetentionSettings(BaseSettings):
+    """What is pruned, and when (docs/operations.md, "Retention")."""
+
+    model_config = _config("RETENTION_")
+
+    deliveries_ttl: int = Field(
+        604_800,
+        ge=0,
+        description="Succeeded webhook deliveries and their attempts are deleted this long "
+        "after they were queued, s.",
+    )
+    outbox_ttl: int = Field(
+        604_800,
+        ge=0,
+        description="Change feed events older than this are deleted once dispatched and no "
+        "pending delivery needs them, s; older revisions then answer 410 revision_pruned.",
+    )
+    history_ttl: int | None = Field(
+        None,
+        ge=0,
+        validation_alias=AliasChoices("HISTORY_RETENTION", "history_ttl"),
+        description="History rows older than this are deleted, s; unset keeps history forever.",
+    )
+    delay: int = Field(60_000, ge=10, description="Pause between pruning rounds, ms.")
+    batch: int = Field(
+        1_000,
+        ge=1,
+        le=100_000,
+        description="Rows deleted per statement (small batches keep writers from waiting).",
     )
 
 
@@ -191,7 +255,29 @@ class ExternalDbSettings(BaseSettings):
         30_000, ge=1, validation_alias="DB_CONNECTION_TIMEOUT", description="Per-call timeout, ms."
     )
     retry_attempts: int = Field(
-        3, ge=0, validation_alias="DB_RETRY_ATTEMPTS", description="Retries on network/5xx errors."
+        3,
+        ge=0,
+        le=20,
+        validation_alias="DB_RETRY_ATTEMPTS",
+        description="Retries of one call on network errors, timeouts, 5xx and 429.",
+    )
+    max_backlog: int = Field(
+        100_000,
+        ge=1,
+        validation_alias="EXTERNAL_DB_MAX_BACKLOG",
+        description="Accepted changes not yet in the Admin Service; beyond, writes get 503.",
+    )
+    states_collection: str = Field(
+        "states",
+        pattern=r"^[A-Za-z0-9_-]{1,64}$",
+        validation_alias="EXTERNAL_DB_STATES_COLLECTION",
+        description="Admin Service collection of the current states.",
+    )
+    history_collection: str = Field(
+        "state_history",
+        pattern=r"^[A-Za-z0-9_-]{1,64}$",
+        validation_alias="EXTERNAL_DB_HISTORY_COLLECTION",
+        description="Admin Service collection of the history records.",
     )
 
 
@@ -248,6 +334,7 @@ class Settings(BaseSettings):
     idempotency_ttl: int = Field(86_400, ge=1, description="How long an Idempotency-Key holds, s.")
 
     webhooks: WebhookSettings = Field(default_factory=WebhookSettings)
+    retention: RetentionSettings = Field(default_factory=RetentionSettings)
     cache: CacheSettings = Field(default_factory=CacheSettings)
     watch: WatchSettings = Field(default_factory=WatchSettings)
     redis_local: RedisLocalSettings = Field(default_factory=RedisLocalSettings)
@@ -286,15 +373,18 @@ class Settings(BaseSettings):
                 f"WEBHOOK_SECRET_KEY must be at least {MIN_PRODUCTION_SECRET} characters "
                 "in production"
             )
+        if self.storage_backend is StorageBackend.EXTERNAL and not self.external_db.api_key:
+            problems.append("EXTERNAL_DB_API_KEY must be set in production")
         if problems:
             raise ValueError("; ".join(dict.fromkeys(problems)))
         return self
-        if self.api_keys is None or not self.api_keys.get_secret_value().strip():
-            raise ValueError("API_KEYS must be set in production")
-        if self.api_keys.get_secret_value() == DEVELOPMENT_API_KEYS:
-            raise ValueError("API_KEYS must not be the development example key in production")
-        if self.webhooks.secret_key.get_secret_value() in EXAMPLE_SECRETS:
-            raise ValueError("WEBHOOK_SECRET_KEY must be set to a real secret in production")
+
+    @model_validator(mode="after")
+    def _external_backend_needs_its_service(self) -> Settings:
+        if self.storage_backend is StorageBackend.EXTERNAL and not self.external_db.url:
+            raise ValueError(
+                "STORAGE_BACKEND=external needs EXTERNAL_DB_URL (the Admin Service base URL)"
+            )
         return self
 
     def unused_settings(self) -> list[str]:

@@ -3,7 +3,7 @@ from __future__ import annotations
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, Depends, Request, Response
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from potok_state.health.service import HealthService
 
@@ -14,9 +14,35 @@ class DependencyHealth(BaseModel):
     status: Literal["up", "down"]
     latencyMs: float
     error: str | None = None
+    backlog: int | None = Field(
+        None, description="externalDb only: accepted changes not yet in the Admin Service."
+    )
+    oldestUnsyncedSeconds: float | None = Field(
+        None, description="externalDb only: age of the oldest of them (null: none)."
+    )
+    syncError: str | None = Field(
+        None, description="externalDb only: why the last write to the Admin Service failed."
+    )
 
 
 class Health(BaseModel):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "status": "ok",
+                    "version": "0.1.0",
+                    "uptimeSeconds": 86400.125,
+                    "checks": {
+                        "storage": {"status": "up", "latencyMs": 0.31},
+                        "redisLocal": {"status": "up", "latencyMs": 0.18},
+                        "redisGlobal": {"status": "up", "latencyMs": 0.42},
+                    },
+                }
+            ]
+        }
+    )
+
     status: Literal["ok", "degraded", "down"]
     version: str
     uptimeSeconds: float
@@ -24,6 +50,8 @@ class Health(BaseModel):
 
 
 class Liveness(BaseModel):
+    model_config = ConfigDict(json_schema_extra={"examples": [{"status": "ok"}]})
+
     status: Literal["ok"]
 
 
@@ -31,11 +59,18 @@ class Readiness(BaseModel):
     """Each dependency as checked now; "disabled" when it is not configured
     (nothing is reported up that was not checked)."""
 
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [{"ready": True, "storage": True, "redis": True, "externalDb": "disabled"}]
+        }
+    )
+
     ready: bool
     storage: bool
     redis: bool | Literal["disabled"]
     externalDb: bool | Literal["disabled"] = Field(
-        description='"disabled" while states are stored in SQL (STORAGE_BACKEND=sql).'
+        description='The Admin Service answers its health check; "disabled" while states are '
+        "stored in SQL (STORAGE_BACKEND=sql)."
     )
 
 
@@ -50,21 +85,34 @@ Service = Annotated[HealthService, Depends(health_service)]
 @router.get("/health", response_model=Health, summary="Every dependency, with latency")
 async def health(service: Service, response: Response) -> Health:
     """Every configured dependency with its state and latency; `status` is `ok`, `degraded` (a
-    cache tier down) or `down` (storage down, 503)."""
+    cache tier or the Admin Service down) or `down` (storage down, or the Admin Service down
+    with its backlog full: 503). With the external backend, `externalDb` also shows the backlog
+    and the age of the oldest change not yet in the Admin Service."""
     storage = await service.check_storage()
     caches = await service.check_cache()
+    external = await service.check_external()
     checks = {
         check.name: DependencyHealth(
             status="up" if check.up else "down", latencyMs=check.latency_ms, error=check.error
         )
         for check in (storage, *caches)
     }
-    if not storage.up:
+    if external is not None:
+        checks["externalDb"] = DependencyHealth(
+            status="up" if external.check.up else "down",
+            latencyMs=external.check.latency_ms,
+            error=external.check.error,
+            backlog=external.status.backlog,
+            oldestUnsyncedSeconds=external.status.oldest_unsynced_seconds,
+            syncError=external.status.last_error,
+        )
+    down = not storage.up or (external is not None and external.blocks_writes)
+    if down:
         response.status_code = 503
     overall: Literal["ok", "degraded", "down"] = "ok"
-    if not storage.up:
+    if down:
         overall = "down"
-    elif not all(check.up for check in caches):
+    elif not all(check.up for check in caches) or (external is not None and not external.check.up):
         overall = "degraded"
     return Health(
         status=overall,
@@ -87,13 +135,23 @@ async def liveness() -> Liveness:
     responses={503: {"model": Readiness, "description": "Not ready"}},
 )
 async def readiness(service: Service, response: Response) -> Readiness:
-    """Ready when the database answers (503 otherwise); Redis and the external database are
-    reported as checked (`"disabled"` when not configured) and do not affect readiness. Point
+    """Ready when the database answers, and, with the external backend, unless the Admin
+    Service is down while the backlog of changes waiting for it is full (503 otherwise). Redis
+    and the Admin Service are reported as checked (`"disabled"` when not configured). Point
     load balancers here."""
     storage = await service.check_storage()
     tiers = await service.check_cache()
+    external = await service.check_external()
     redis: bool | Literal["disabled"] = all(t.up for t in tiers) if tiers else "disabled"
-    if not storage.up:
+    # A cache tier being down is "degraded", never "not ready"; the Admin Service
+    # being down makes the service unready only once writes are refused
+    # (docs/operations.md).
+    ready = storage.up and not (external is not None and external.blocks_writes)
+    if not ready:
         response.status_code = 503
-    # A cache tier being down is "degraded", never "not ready" (docs/operations.md).
-    return Readiness(ready=storage.up, storage=storage.up, redis=redis, externalDb="disabled")
+    return Readiness(
+        ready=ready,
+        storage=storage.up,
+        redis=redis,
+        externalDb="disabled" if external is None else external.check.up,
+    )

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from dataclasses import dataclass
 
 from potok_state.cache import TieredCache
+from potok_state.external.replicator import Replicator, SyncStatus
 from potok_state.storage.port import (
     StateStore,
 )
@@ -22,13 +24,32 @@ class Check:
     error: str | None = None
 
 
+@dataclass(frozen=True, slots=True)
+class ExternalCheck:
+    """The Admin Service as checked now, and how far it is behind the journal."""
+
+    check: Check
+    status: SyncStatus
+
+    @property
+    def blocks_writes(self) -> bool:
+        """Down with the backlog full: writes are refused until it returns."""
+        return not self.check.up and self.status.full
+
+
 class HealthService:
     def __init__(
-        self, store: StateStore, *, version: str, cache: TieredCache | None = None
+        self,
+        store: StateStore,
+        *,
+        version: str,
+        cache: TieredCache | None = None,
+        external: Replicator | None = None,
     ) -> None:
         self.store = store
         self.version = version
         self.cache = cache
+        self.external = external
         self.started = time.monotonic()
 
     async def check_storage(self) -> Check:
@@ -48,6 +69,28 @@ class HealthService:
             Check("redis" + tier.name.capitalize(), tier.up, tier.latency_ms, tier.error)
             for tier in await self.cache.health()
         ]
+
+    async def check_external(self) -> ExternalCheck | None:
+        """The Admin Service's health endpoint, unless its circuit is open (then
+        it is down without a call); None when states are kept in SQL."""
+        if self.external is None:
+            return None
+        started = time.perf_counter()
+        admin = self.external.admin
+        check = Check("externalDb", True, 0.0)
+        if admin.breaker.is_open:
+            check = Check("externalDb", False, 0.0, "circuit open: the Admin Service kept failing")
+        else:
+            try:
+                await asyncio.wait_for(admin.health(), CHECK_TIMEOUT_SECONDS)
+            except Exception as exc:  # any failure means "down"; the reason is reported
+                error = f"{type(exc).__name__}: {exc}"[:300]
+                check = Check("externalDb", False, _since(started), error)
+            else:
+                check = Check("externalDb", True, _since(started))
+        with contextlib.suppress(Exception):  # the storage check reports the database
+            await self.external.measure()
+        return ExternalCheck(check, self.external.status())
 
     def uptime_seconds(self) -> float:
         return round(time.monotonic() - self.started, 3)

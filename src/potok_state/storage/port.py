@@ -108,6 +108,14 @@ class RevisionBounds:
     head: int
 
 
+@dataclass(slots=True)
+class WriteTicket:
+    """One admitted change: the store sets the last revision it committed
+    (0: it committed nothing)."""
+
+    revision: int = 0
+
+
 class IdempotencyConflict(Exception):
     """Another request with the same idempotency key committed first."""
 

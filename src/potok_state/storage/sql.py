@@ -14,7 +14,8 @@ Applying a change (docs/architecture.md, "The write path")
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from contextlib import AbstractContextManager
 from datetime import datetime, timedelta
 
 import orjson
@@ -48,6 +49,7 @@ from potok_state.storage.port import (
     RevisionBounds,
     SortField,
     StateQuery,
+    WriteTicket,
 )
 from potok_state.storage.rows import (
     OUTBOX_COLUMNS,
@@ -83,6 +85,9 @@ class SqlStateStore:
         )
         self._writer = change_writer(self.db, commit_hook)
         self._reads = StateReads(self.db)
+        self.admission: Callable[[], AbstractContextManager[WriteTicket]] | None = None
+        """Held around every change; raises to refuse it (the external
+        backend's backlog limit, docs/external.md)."""
 
     @property
     def is_sqlite(self) -> bool:
@@ -105,6 +110,21 @@ class SqlStateStore:
         event_data: EventData,
         idempotency: IdempotencyWrite | None = None,
         hint: Mapping[str, StoredState | None] | None = None,
+    ) -> list[AppliedChange]:
+        if self.admission is None:
+            return await self._apply(entity_ids, decide, event_data, idempotency, hint)
+        with self.admission() as ticket:
+            changes = await self._apply(entity_ids, decide, event_data, idempotency, hint)
+            ticket.revision = max((change.revision for change in changes), default=0)
+            return changes
+
+    async def _apply(
+        self,
+        entity_ids: Sequence[tuple[str, str]],
+        decide: Decide,
+        event_data: EventData,
+        idempotency: IdempotencyWrite | None,
+        hint: Mapping[str, StoredState | None] | None,
     ) -> list[AppliedChange]:
         # A turn for the loop first: answers of changes already committed
         # (callbacks from the SQLite writer) are delivered before this one is
