@@ -27,6 +27,7 @@ from datetime import datetime, timedelta
 
 import structlog
 
+from potok_state.background import BackgroundLoop
 from potok_state.clock import utc_now
 from potok_state.settings import RetentionSettings
 from potok_state.storage.database import Tx
@@ -63,16 +64,13 @@ class Pruner:
         self.settings = settings
         self.idempotency_ttl = idempotency_ttl
         self._delivery_cursor = 0
-        self._task: asyncio.Task[None] | None = None
+        self._loop = BackgroundLoop("retention", self._run)
 
     async def start(self) -> None:
-        self._task = asyncio.create_task(self._run(), name="retention")
+        self._loop.start()
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
-            self._task = None
+        await self._loop.stop()
 
     async def _run(self) -> None:
         while True:

@@ -33,6 +33,7 @@ import orjson
 import structlog
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
+from potok_state.background import BackgroundLoop
 from potok_state.changes.model import EventType
 from potok_state.clock import utc_now
 from potok_state.external.client import (
@@ -175,7 +176,7 @@ class Replicator:
         self.oldest_unsynced_at: datetime | None = None
         self.last_error: str | None = None
         self._wakeup = store.commits.outbox_wakeup()
-        self._task: asyncio.Task[None] | None = None
+        self._loop = BackgroundLoop("external-replicator", self._run)
         self._pending_sql = _pending_sql(store)
 
     # -- admission and status ------------------------------------------------------
@@ -222,15 +223,10 @@ class Replicator:
     async def start(self) -> None:
         await self.store.db.write(_ensure_cursor_row)
         await self.measure()
-        if self._task is None:
-            self._task = asyncio.create_task(self._run(), name="external-replicator")
+        self._loop.start()
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await self._loop.stop()
         with contextlib.suppress(Exception):  # the database may be gone already
             await self.store.db.write(lambda tx: _release(tx, self.holder))
         await self.admin.close()

@@ -6,10 +6,10 @@ the state (docs/leases.md, "Exactly once")."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 
 import structlog
 
+from potok_state.background import BackgroundLoop
 from potok_state.states.service import StateService
 from potok_state.storage.port import StateStore
 
@@ -27,18 +27,13 @@ class LeaseReaper:
         self.store = store
         self.states = states
         self.poll_seconds = poll_seconds
-        self._task: asyncio.Task[None] | None = None
+        self._loop = BackgroundLoop("lease-reaper", self._run)
 
     async def start(self) -> None:
-        if self._task is None:
-            self._task = asyncio.create_task(self._run(), name="lease-reaper")
+        self._loop.start()
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await self._loop.stop()
 
     async def _run(self) -> None:
         while True:
