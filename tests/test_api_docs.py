@@ -100,8 +100,7 @@ def _wire_models() -> dict[str, type[BaseModel]]:
     while pending:
         for model in pending.pop().__subclasses__():
             pending.append(model)
-            # The client's own copy of the error body (it cannot import the
-            # server's) is not a model the server answers with.
+            # The client's and the receiver kit's models are not answers of the server.
             server_side = not model.__module__.startswith(
                 ("potok_state.client", "potok_state.receiver")
             )

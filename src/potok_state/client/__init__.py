@@ -13,7 +13,6 @@ from potok_state.client.errors import (
     BadRequest,
     BatchRejected,
     Conflict,
-    ErrorBody,
     Forbidden,
     InvalidTransition,
     NoLease,
@@ -33,6 +32,7 @@ from potok_state.client.errors import (
 from potok_state.client.models import BatchItem, QueryPage
 from potok_state.client.sync import PotokClient
 from potok_state.client.watching import WatchReset
+from potok_state.kit.error_body import ErrorBody
 
 __all__ = [
     "NO_RETRIES",

@@ -11,7 +11,6 @@ import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Literal
 from urllib.parse import quote
 
 import httpx
@@ -25,6 +24,7 @@ from potok_state.states.schemas import (
     BatchRequest,
     HeartbeatRequest,
     RecordStateRequest,
+    SortSpec,
     UpdateStateRequest,
 )
 from potok_state.webhooks.schemas import ReplayRequest, SubscriptionCreate, SubscriptionPatch
@@ -35,19 +35,6 @@ API_KEY_ENV = "POTOK_API_KEY"
 PREFIX = "/api/v1"
 # On a list: the revision the page was read at (the server's kit.headers.REVISION_HEADER).
 REVISION_HEADER = "X-Potok-Revision"
-
-SortSpec = Literal[
-    "updatedAt",
-    "-updatedAt",
-    "createdAt",
-    "-createdAt",
-    "entityId",
-    "-entityId",
-    "status",
-    "-status",
-    "version",
-    "-version",
-]
 
 
 def base_url_from(value: str | None) -> str:

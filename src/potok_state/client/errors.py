@@ -11,19 +11,9 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import ClassVar
 
-from pydantic import BaseModel, JsonValue, ValidationError
+from pydantic import JsonValue, ValidationError
 
-
-class ErrorBody(BaseModel):
-    """The error body of every endpoint (the server's `kit.errors.ErrorBody`; a test
-    checks that this copy matches the service's OpenAPI schema)."""
-
-    statusCode: int
-    error: str
-    code: str
-    message: str
-    details: dict[str, JsonValue] = {}
-    requestId: str | None = None
+from potok_state.kit.error_body import ErrorBody
 
 
 class PotokError(Exception):

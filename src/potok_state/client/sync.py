@@ -14,7 +14,7 @@ import httpx
 from pydantic import JsonValue, TypeAdapter
 
 from potok_state.client import calls
-from potok_state.client.calls import REVISION_HEADER, Call, RetryPolicy, SortSpec, retry_delay
+from potok_state.client.calls import REVISION_HEADER, Call, RetryPolicy, retry_delay
 from potok_state.client.errors import ApiError, ServerError, TransportError, error_for
 from potok_state.client.models import (
     BatchHeartbeatResult,
@@ -37,6 +37,7 @@ from potok_state.client.models import (
     TestResult,
 )
 from potok_state.client.watching import SseDecoder, WatchPosition
+from potok_state.states.schemas import SortSpec
 
 _SUBSCRIPTIONS: TypeAdapter[list[Subscription]] = TypeAdapter(list[Subscription])
 _MACHINES: TypeAdapter[list[StateMachineView]] = TypeAdapter(list[StateMachineView])

@@ -7,9 +7,10 @@ from http import HTTPStatus
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, ConfigDict, JsonValue
+from pydantic import JsonValue
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from potok_state.kit.error_body import ErrorBody
 from potok_state.logging import current_request_id
 
 
@@ -75,38 +76,6 @@ class TooManyRequests(ServiceError):
 class Unavailable(ServiceError):
     status_code = 503
     code = "unavailable"
-
-
-class ErrorBody(BaseModel):
-    """The one error shape of every endpoint."""
-
-    model_config = ConfigDict(
-        json_schema_extra={
-            "examples": [
-                {
-                    "statusCode": 409,
-                    "error": "Conflict",
-                    "code": "invalid_transition",
-                    "message": "task 'task_123' cannot go from 'completed' to 'in_progress'.",
-                    "details": {
-                        "entity": "task",
-                        "entityId": "task_123",
-                        "currentStatus": "completed",
-                        "requestedStatus": "in_progress",
-                        "allowed": [],
-                    },
-                    "requestId": "050c7110c09a4564956a46f0130a1d95",
-                }
-            ]
-        }
-    )
-
-    statusCode: int
-    error: str
-    code: str
-    message: str
-    details: dict[str, JsonValue] = {}
-    requestId: str | None = None
 
 
 def error_response(

@@ -3,7 +3,7 @@ live in `service.py`."""
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated
 
 from fastapi import APIRouter, Path, Query, Request, Response, status
 
@@ -35,6 +35,7 @@ from potok_state.states.schemas import (
     BatchResult,
     HistoryPage,
     RecordStateRequest,
+    SortSpec,
     StateMachineView,
     StatePage,
     StateView,
@@ -46,18 +47,6 @@ router = APIRouter(prefix="/api/v1", tags=["states"], route_class=CompiledRoute)
 
 EntityPath = Annotated[str, Path(pattern=ENTITY_TYPE_PATTERN, description="Entity type.")]
 EntityIdPath = Annotated[str, Path(pattern=ENTITY_ID_PATTERN, description="Entity id.")]
-SortSpec = Literal[
-    "updatedAt",
-    "-updatedAt",
-    "createdAt",
-    "-createdAt",
-    "entityId",
-    "-entityId",
-    "status",
-    "-status",
-    "version",
-    "-version",
-]
 
 
 def state_service(request: Request) -> StateService:

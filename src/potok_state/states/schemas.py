@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, JsonValue, StringConstraints
 
@@ -20,6 +20,19 @@ STATUS_PATTERN = r"^[a-z][a-z0-9_]{0,63}$"
 EntityType = Annotated[str, StringConstraints(pattern=ENTITY_TYPE_PATTERN)]
 EntityId = Annotated[str, StringConstraints(pattern=ENTITY_ID_PATTERN)]
 Status = Annotated[str, StringConstraints(pattern=STATUS_PATTERN)]
+# A list's `sort`: a field, descending with a leading `-`.
+SortSpec = Literal[
+    "updatedAt",
+    "-updatedAt",
+    "createdAt",
+    "-createdAt",
+    "entityId",
+    "-entityId",
+    "status",
+    "-status",
+    "version",
+    "-version",
+]
 Metadata = dict[str, JsonValue]
 Reason = Annotated[str, StringConstraints(max_length=1000)]
 LeaseTtl = Annotated[
