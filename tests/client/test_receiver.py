@@ -12,6 +12,7 @@ import uuid
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 
+import flask
 import httpx
 import pytest
 import uvicorn
@@ -293,7 +294,6 @@ async def _failed(client: AsyncPotokClient, subscription_id: str) -> int | None:
 
 
 def test_the_flask_view_verifies_and_dedupes() -> None:
-    flask = pytest.importorskip("flask")
     handled: list[ReceivedEvent] = []
     app = flask.Flask(__name__)
     app.add_url_rule(

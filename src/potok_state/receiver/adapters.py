@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import importlib
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from potok_state.receiver.gate import MalformedEvent, ReceivedEvent, WebhookReceiver
 from potok_state.receiver.signatures import InvalidDelivery
@@ -86,11 +86,13 @@ def aiohttp_handler(
     return handle
 
 
-def flask_view(receiver: WebhookReceiver, handler: SyncHandler) -> Callable[[], object]:
+def flask_view(receiver: WebhookReceiver, handler: SyncHandler) -> Callable[[], Any]:
     """A view for Flask (`app.add_url_rule(path, view_func=view, methods=["POST"])`);
     the receiver's store must be synchronous (the default one is)."""
 
-    def view() -> object:
+    # Any, not object: Flask's add_url_rule types its view_func by what it may
+    # return, and this module cannot name flask.Response without importing it.
+    def view() -> Any:
         # Not a dependency of this package: looked up when a request comes.
         flask = importlib.import_module("flask")
         request, response = flask.request, flask.Response
