@@ -19,7 +19,8 @@ from potok_state.cache.near import NearCache, NearCacheFollower
 from potok_state.events.api import router as events_router
 from potok_state.events.retention import Pruner
 from potok_state.events.service import ChangeFeed, EventPublisher
-from potok_state.external.client import AdminServiceClient
+from potok_state.external.client import AdminServiceClient, OnOutcome
+from potok_state.external.rebuild import Rebuilt, rebuild_journal
 from potok_state.external.replicator import ExternalMetrics, Replicator
 from potok_state.health.api import router as health_router
 from potok_state.health.service import HealthService
@@ -36,7 +37,7 @@ from potok_state.leases.reaper import LeaseReaper
 from potok_state.logging import configure_logging
 from potok_state.metrics import Metrics
 from potok_state.metrics import router as metrics_router
-from potok_state.settings import Settings, StorageBackend
+from potok_state.settings import ExternalDbSettings, Settings, StorageBackend
 from potok_state.states.api import machines_router
 from potok_state.states.api import router as states_router
 from potok_state.states.machines import load_machines
@@ -117,19 +118,25 @@ def create_event_publisher(settings: Settings, store: SqlStateStore) -> EventPub
     )
 
 
-def create_replicator(settings: Settings, store: SqlStateStore, metrics: Metrics) -> Replicator:
-    """The external backend (docs/external.md): the SQL store is the journal,
-    drained into the Admin Service."""
-    external = settings.external_db
+def create_admin_client(
+    external: ExternalDbSettings, on_outcome: OnOutcome | None = None
+) -> AdminServiceClient:
     assert external.url is not None  # the settings refuse STORAGE_BACKEND=external without it
-    counts = ExternalMetrics(metrics.registry)
-    admin = AdminServiceClient(
+    return AdminServiceClient(
         external.url,
         external.api_key.get_secret_value() if external.api_key else "",
         timeout_ms=external.connection_timeout,
         retries=external.retry_attempts,
-        on_outcome=lambda outcome: counts.requests.labels(outcome).inc(),
+        on_outcome=on_outcome,
     )
+
+
+def create_replicator(settings: Settings, store: SqlStateStore, metrics: Metrics) -> Replicator:
+    """The external backend (docs/external.md): the SQL store is the journal,
+    drained into the Admin Service."""
+    external = settings.external_db
+    counts = ExternalMetrics(metrics.registry)
+    admin = create_admin_client(external, lambda outcome: counts.requests.labels(outcome).inc())
     return Replicator(
         store,
         admin,
@@ -138,6 +145,26 @@ def create_replicator(settings: Settings, store: SqlStateStore, metrics: Metrics
         max_backlog=external.max_backlog,
         metrics=counts,
     )
+
+
+async def rebuild_external_journal(settings: Settings) -> Rebuilt:
+    """`potok-state rebuild-journal`: an empty journal filled from the Admin
+    Service (docs/external.md, "When the journal is lost")."""
+    store = SqlStateStore(settings.database_url, pool_size=2)
+    try:
+        await prepare_schema(store)
+        admin = create_admin_client(settings.external_db)
+        try:
+            return await rebuild_journal(
+                store,
+                admin,
+                states_collection=settings.external_db.states_collection,
+                history_collection=settings.external_db.history_collection,
+            )
+        finally:
+            await admin.close()
+    finally:
+        await store.close()
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:

@@ -1,4 +1,4 @@
-"""`potok-state serve | worker | migrate | config`, and the client verbs
+"""`potok-state serve | worker | migrate | rebuild-journal | config`, and the client verbs
 `states …` and `webhooks …` (potok_state/client/commands.py).
 
 The server's modules are imported inside the commands that need them, so the client
@@ -124,6 +124,27 @@ def migrate(_: argparse.Namespace) -> None:
     print(f"potok-state: database schema is up to date ({_safe_url(settings.database_url)})")
 
 
+def rebuild_journal(_: argparse.Namespace) -> None:
+    """Fill an empty journal from the Admin Service (docs/external.md)."""
+    from potok_state.settings import StorageBackend
+
+    settings = _load_settings()
+    if settings.storage_backend is not StorageBackend.EXTERNAL:
+        sys.exit("potok-state: rebuild-journal needs STORAGE_BACKEND=external and EXTERNAL_DB_URL")
+    from potok_state.app import SchemaNotCurrent, rebuild_external_journal
+    from potok_state.external.client import AdminServiceError
+    from potok_state.external.rebuild import JournalNotEmpty
+
+    try:
+        rebuilt = asyncio.run(rebuild_external_journal(settings))
+    except (SchemaNotCurrent, JournalNotEmpty, AdminServiceError) as exc:
+        sys.exit(f"potok-state: {exc}")
+    print(
+        f"potok-state: rebuilt the journal from the Admin Service: {rebuilt.states} states, "
+        f"{rebuilt.history} history records, up to revision {rebuilt.revision}"
+    )
+
+
 def _safe_url(url: str) -> str:
     from sqlalchemy.engine import make_url
 
@@ -218,6 +239,10 @@ def main(argv: list[str] | None = None) -> None:
     serve_cmd.set_defaults(handler=serve)
     commands.add_parser("worker", help="run a webhook delivery worker").set_defaults(handler=worker)
     commands.add_parser("migrate", help="upgrade the database schema").set_defaults(handler=migrate)
+    commands.add_parser(
+        "rebuild-journal",
+        help="external backend: fill an empty journal from the Admin Service (after losing it)",
+    ).set_defaults(handler=rebuild_journal)
     config_cmd = commands.add_parser(
         "config", help="print the effective settings and their sources, secrets masked"
     )

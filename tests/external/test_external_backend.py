@@ -5,6 +5,7 @@ crashes, and the service says how far behind it is (docs/external.md)."""
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -12,10 +13,13 @@ from typing import Any
 import httpx
 import pytest
 
+from potok_state.app import rebuild_external_journal
+from potok_state.external.rebuild import JournalNotEmpty
 from potok_state.settings import Settings
-from tests.conftest import make_settings
+from tests.conftest import make_settings, reset_postgres
 from tests.support.admin_service import AdminService, external_backend
 from tests.support.hub import (
+    POTOK_STATE,
     http_service,
     in_process,
     record,
@@ -278,3 +282,102 @@ async def test_writes_invalidate_the_caches(
 def test_the_external_backend_needs_its_settings(overrides: Json, message: str) -> None:
     with pytest.raises(ValueError, match=message):
         Settings.model_validate({"database_url": "sqlite+aiosqlite:///x.db", **overrides})
+
+
+async def test_a_lost_journal_is_rebuilt_from_the_admin_service(
+    tmp_path: Path, admin_service: AdminService
+) -> None:
+    """The local database is gone: `potok-state rebuild-journal` fills a new one
+    from the Admin Service, and the service goes on from the revision it had."""
+    journal = tmp_path / "journal.db"
+    settings = external_settings(f"sqlite+aiosqlite:///{journal}", admin_service)
+    states, history = collections(settings)
+    env = service_env(
+        f"sqlite+aiosqlite:///{journal}",
+        STORAGE_BACKEND="external",
+        EXTERNAL_DB_URL=admin_service.url,
+        EXTERNAL_DB_API_KEY=admin_service.api_key,
+        EXTERNAL_DB_STATES_COLLECTION=states,
+        EXTERNAL_DB_HISTORY_COLLECTION=history,
+    )
+    port = free_port()
+    async with http_service(port, env, tmp_path), remote_client(port) as client:
+        await record(client, "job", "j1", "pending", metadata={"owner": "ana"})
+        await record(client, "job", "j1", "running")
+        await record(client, "job", "j2", "pending")
+        assert (await client.delete("/api/v1/states/job/j2")).status_code == 204
+        await record(client, "job", "j3", "pending")
+        await synced(client)
+        before = {
+            entity_id: (await client.get(f"/api/v1/states/job/{entity_id}")).json()
+            for entity_id in ("j1", "j3")
+        }
+        history_before = (await client.get("/api/v1/states/job/j1/history")).json()["items"]
+
+    lose(journal)
+    code, output = await potok_state("rebuild-journal", env=env, cwd=tmp_path)
+    assert code == 0, output
+    assert "2 states, 5 history records, up to revision 5" in output
+
+    async with http_service(port, env, tmp_path, "serve-again"), remote_client(port) as client:
+        for entity_id, state in before.items():
+            assert (await client.get(f"/api/v1/states/job/{entity_id}")).json() == state
+        assert (await client.get("/api/v1/states/job/j2")).status_code == 404
+        history_after = (await client.get("/api/v1/states/job/j1/history")).json()["items"]
+        assert history_after == history_before
+        changed = await record(client, "job", "j1", "done")
+        assert (changed["version"], changed["revision"]) == (3, 6)
+        await synced(client)
+    records = await admin_service.documents(history)
+    assert sorted(int(r["revision"]) for r in records) == [1, 2, 3, 4, 5, 6]  # none twice
+
+    code, refused = await potok_state("rebuild-journal", env=env, cwd=tmp_path)
+    assert code != 0
+    assert "already holds states or history" in refused
+
+
+def lose(database: Path) -> None:
+    for leftover in database.parent.glob(database.name + "*"):  # with its -wal and -shm
+        leftover.unlink()
+
+
+async def potok_state(*args: str, env: dict[str, str], cwd: Path) -> tuple[int | None, str]:
+    process = await asyncio.create_subprocess_exec(
+        str(POTOK_STATE),
+        *args,
+        env={**os.environ, **env},
+        cwd=cwd,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+    )
+    output = (await process.communicate())[0].decode()
+    return process.returncode, output
+
+
+async def test_rebuilding_writes_the_same_journal_on_either_database(
+    database_url: str, admin_service: AdminService, tmp_path: Path
+) -> None:
+    settings = external_settings(database_url, admin_service)
+    async with in_process(settings) as client:
+        await record(client, "job", "j1", "pending", metadata={"owner": "ana", "n": 1})
+        await record(client, "job", "j1", "running", reason="picked up")
+        await record(client, "job", "j2", "pending")
+        await synced(client)
+        before = (await client.get("/api/v1/states/job?sort=entityId")).json()["items"]
+        history = (await client.get("/api/v1/states/job/j1/history")).json()["items"]
+
+    if database_url.startswith("sqlite"):
+        rebuilt_url = f"sqlite+aiosqlite:///{tmp_path}/rebuilt.db"
+    else:
+        await reset_postgres(database_url)  # every table emptied: the journal is lost
+        rebuilt_url = database_url
+    rebuilt_settings = settings.model_copy(update={"database_url": rebuilt_url})
+    rebuilt = await rebuild_external_journal(rebuilt_settings)
+    assert (rebuilt.states, rebuilt.history, rebuilt.revision) == (2, 3, 3)
+
+    async with in_process(rebuilt_settings) as client:
+        assert (await client.get("/api/v1/states/job?sort=entityId")).json()["items"] == before
+        assert (await client.get("/api/v1/states/job/j1/history")).json()["items"] == history
+        assert (await record(client, "job", "j2", "running"))["revision"] == 4
+    with pytest.raises(JournalNotEmpty):
+        await rebuild_external_journal(rebuilt_settings)
