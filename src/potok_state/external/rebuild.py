@@ -131,4 +131,4 @@ def _json(value: Any) -> str:
 
 
 def _time(value: str) -> datetime:
-    return datetime.fromisoformat(value.replace("Z", "+00:00"))
+    return datetime.fromisoformat(value)  # the API's form, `…T10:00:00.000Z`

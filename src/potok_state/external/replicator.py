@@ -38,7 +38,6 @@ from potok_state.changes.model import EventType
 from potok_state.clock import utc_now
 from potok_state.external.client import (
     AdminServiceClient,
-    AdminServiceError,
     AdminServiceRejected,
     Json,
 )
@@ -66,7 +65,6 @@ class ExternalBacklogFull(Unavailable):
 class SyncStatus:
     backlog: int
     oldest_unsynced_seconds: float | None
-    synced_revision: int
     full: bool
     last_error: str | None
 
@@ -172,7 +170,6 @@ class Replicator:
         self._counted_head = 0
         self._running = 0
         self._uncounted: list[int] = []
-        self.synced_revision = 0
         self.oldest_unsynced_at: datetime | None = None
         self.last_error: str | None = None
         self._wakeup = store.commits.outbox_wakeup()
@@ -213,7 +210,6 @@ class Replicator:
         return SyncStatus(
             backlog=self.backlog,
             oldest_unsynced_seconds=oldest,
-            synced_revision=self.synced_revision,
             full=self.backlog >= self.max_backlog,
             last_error=self.last_error,
         )
@@ -238,20 +234,13 @@ class Replicator:
                 more = await self._step()
                 failures = 0
                 self.last_error = None
-            except AdminServiceRejected as exc:
+            except Exception as exc:  # the Admin Service or the journal's database failed
                 failures += 1
-                self._failed(exc, "error")
-                await asyncio.sleep(_pause(REJECTED_PAUSE, failures))
-                continue
-            except AdminServiceError as exc:
-                failures += 1
-                self._failed(exc, "warning")
-                await asyncio.sleep(_pause(UNAVAILABLE_PAUSE, failures))
-                continue
-            except Exception as exc:  # the journal's database is down: try again
-                failures += 1
-                self._failed(exc, "warning")
-                await asyncio.sleep(_pause(UNAVAILABLE_PAUSE, failures))
+                # A refusal will not pass by itself: it is an error, tried again slowly.
+                refused = isinstance(exc, AdminServiceRejected)
+                self._failed(exc, "error" if refused else "warning")
+                pause = REJECTED_PAUSE if refused else UNAVAILABLE_PAUSE
+                await asyncio.sleep(_pause(pause, failures))
                 continue
             finally:
                 self.metrics.circuit_open.set(1 if self.admin.breaker.is_open else 0)
@@ -282,7 +271,6 @@ class Replicator:
         moved = await self.store.db.write(lambda tx: _advance(tx, self.holder, last))
         if not moved:
             return False  # the lease lapsed meanwhile: the next holder re-drives
-        self.synced_revision = last
         return len(records) == BATCH
 
     async def _while_holding(self, work: Any) -> None:
@@ -343,7 +331,7 @@ class Replicator:
 
     async def measure(self) -> None:
         """Read how far the Admin Service is behind the journal."""
-        self.synced_revision, counted, head, oldest = await self.store.db.read(_measure)
+        counted, head, oldest = await self.store.db.read(_measure)
         self._counted, self._counted_head = counted, head
         self._uncounted = [revision for revision in self._uncounted if revision > head]
         self.oldest_unsynced_at = None if oldest is None else self.store.dialect.read_time(oldest)
@@ -440,9 +428,9 @@ async def _release(tx: Tx, holder: str) -> None:
     )
 
 
-async def _measure(tx: Tx) -> tuple[int, int, int, object]:
-    """The cursor, how many history records are after it and the newest of
-    them (one statement: one snapshot), and when the oldest was written."""
+async def _measure(tx: Tx) -> tuple[int, int, object]:
+    """How many history records are after the cursor and the newest of them
+    (one statement: one snapshot), and when the oldest was written."""
     cursor = int(await tx.fetchval("SELECT revision FROM external_sync WHERE id = 1") or 0)
     row = await tx.fetchrow(
         "SELECT count(*), max(revision) FROM state_history WHERE revision > $1", cursor
@@ -452,4 +440,4 @@ async def _measure(tx: Tx) -> tuple[int, int, int, object]:
         "SELECT changed_at FROM state_history WHERE revision > $1 ORDER BY revision LIMIT 1",
         cursor,
     )
-    return cursor, int(row[0]), int(row[1] or cursor), oldest
+    return int(row[0]), int(row[1] or cursor), oldest

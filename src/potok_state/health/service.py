@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+from collections.abc import Awaitable
 from dataclasses import dataclass
 
 from potok_state.cache import TieredCache
@@ -53,12 +54,7 @@ class HealthService:
         self.started = time.monotonic()
 
     async def check_storage(self) -> Check:
-        started = time.perf_counter()
-        try:
-            await asyncio.wait_for(self.store.ping(), CHECK_TIMEOUT_SECONDS)
-        except Exception as exc:  # any failure means "down"; the reason is reported
-            return Check("storage", False, _since(started), f"{type(exc).__name__}: {exc}"[:300])
-        return Check("storage", True, _since(started))
+        return await _checked("storage", self.store.ping())
 
     async def check_cache(self) -> list[Check]:
         """One check per configured Redis tier (`redisLocal`, `redisGlobal`); a tier
@@ -75,25 +71,28 @@ class HealthService:
         it is down without a call); None when states are kept in SQL."""
         if self.external is None:
             return None
-        started = time.perf_counter()
         admin = self.external.admin
-        check = Check("externalDb", True, 0.0)
         if admin.breaker.is_open:
             check = Check("externalDb", False, 0.0, "circuit open: the Admin Service kept failing")
         else:
-            try:
-                await asyncio.wait_for(admin.health(), CHECK_TIMEOUT_SECONDS)
-            except Exception as exc:  # any failure means "down"; the reason is reported
-                error = f"{type(exc).__name__}: {exc}"[:300]
-                check = Check("externalDb", False, _since(started), error)
-            else:
-                check = Check("externalDb", True, _since(started))
+            check = await _checked("externalDb", admin.health())
         with contextlib.suppress(Exception):  # the storage check reports the database
             await self.external.measure()
         return ExternalCheck(check, self.external.status())
 
     def uptime_seconds(self) -> float:
         return round(time.monotonic() - self.started, 3)
+
+
+async def _checked(name: str, probe: Awaitable[None]) -> Check:
+    """Up when `probe` completes within CHECK_TIMEOUT_SECONDS; any failure means
+    down, with the reason."""
+    started = time.perf_counter()
+    try:
+        await asyncio.wait_for(probe, CHECK_TIMEOUT_SECONDS)
+    except Exception as exc:
+        return Check(name, False, _since(started), f"{type(exc).__name__}: {exc}"[:300])
+    return Check(name, True, _since(started))
 
 
 def _since(started: float) -> float:
