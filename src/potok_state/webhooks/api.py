@@ -131,7 +131,7 @@ async def list_deliveries(
     before: Annotated[int | None, Query(ge=1, le=2**62, description="Older than this id.")] = None,
 ) -> DeliveryPage:
     """The delivery log of a subscription, newest first: status, attempts, last status code and
-    error; filter by `status`, page with `cursor`."""
+    error; page with `before` (the `nextCursor` of the previous page)."""
     return await service.deliveries(subscription_id, before=before, limit=limit)
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
+from pydantic.config import JsonDict
 
 from potok_state.changes.selection import EVENT_FILTER_PATTERN
 from potok_state.clock import InputTime, Timestamp
@@ -83,27 +84,24 @@ class SubscriptionPatch(RequestModel):
     )
 
 
+SUBSCRIPTION_EXAMPLE: JsonDict = {
+    "id": "sub_b70ba7a9e69214d03c5618e6",
+    "url": "https://hooks.example.com/potok",
+    "events": ["entity.*"],
+    "entityTypes": ["task"],
+    "description": "Task status updates",
+    "status": "active",
+    "consecutiveFailures": 0,
+    "disabledReason": None,
+    "lastDeliveryAt": "2026-11-27T10:05:00.000Z",
+    "lastError": None,
+    "createdAt": "2026-11-27T09:00:00.000Z",
+    "updatedAt": "2026-11-27T09:00:00.000Z",
+}
+
+
 class Subscription(BaseModel):
-    model_config = ConfigDict(
-        json_schema_extra={
-            "examples": [
-                {
-                    "id": "sub_b70ba7a9e69214d03c5618e6",
-                    "url": "https://hooks.example.com/potok",
-                    "events": ["entity.*"],
-                    "entityTypes": ["task"],
-                    "description": "Task status updates",
-                    "status": "active",
-                    "consecutiveFailures": 0,
-                    "disabledReason": None,
-                    "lastDeliveryAt": "2026-11-27T10:05:00.000Z",
-                    "lastError": None,
-                    "createdAt": "2026-11-27T09:00:00.000Z",
-                    "updatedAt": "2026-11-27T09:00:00.000Z",
-                }
-            ]
-        }
-    )
+    model_config = ConfigDict(json_schema_extra={"examples": [SUBSCRIPTION_EXAMPLE]})
 
     id: str
     url: str
@@ -145,18 +143,8 @@ class SubscriptionCreated(Subscription):
         json_schema_extra={
             "examples": [
                 {
-                    "id": "sub_b70ba7a9e69214d03c5618e6",
-                    "url": "https://hooks.example.com/potok",
-                    "events": ["entity.*"],
-                    "entityTypes": ["task"],
-                    "description": "Task status updates",
-                    "status": "active",
-                    "consecutiveFailures": 0,
-                    "disabledReason": None,
+                    **SUBSCRIPTION_EXAMPLE,
                     "lastDeliveryAt": None,
-                    "lastError": None,
-                    "createdAt": "2026-11-27T09:00:00.000Z",
-                    "updatedAt": "2026-11-27T09:00:00.000Z",
                     "secret": "whsec_ITr1yez3rIsV2YstYL4kOvhQIUIk4tF0gw2EosHzjiY=",
                 }
             ]
