@@ -61,7 +61,10 @@ def serve(args: argparse.Namespace) -> None:
         "port": args.port or settings.port,
         "log_config": None,
         "access_log": False,
-        "proxy_headers": True,
+        # Forwarded headers only from proxies named in FORWARDED_ALLOW_IPS (none by
+        # default): otherwise any client could pose as any address.
+        "proxy_headers": bool(settings.forwarded_allow_ips.strip()),
+        "forwarded_allow_ips": settings.forwarded_allow_ips.strip() or "",
         "timeout_graceful_shutdown": 30,
     }
     if workers == 1:
@@ -168,6 +171,7 @@ def show_config(args: argparse.Namespace) -> None:
 
     `--check` prints what is wrong instead and exits 1 when anything is: the
     settings that do nothing here, and what production would refuse."""
+    from potok_state.kit.scopes import FULL_ACCESS
     from potok_state.settings import by_environment_name
 
     settings = _load_settings()
@@ -175,7 +179,10 @@ def show_config(args: argparse.Namespace) -> None:
         sys.exit(_check(settings))
     values = by_environment_name(settings)
     values["DATABASE_URL"] = _safe_url(settings.database_url)
-    values["API_KEYS"] = ",".join(f"{key.name}:********" for key in settings.parsed_api_keys)
+    values["API_KEYS"] = ",".join(
+        f"{key.name}:********" + ("" if key.grants == FULL_ACCESS else f":{key.grants.describe()}")
+        for key in settings.parsed_api_keys
+    )
     in_file = _names_in_dotenv(Path(".env"))
     in_environment = {name.upper() for name in os.environ}
     effective = {

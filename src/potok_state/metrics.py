@@ -110,6 +110,18 @@ class Metrics:
             ["reason"],
             registry=self.registry,
         )
+        self.auth_failures = Counter(
+            "potok_auth_failures_total",
+            "Requests refused for their key: missing_key, unknown_key.",
+            ["reason"],
+            registry=self.registry,
+        )
+        self.forbidden = Counter(
+            "potok_auth_forbidden_total",
+            "Requests refused 403 because the key lacks a scope, by key name and scope.",
+            ["key", "scope"],
+            registry=self.registry,
+        )
         self._http_children: dict[tuple[str, str, int], tuple[Counter, Histogram]] = {}
         self._transition_children: dict[tuple[str, str, str], Counter] = {}
         self._labelled_entities: frozenset[str] = frozenset()

@@ -6,13 +6,14 @@ as in the original service.
 
 from __future__ import annotations
 
-import hashlib
 from enum import StrEnum
 from functools import cached_property
 
-from pydantic import AliasChoices, BaseModel, Field, SecretStr, model_validator
+from pydantic import AliasChoices, Field, SecretStr, model_validator
 from pydantic.fields import FieldInfo
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from potok_state.kit.scopes import ApiKey, InvalidApiKeys, parse_api_keys
 
 DEFAULT_SQLITE_URL = "sqlite+aiosqlite:///./data/potok-state.db"
 DEVELOPMENT_API_KEYS = "gateway:gateway-service-key"
@@ -50,11 +51,6 @@ def _config(prefix: str = "") -> SettingsConfigDict:
         populate_by_name=True,
         case_sensitive=False,
     )
-
-
-class ApiKey(BaseModel):
-    name: str
-    key: SecretStr
 
 
 class WebhookSettings(BaseSettings):
@@ -237,8 +233,9 @@ class ThrottleSettings(BaseSettings):
     auth_failures: int = Field(
         20,
         ge=0,
-        description="Failed authentications per client address per window; beyond, the "
-        "address gets 429 until its window ends. 0 disables.",
+        description="Failed authentications per client address per window; beyond, further "
+        "failures from the address get 429 until its window ends (valid keys still pass). "
+        "0 disables.",
     )
 
 
@@ -299,11 +296,20 @@ class Settings(BaseSettings):
         description="Server processes sharing the port (`serve --workers N`); one per core.",
     )
     host: str = Field("0.0.0.0", description="HTTP bind address.")
+    forwarded_allow_ips: str = Field(
+        "",
+        validation_alias=AliasChoices("FORWARDED_ALLOW_IPS", "forwarded_allow_ips"),
+        description="Comma-separated addresses (or networks, `*` for any) of proxies whose "
+        "X-Forwarded-For and X-Forwarded-Proto are believed; empty (the default) trusts none, "
+        "so the client address is always the TCP peer.",
+    )
     log_level: str = Field("info", description="debug, info, warning, error.")
     log_format: LogFormat = Field(LogFormat.PRETTY, description="json or pretty.")
     api_keys: SecretStr | None = Field(
         None,
-        description="Comma-separated API keys, each `key` or `name:key`; the name is the actor.",
+        description="Comma-separated API keys, each `key`, `name:key` (every scope) or "
+        "`name:key:scopes` (`read`, `write`, `admin` joined by `+`, each optionally limited "
+        "to entity types: `read+write@invoice|payment`); the name is the actor.",
     )
     database_url: str = Field(DEFAULT_SQLITE_URL, description="SQLAlchemy async database URL.")
     database_pool_size: int = Field(16, ge=1, description="Connections per process (PostgreSQL).")
@@ -343,6 +349,16 @@ class Settings(BaseSettings):
     external_db: ExternalDbSettings = Field(default_factory=ExternalDbSettings)
 
     @model_validator(mode="after")
+    def _api_keys_parse(self) -> Settings:
+        """A malformed entry stops the start, named: a key given scopes it does
+        not get, or all of them by accident, is worse than no start."""
+        try:
+            _ = self.parsed_api_keys
+        except InvalidApiKeys as exc:
+            raise ValueError(str(exc)) from None
+        return self
+
+    @model_validator(mode="after")
     def _production_needs_real_secrets(self) -> Settings:
         if self.app_env is not AppEnv.PRODUCTION:
             return self
@@ -353,16 +369,15 @@ class Settings(BaseSettings):
         elif raw_keys == DEVELOPMENT_API_KEYS:
             problems.append("API_KEYS must not be the development example key in production")
         else:
-            for item in (part.strip() for part in raw_keys.split(",") if part.strip()):
-                name, sep, key = item.partition(":")
-                if not sep or not name.strip():
+            for key in self.parsed_api_keys:
+                if not key.named:
                     problems.append(
                         "API_KEYS entries must be named in production (name:key): the name "
                         "is the actor recorded on every change"
                     )
-                elif len(key.strip()) < MIN_PRODUCTION_SECRET:
+                elif len(key.key.get_secret_value()) < MIN_PRODUCTION_SECRET:
                     problems.append(
-                        f"API_KEYS: the key of {name.strip()!r} is shorter than "
+                        f"API_KEYS: the key of {key.name!r} is shorter than "
                         f"{MIN_PRODUCTION_SECRET} characters"
                     )
         secret = self.webhooks.secret_key.get_secret_value()
@@ -416,16 +431,7 @@ class Settings(BaseSettings):
     @cached_property
     def parsed_api_keys(self) -> tuple[ApiKey, ...]:
         raw = self.api_keys.get_secret_value() if self.api_keys else DEVELOPMENT_API_KEYS
-        keys: list[ApiKey] = []
-        for item in (part.strip() for part in raw.split(",")):
-            if not item:
-                continue
-            name, sep, key = item.partition(":")
-            if not sep:
-                key = name
-                name = "key-" + hashlib.sha256(key.encode()).hexdigest()[:8]
-            keys.append(ApiKey(name=name.strip(), key=SecretStr(key.strip())))
-        return tuple(keys)
+        return parse_api_keys(raw)
 
     @property
     def webhooks_allow_private_targets(self) -> bool:

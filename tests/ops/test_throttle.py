@@ -12,6 +12,7 @@ import httpx
 from fastapi import FastAPI
 
 from potok_state.app import create_app
+from potok_state.kit.throttle import LocalWindows, failure_subject
 from potok_state.settings import Settings
 from tests.conftest import API_KEY, make_settings
 from tests.support.hub import http_service, remote_client, service_env
@@ -151,26 +152,89 @@ async def test_counts_locally_while_global_redis_is_down(
         assert_rate_limited(await client.get(THROTTLED), 60)
 
 
-async def test_failed_authentication_is_limited_per_address(database_url: str) -> None:
-    """After THROTTLE_AUTH_FAILURES wrong or missing keys, the address gets 429
-    for every request until its window ends, even with a right key, so a right
-    guess looks like every wrong one."""
-    settings = make_settings(database_url, throttle={"limit": 0, "auth_failures": 5, "ttl": 60})
+async def test_wrong_guesses_never_lock_out_the_right_key(database_url: str) -> None:
+    """The attack of the hostile-clients review: 40 wrong keys from one address
+    (every service behind the Gateway shares it). Guessing is throttled past
+    THROTTLE_AUTH_FAILURES, yet the right key from the same address works at
+    once, and keeps working while the guesser is refused."""
+    settings = make_settings(database_url, throttle={"limit": 0, "auth_failures": 20, "ttl": 60})
     async with (
         running(settings) as app,
         client_for(app, "wrong-key") as guesser,
         client_for(app) as gateway,
     ):
-        assert (await gateway.get(THROTTLED)).status_code == 200
-        for _ in range(3):
-            assert (await guesser.get(THROTTLED)).status_code == 401
-        assert (await guesser.get(THROTTLED, headers={"x-api-key": ""})).status_code == 401
-        assert (await guesser.get(THROTTLED)).status_code == 401
+        statuses = []
+        for attempt in range(40):
+            key = "" if attempt == 3 else f"guess-{attempt}"
+            statuses.append((await guesser.get(THROTTLED, headers={"x-api-key": key})).status_code)
+        assert statuses == [401] * 20 + [429] * 20
         assert_rate_limited(await guesser.get(THROTTLED), 60)
-        # The same address (the test client's), now even with the right key.
-        assert_rate_limited(await gateway.get(THROTTLED), 60)
+
+        assert (await gateway.get(THROTTLED)).status_code == 200
+        assert (
+            await gateway.post(THROTTLED, json={"entityId": "t1", "status": "created"})
+        ).status_code == 201
+        assert_rate_limited(await guesser.get(THROTTLED), 60)
         # Public endpoints are not behind the key check.
-        assert (await gateway.get("/health/liveness")).status_code == 200
+        assert (await guesser.get("/health/liveness")).status_code == 200
+
+
+def test_failure_counts_stay_bounded_and_recent_addresses_keep_theirs() -> None:
+    """Past the table's size the least recently failing address is forgotten,
+    one at a time (no rebuild of the table per failure)."""
+    windows = LocalWindows(60, max_windows=1_000)
+    for address in range(5_000):
+        windows.hit(f"10.0.{address // 256}.{address % 256}")
+        assert len(windows) <= 1_000
+    assert windows.hit("10.0.19.135").count == 2  # the newest address kept its count
+    assert windows.hit("10.0.0.0").count == 1  # the oldest one was forgotten
+
+
+def test_an_ipv6_host_counts_its_failures_under_its_64() -> None:
+    assert failure_subject("2001:db8:1:2:aaaa::1") == failure_subject("2001:db8:1:2::ffff")
+    assert failure_subject("2001:db8:1:3::1") != failure_subject("2001:db8:1:2::1")
+    assert failure_subject("::ffff:192.0.2.7") == "192.0.2.7"
+    assert failure_subject("192.0.2.7") == "192.0.2.7"
+
+
+async def test_a_rotated_x_forwarded_for_does_not_escape_the_limit(tmp_path: Path) -> None:
+    """By default no proxy is trusted: X-Forwarded-For is ignored, so a guesser
+    cannot pose as a new address per request."""
+    port = free_port()
+    env = service_env(
+        f"sqlite+aiosqlite:///{tmp_path}/db", THROTTLE_LIMIT="0", THROTTLE_AUTH_FAILURES="5"
+    )
+    async with http_service(port, env, tmp_path), remote_client(port) as client:
+        statuses = [
+            (
+                await client.get(
+                    THROTTLED,
+                    headers={"x-api-key": "guess", "x-forwarded-for": f"203.0.113.{index}"},
+                )
+            ).status_code
+            for index in range(10)
+        ]
+        assert statuses == [401] * 5 + [429] * 5
+
+
+async def test_a_trusted_proxy_names_the_client(tmp_path: Path) -> None:
+    """With the proxy in FORWARDED_ALLOW_IPS, each forwarded client has its own
+    failure budget (and the proxy's own address none of theirs)."""
+    port = free_port()
+    env = service_env(
+        f"sqlite+aiosqlite:///{tmp_path}/db",
+        THROTTLE_LIMIT="0",
+        THROTTLE_AUTH_FAILURES="2",
+        FORWARDED_ALLOW_IPS="127.0.0.1",
+    )
+    async with http_service(port, env, tmp_path), remote_client(port) as client:
+
+        async def status_from(address: str) -> int:
+            headers = {"x-api-key": "guess", "x-forwarded-for": address}
+            return (await client.get(THROTTLED, headers=headers)).status_code
+
+        assert [await status_from("203.0.113.1") for _ in range(3)] == [401, 401, 429]
+        assert [await status_from("203.0.113.2") for _ in range(2)] == [401, 401]
 
 
 async def test_failed_authentication_counts_are_shared_through_global_redis(

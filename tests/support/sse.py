@@ -28,37 +28,67 @@ class SseEvent:
         return int(self.id)
 
 
+class SseParser:
+    """Lines in, events out, as an EventSource reads them."""
+
+    def __init__(self) -> None:
+        self.retry: int | None = None
+        self.heartbeats = 0
+        self._fields: dict[str, list[str]] = {}
+
+    def line(self, line: str) -> SseEvent | None:
+        """Read one line; the event it completes, if any."""
+        fields = self._fields
+        if line == "":
+            self._fields = {}
+            if "data" in fields or "event" in fields:
+                return SseEvent(
+                    event=fields.get("event", ["message"])[-1],
+                    data="\n".join(fields.get("data", [])),
+                    id=fields.get("id", [None])[-1],
+                )
+            return None
+        if line.startswith(":"):
+            self.heartbeats += line.strip() == ": heartbeat"
+            return None
+        name, _, value = line.partition(":")
+        value = value.removeprefix(" ")
+        if name == "retry":
+            self.retry = int(value)
+        else:
+            fields.setdefault(name, []).append(value)
+        return None
+
+
+def parse_sse(text: str) -> list[SseEvent]:
+    """Every event of a whole stream's body."""
+    parser = SseParser()
+    return [event for line in text.splitlines() if (event := parser.line(line)) is not None]
+
+
 class SseStream:
     def __init__(self, response: httpx.Response) -> None:
         self.response = response
-        self.retry: int | None = None
-        self.heartbeats = 0
+        self._parser = SseParser()
         self._lines = response.aiter_lines()
+
+    @property
+    def retry(self) -> int | None:
+        return self._parser.retry
+
+    @property
+    def heartbeats(self) -> int:
+        return self._parser.heartbeats
 
     async def next(self, timeout: float = 5.0) -> SseEvent | None:  # noqa: ASYNC109
         """The next event; None when the stream ended."""
         return await asyncio.wait_for(self._next(), timeout)
 
     async def _next(self) -> SseEvent | None:
-        fields: dict[str, list[str]] = {}
         async for line in self._lines:
-            if line == "":
-                if "data" in fields or "event" in fields:
-                    return SseEvent(
-                        event=fields.get("event", ["message"])[-1],
-                        data="\n".join(fields.get("data", [])),
-                        id=fields.get("id", [None])[-1],
-                    )
-                continue
-            if line.startswith(":"):
-                self.heartbeats += line.strip() == ": heartbeat"
-                continue
-            name, _, value = line.partition(":")
-            value = value.removeprefix(" ")
-            if name == "retry":
-                self.retry = int(value)
-            else:
-                fields.setdefault(name, []).append(value)
+            event = self._parser.line(line)
+            if event is not None:
+                return event
         return None
 
     async def take(self, count: int, timeout: float = 10.0) -> list[SseEvent]:  # noqa: ASYNC109

@@ -72,6 +72,8 @@ class Unauthorized(ApiError):
 
 
 class Forbidden(ApiError):
+    """403 `forbidden`: the key lacks the scope the call needs (`details` name it)."""
+
     status = 403
 
 

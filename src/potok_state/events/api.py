@@ -11,7 +11,7 @@ from potok_state.events.service import (
     EventPublisher,
     RevisionPruned,
 )
-from potok_state.kit.auth import Actor
+from potok_state.kit.auth import PartialReader, Writer
 from potok_state.kit.errors import error_responses
 from potok_state.kit.headers import Idempotency
 from potok_state.kit.json_body import JsonBodyRoute
@@ -37,14 +37,15 @@ async def event_publisher(request: Request) -> EventPublisher:
 )
 async def list_changes(
     feed: Annotated[ChangeFeed, Depends(change_feed)],
-    _: Actor,
+    caller: PartialReader,
     after: Annotated[int, Query(ge=0, le=2**62, description="Revision cursor.")] = 0,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
 ) -> Response:
     """Every change and custom event in revision order after `after`, as the webhook payloads; page
     with `nextAfter`. The same JSON as the watch stream. 410 `revision_pruned` when changes after
-    `after` are no longer kept (retention)."""
-    return Response(await feed.page(after, limit), media_type="application/json")
+    `after` are no longer kept (retention). A key that reads some types only sees their changes
+    (`nextAfter` still moves past the others)."""
+    return Response(await feed.page(after, limit, caller.readable()), media_type="application/json")
 
 
 @router.post(
@@ -58,7 +59,7 @@ async def publish_event(
     body: PublishEvent,
     response: Response,
     publisher: Annotated[EventPublisher, Depends(event_publisher)],
-    actor: Actor,
+    actor: Writer,
     idempotency: Idempotency,
 ) -> Event:
     """Publish `custom.<name>` with any JSON `data`: it gets a revision, goes to subscribers of

@@ -54,13 +54,17 @@ class ChangeFeed:
     def __init__(self, store: StateStore) -> None:
         self.store = store
 
-    async def page(self, after: int, limit: int) -> bytes:
-        """A `ChangePage` as JSON, built from the stored payload bytes."""
+    async def page(self, after: int, limit: int, entities: frozenset[str] | None = None) -> bytes:
+        """A `ChangePage` as JSON, built from the stored payload bytes; with
+        `entities`, only the changes of those types (the page may then hold
+        fewer than `limit` items, and still moves past the others)."""
         records = await self.store.changes(after, limit)
         if not records or records[0].revision != after + 1:
             # Only then can something have been pruned in between.
             await check_kept(self.store, after)
         next_after = records[-1].revision if records else after
+        if entities is not None:
+            records = [record for record in records if record.entity in entities]
         items = b",".join(event_body(record) for record in records)
         return b'{"items":[' + items + b'],"nextAfter":' + str(next_after).encode() + b"}"
 

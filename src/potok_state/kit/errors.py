@@ -43,6 +43,11 @@ class Unauthorized(ServiceError):
     code = "unauthorized"
 
 
+class Forbidden(ServiceError):
+    status_code = 403
+    code = "forbidden"
+
+
 class NotFound(ServiceError):
     status_code = 404
     code = "not_found"
@@ -98,7 +103,7 @@ def error_response(
 
 def _error_statuses(errors: tuple[type[ServiceError], ...]) -> list[int]:
     """The statuses of these errors and those every authenticated route may answer."""
-    return sorted({e.status_code for e in errors} | {401, 422, 429})
+    return sorted({e.status_code for e in errors} | {401, 403, 422, 429})
 
 
 def error_responses(*errors: type[ServiceError]) -> dict[int | str, dict[str, object]]:

@@ -85,6 +85,7 @@ class RequestContextMiddleware:
                 path=scope["path"],
                 route=route,
                 status=status,
+                key=scope.get("state", {}).get("actor"),
                 duration_ms=round(seconds * 1000, 2),
             )
 

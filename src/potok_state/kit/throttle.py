@@ -9,20 +9,24 @@ When the global Redis is unreachable the process counts locally and skips Redis
 for `GLOBAL_RETRY_SECONDS` before trying again: an outage loosens the limit to
 THROTTLE_LIMIT per replica, rather than refusing traffic or removing the limit.
 
-Failed authentication is limited per client address too (`THROTTLE_AUTH_FAILURES`
-per window): past the limit an address gets 429 for every request until its
-window ends, whatever key it sends, so guessing keys is slow and a correct guess
-is not told apart from a wrong one.
+Failed authentication is limited per client address (`THROTTLE_AUTH_FAILURES`
+per window; an IPv6 address counts with its /64, which one host usually holds
+whole): past the limit, further *failures* from that address are answered 429
+until its window ends. A valid key is never refused for them: every service
+behind one gateway shares its address, and one misconfigured caller must not
+lock the others out. The client address is the TCP peer unless the peer is in
+FORWARDED_ALLOW_IPS (docs/operations.md, "Behind a proxy").
 
-Local windows are kept per key name and per failing address; expired windows
-are swept when the table grows, so it stays bounded however many addresses
-fail.
+Local windows live in a table of at most MAX_LOCAL_WINDOWS entries, least
+recently used evicted first: O(1) per request however many addresses fail.
 """
 
 from __future__ import annotations
 
+import ipaddress
 import math
 import time
+from collections import OrderedDict
 from dataclasses import dataclass
 
 import structlog
@@ -66,27 +70,39 @@ class RateLimited(TooManyRequests):
 
 
 class LocalWindows:
-    """Fixed windows counted in this process."""
+    """Fixed windows counted in this process, least recently used evicted first."""
 
-    def __init__(self, window_seconds: int) -> None:
+    def __init__(self, window_seconds: int, max_windows: int = MAX_LOCAL_WINDOWS) -> None:
         self.window_seconds = window_seconds
-        self._windows: dict[str, tuple[int, float]] = {}
+        self.max_windows = max_windows
+        self._windows: OrderedDict[str, tuple[int, float]] = OrderedDict()
 
     def hit(self, name: str) -> Hit:
         now = time.monotonic()
-        count, ends = self._windows.get(name, (0, 0.0))
+        count, ends = self._windows.pop(name, (0, 0.0))
         if now >= ends:
             count, ends = 0, now + self.window_seconds
         count += 1
         self._windows[name] = (count, ends)
-        if len(self._windows) > MAX_LOCAL_WINDOWS:
-            self._windows = {k: w for k, w in self._windows.items() if w[1] > now}
+        if len(self._windows) > self.max_windows:
+            self._windows.popitem(last=False)
         return Hit(count, ends - now)
 
-    def peek(self, name: str) -> Hit:
-        now = time.monotonic()
-        count, ends = self._windows.get(name, (0, 0.0))
-        return Hit(0, 0.0) if now >= ends else Hit(count, ends - now)
+    def __len__(self) -> int:
+        return len(self._windows)
+
+
+def failure_subject(address: str) -> str:
+    """What failures are counted against: the address, or an IPv6 address's /64."""
+    try:
+        parsed = ipaddress.ip_address(address)
+    except ValueError:
+        return address
+    if isinstance(parsed, ipaddress.IPv6Address):
+        if parsed.ipv4_mapped is not None:
+            return str(parsed.ipv4_mapped)
+        return str(ipaddress.IPv6Network((parsed, 64), strict=False))
+    return address
 
 
 class Throttle:
@@ -121,12 +137,13 @@ class Throttle:
             hit,
         )
 
-    async def refuse_if_failing(self, address: str) -> None:
-        """RateLimited when `address` failed to authenticate too often lately."""
+    async def count_failure(self, address: str) -> None:
+        """Count one failed authentication from `address`; RateLimited when the
+        address failed too often lately (the caller answers 401 otherwise)."""
         if not self.auth_failures:
             return
-        hit = await self._peek(FAILURE_PREFIX + address)
-        if hit.count < self.auth_failures:
+        hit = await self._hit(FAILURE_PREFIX + failure_subject(address))
+        if hit.count <= self.auth_failures:
             return
         raise self._refusal(
             "Too many failed authentications from this address", self.auth_failures, hit
@@ -143,31 +160,6 @@ class Throttle:
             },
             headers={"Retry-After": str(retry_after)},
         )
-
-    async def count_failure(self, address: str) -> None:
-        if self.auth_failures:
-            name = FAILURE_PREFIX + address
-            if self._script is not None:
-                self.local.hit(name)  # so that _peek knows when to ask Redis
-            await self._hit(name)
-
-    async def _peek(self, name: str) -> Hit:
-        local = self.local.peek(name)
-        # An address this process never saw fail costs no Redis round trip.
-        if self._script is None or self.redis is None or local.count == 0:
-            return local
-        if time.monotonic() < self._global_down_until:
-            return local
-        try:
-            async with self.redis.pipeline(transaction=False) as pipe:
-                pipe.get(KEY_PREFIX + name)
-                pipe.pttl(KEY_PREFIX + name)
-                count, left_ms = await pipe.execute()
-        except (RedisError, OSError):
-            return self.local.peek(name)
-        if count is None or left_ms is None or int(left_ms) < 0:
-            return Hit(0, 0.0)
-        return Hit(int(count), int(left_ms) / 1000)
 
     async def _hit(self, name: str) -> Hit:
         if self._script is None or time.monotonic() < self._global_down_until:

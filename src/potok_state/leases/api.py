@@ -7,7 +7,7 @@ import orjson
 from fastapi import APIRouter, Request, Response
 
 from potok_state.clock import format_timestamp
-from potok_state.kit.auth import Actor
+from potok_state.kit.auth import Writer
 from potok_state.kit.compiled_route import CompiledRoute
 from potok_state.kit.errors import Conflict, error_responses
 from potok_state.kit.responses import JsonBytes
@@ -41,7 +41,7 @@ async def heartbeat(
     request: Request,
     entity: EntityPath,
     entity_id: EntityIdPath,
-    _: Actor,
+    _: Writer,
     body: HeartbeatRequest | None = None,
 ) -> Response:
     """404 when the state does not exist; 409 `no_lease` when it holds none or
@@ -68,7 +68,7 @@ async def heartbeat(
     responses=error_responses(),
 )
 async def heartbeat_many(
-    request: Request, entity: EntityPath, body: BatchHeartbeatRequest, _: Actor
+    request: Request, entity: EntityPath, body: BatchHeartbeatRequest, _: Writer
 ) -> BatchHeartbeatResult:
     """Renew the leases of up to 1000 states of one type (optionally with a new `ttl`); each item
     says `ok` or why not (`state_not_found`, `no_lease`). No revision, history or event."""

@@ -9,7 +9,7 @@ from fastapi import APIRouter, Path, Query, Request, Response, status
 
 from potok_state.changes.pipeline import Applied
 from potok_state.clock import InputTime
-from potok_state.kit.auth import Actor
+from potok_state.kit.auth import PartialReader, Reader, Writer
 from potok_state.kit.compiled_route import CompiledRoute
 from potok_state.kit.errors import BadRequest, InvalidInput, error_responses
 from potok_state.kit.headers import (
@@ -76,7 +76,7 @@ async def record_state(
     entity: EntityPath,
     body: RecordStateRequest,
     request: Request,
-    actor: Actor,
+    actor: Writer,
     idempotency: Idempotency,
 ) -> Response:
     """Create the state (201), or apply a transition to the one that exists (200), checked against
@@ -111,7 +111,7 @@ async def record_state(
 async def query_states(
     request: Request,
     entity: EntityPath,
-    _: Actor,
+    _: Reader,
     status_in: Annotated[
         list[Annotated[str, Query(pattern=STATUS_PATTERN)]],
         Query(alias="status", description="Repeat to match any of several statuses."),
@@ -152,7 +152,7 @@ async def apply_batch(
     entity: EntityPath,
     body: BatchRequest,
     request: Request,
-    actor: Actor,
+    actor: Writer,
     idempotency: Idempotency,
 ) -> Response:
     """Up to 1000 records in one transaction, each a create or a transition. `atomic: true`: all or
@@ -172,7 +172,7 @@ async def apply_batch(
     responses=error_responses(StateNotFound),
 )
 async def get_state(
-    request: Request, entity: EntityPath, entity_id: EntityIdPath, _: Actor
+    request: Request, entity: EntityPath, entity_id: EntityIdPath, _: Reader
 ) -> Response:
     """The current state, with `ETag: "<version>"` for `If-Match`. 404 `state_not_found`. A leased
     state is always read fresh (its `lease.expiresAt`)."""
@@ -213,7 +213,7 @@ async def replace_state(
     entity_id: EntityIdPath,
     body: UpdateStateRequest,
     request: Request,
-    actor: Actor,
+    actor: Writer,
     conditions: Conditions,
 ) -> Response:
     """Change status and/or metadata (metadata replaces); `ttl` sets or drops a lease. `If-Match:
@@ -235,7 +235,7 @@ async def patch_state(
     entity_id: EntityIdPath,
     body: UpdateStateRequest,
     request: Request,
-    actor: Actor,
+    actor: Writer,
     conditions: Conditions,
 ) -> Response:
     """As PUT, but metadata is merged (JSON merge patch: `null` removes a key)."""
@@ -255,7 +255,7 @@ async def delete_state(
     entity: EntityPath,
     entity_id: EntityIdPath,
     request: Request,
-    actor: Actor,
+    actor: Writer,
     conditions: Conditions,
 ) -> Response:
     """Delete the state (204); its history is kept and an `entity.deleted` event is sent. `If-
@@ -281,7 +281,7 @@ async def state_history(
     entity: EntityPath,
     entity_id: EntityIdPath,
     request: Request,
-    _: Actor,
+    _: Reader,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
     cursor: Annotated[str | None, Query(max_length=512)] = None,
 ) -> Response:
@@ -303,10 +303,12 @@ machines_router = APIRouter(prefix="/api/v1", tags=["state machines"], route_cla
     summary="All transition tables",
     responses=error_responses(),
 )
-async def list_state_machines(request: Request, _: Actor) -> list[StateMachineView]:
-    """Every transition table: statuses, initial and final statuses, allowed transitions, and the
-    lease new states get."""
-    return state_service(request).state_machines()
+async def list_state_machines(request: Request, caller: PartialReader) -> list[StateMachineView]:
+    """Every transition table the key may read: statuses, initial and final statuses, allowed
+    transitions, and the lease new states get."""
+    readable = caller.readable()
+    machines = state_service(request).state_machines()
+    return machines if readable is None else [m for m in machines if m.entity in readable]
 
 
 @machines_router.get(
@@ -315,6 +317,6 @@ async def list_state_machines(request: Request, _: Actor) -> list[StateMachineVi
     summary="The transition table of one entity type",
     responses=error_responses(MachineNotFound),
 )
-async def get_state_machine(request: Request, entity: EntityPath, _: Actor) -> StateMachineView:
+async def get_state_machine(request: Request, entity: EntityPath, _: Reader) -> StateMachineView:
     """One type's transition table. 404 `state_machine_not_found`."""
     return state_service(request).state_machine(entity)

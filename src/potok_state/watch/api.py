@@ -8,7 +8,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Header, Query, Request
 
 from potok_state.changes.selection import EVENT_FILTER_PATTERN
-from potok_state.kit.auth import Actor
+from potok_state.kit.auth import PartialReader, Reader
 from potok_state.kit.errors import (
     BadRequest,
     TooManyRequests,
@@ -121,7 +121,7 @@ Duration = Annotated[
 )
 async def watch_all(
     request: Request,
-    actor: Actor,
+    caller: PartialReader,
     statuses: Statuses = [],  # noqa: B006 - FastAPI copies query defaults
     events: Events = [],  # noqa: B006
     id_prefix: IdPrefix = None,
@@ -130,11 +130,14 @@ async def watch_all(
     last_event_id: LastEventId = None,
 ) -> EventStream:
     """Resume with `Last-Event-ID` or `?after=`; list-then-watch with the
-    `X-Potok-Revision` of a list."""
+    `X-Potok-Revision` of a list. A key that reads some types only sees their changes."""
     watch_filter = WatchFilter(
-        id_prefix=id_prefix, statuses=frozenset(statuses), events=frozenset(events)
+        readable=caller.readable(),
+        id_prefix=id_prefix,
+        statuses=frozenset(statuses),
+        events=frozenset(events),
     )
-    return await _open(request, actor, watch_filter, after, last_event_id, duration)
+    return await _open(request, caller.name, watch_filter, after, last_event_id, duration)
 
 
 @router.get(
@@ -146,7 +149,7 @@ async def watch_all(
 )
 async def watch_entity(
     request: Request,
-    actor: Actor,
+    actor: Reader,
     entity: EntityPath,
     statuses: Statuses = [],  # noqa: B006
     events: Events = [],  # noqa: B006

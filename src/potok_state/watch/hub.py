@@ -88,12 +88,16 @@ class WatchFilter:
     """What a stream asked for; an empty field matches everything."""
 
     entity: str | None = None
+    readable: frozenset[str] | None = None
+    """The types the stream's key may read (None: all, and custom events)."""
     id_prefix: str | None = None
     statuses: frozenset[str] = frozenset()
     events: frozenset[str] = frozenset()
 
     def matches(self, event: WatchEvent) -> bool:
         if self.entity is not None and event.entity != self.entity:
+            return False
+        if self.readable is not None and event.entity not in self.readable:
             return False
         if self.id_prefix is not None and not (event.entity_id or "").startswith(self.id_prefix):
             return False

@@ -7,7 +7,7 @@ from typing import Annotated
 from fastapi import APIRouter, Body, Depends, Path, Query, Request, Response, status
 
 from potok_state.events.service import RevisionPruned
-from potok_state.kit.auth import Actor
+from potok_state.kit.auth import Administrator
 from potok_state.kit.errors import error_responses
 from potok_state.kit.json_body import JsonBodyRoute
 from potok_state.webhooks.schemas import (
@@ -55,7 +55,7 @@ Service = Annotated[WebhookService, Depends(webhook_service)]
     responses=error_responses(InvalidWebhookUrl, InvalidSubscriptionLimit),
 )
 async def create_subscription(
-    body: SubscriptionCreate, service: Service, _: Actor
+    body: SubscriptionCreate, service: Service, _: Administrator
 ) -> SubscriptionCreated:
     """Subscribe a URL to event patterns, optionally for some entity types only. The signing secret
     is generated when not given and shown only in this answer. 422 `invalid_webhook_url` for
@@ -69,7 +69,7 @@ async def create_subscription(
     summary="All subscriptions (secrets are never shown again)",
     responses=error_responses(),
 )
-async def list_subscriptions(service: Service, _: Actor) -> list[Subscription]:
+async def list_subscriptions(service: Service, _: Administrator) -> list[Subscription]:
     """Every subscription, without secrets."""
     return await service.list_subscriptions()
 
@@ -81,7 +81,7 @@ async def list_subscriptions(service: Service, _: Actor) -> list[Subscription]:
     responses=error_responses(SubscriptionNotFound),
 )
 async def get_subscription(
-    subscription_id: SubscriptionId, service: Service, _: Actor
+    subscription_id: SubscriptionId, service: Service, _: Administrator
 ) -> Subscription:
     """One subscription with its delivery state (failures in a row, last error). 404
     `subscription_not_found`."""
@@ -95,7 +95,7 @@ async def get_subscription(
     responses=error_responses(SubscriptionNotFound, InvalidWebhookUrl, InvalidSubscriptionLimit),
 )
 async def update_subscription(
-    subscription_id: SubscriptionId, body: SubscriptionPatch, service: Service, _: Actor
+    subscription_id: SubscriptionId, body: SubscriptionPatch, service: Service, _: Administrator
 ) -> Subscription:
     """Change the URL, events, entity types, description, or set `active` (re-enabling resets the
     failure count). 404 `subscription_not_found`, 422 `invalid_webhook_url`."""
@@ -110,7 +110,7 @@ async def update_subscription(
     responses=error_responses(SubscriptionNotFound),
 )
 async def delete_subscription(
-    subscription_id: SubscriptionId, service: Service, _: Actor
+    subscription_id: SubscriptionId, service: Service, _: Administrator
 ) -> Response:
     """Delete the subscription and its pending deliveries (204). 404 `subscription_not_found`."""
     await service.delete_subscription(subscription_id)
@@ -126,7 +126,7 @@ async def delete_subscription(
 async def list_deliveries(
     subscription_id: SubscriptionId,
     service: Service,
-    _: Actor,
+    _: Administrator,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
     before: Annotated[int | None, Query(ge=1, le=2**62, description="Older than this id.")] = None,
 ) -> DeliveryPage:
@@ -142,7 +142,7 @@ async def list_deliveries(
     responses=error_responses(DeliveryNotFound, DeliveryNotFailed, RevisionPruned),
 )
 async def retry_delivery(
-    delivery_id: Annotated[int, Path(ge=1, le=2**62)], service: Service, _: Actor
+    delivery_id: Annotated[int, Path(ge=1, le=2**62)], service: Service, _: Administrator
 ) -> Delivery:
     """Send a failed delivery again now, with a fresh attempt budget. 404 `delivery_not_found`, 409
     when it is not failed, 410 `revision_pruned` when its event is no longer kept."""
@@ -161,7 +161,7 @@ async def retry_delivery(
 async def replay(
     subscription_id: SubscriptionId,
     service: Service,
-    _: Actor,
+    _: Administrator,
     body: Annotated[ReplayRequest | None, Body()] = None,
     missing: Annotated[
         bool,
@@ -188,7 +188,7 @@ async def replay(
 async def rotate_secret(
     subscription_id: SubscriptionId,
     service: Service,
-    _: Actor,
+    _: Administrator,
     body: Annotated[RotateSecretRequest | None, Body()] = None,
 ) -> SecretRotated:
     """Give the subscription a new secret (`secret`, or a generated `whsec_…` one), shown only in
@@ -203,6 +203,8 @@ async def rotate_secret(
     summary="Send a webhook.test ping now and report the receiver's answer",
     responses=error_responses(SubscriptionNotFound),
 )
-async def send_test(subscription_id: SubscriptionId, service: Service, _: Actor) -> TestResult:
+async def send_test(
+    subscription_id: SubscriptionId, service: Service, _: Administrator
+) -> TestResult:
     """Send a signed `ping` event to the subscription's URL now; answers what the receiver said."""
     return await service.send_test(subscription_id)
