@@ -49,7 +49,7 @@ from potok_state.watch.hub import WatchHub
 from potok_state.webhooks.api import router as webhooks_router
 from potok_state.webhooks.delivery import DeliveryWorker
 from potok_state.webhooks.notices import SubscriptionNotices
-from potok_state.webhooks.repository import WebhookRepository
+from potok_state.webhooks.repository.subscriptions import SubscriptionRepository
 from potok_state.webhooks.sealing import SecretSeal
 from potok_state.webhooks.service import WebhookService
 
@@ -86,12 +86,14 @@ async def prepare_schema(store: SqlStateStore) -> None:
 
 def create_delivery_worker(
     settings: Settings,
-    repository: WebhookRepository,
+    store: SqlStateStore,
+    seal: SecretSeal,
     metrics: Metrics,
     notices: SubscriptionNotices | None = None,
 ) -> DeliveryWorker:
     return DeliveryWorker(
-        repository,
+        store,
+        seal,
         settings.webhooks,
         metrics,
         allow_private=settings.webhooks_allow_private_targets,
@@ -101,13 +103,12 @@ def create_delivery_worker(
     )
 
 
-def create_webhook_repository(settings: Settings, store: SqlStateStore) -> WebhookRepository:
+def create_secret_seal(settings: Settings) -> SecretSeal:
     previous = settings.webhooks.previous_secret_key
-    seal = SecretSeal(
+    return SecretSeal(
         settings.webhooks.secret_key.get_secret_value(),
         previous.get_secret_value() if previous else None,
     )
-    return WebhookRepository(store, seal)
 
 
 def create_event_publisher(settings: Settings, store: SqlStateStore) -> EventPublisher:
@@ -194,17 +195,18 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         store.commits.follow(NearCacheFollower(near), store.changes, store.head_revision)
     cache = TieredCache.from_settings(settings, metrics, floors)
     throttle = Throttle.from_settings(settings.throttle, settings.redis_global)
-    webhook_repository = create_webhook_repository(settings, store)
+    seal = create_secret_seal(settings)
     event_publisher = create_event_publisher(settings, store)
     subscription_notices = SubscriptionNotices(event_publisher, metrics)
     webhook_service = WebhookService(
-        webhook_repository,
+        store,
+        seal,
         settings.webhooks,
         allow_private=settings.webhooks_allow_private_targets,
         notices=subscription_notices,
     )
     worker = (
-        create_delivery_worker(settings, webhook_repository, metrics, subscription_notices)
+        create_delivery_worker(settings, store, seal, metrics, subscription_notices)
         if settings.webhooks.embedded_worker
         else None
     )
@@ -234,7 +236,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         await prepare_schema(store)
-        await webhook_repository.seal_stored_secrets()
+        await webhook_service.subscriptions.seal_stored_secrets()
         await store.commits.start()
         if replicator is not None:
             await replicator.start()
@@ -335,12 +337,12 @@ async def run_worker(settings: Settings) -> None:
         loop.add_signal_handler(signum, stop.set)
     try:
         await prepare_schema(store)
-        repository = create_webhook_repository(settings, store)
-        await repository.seal_stored_secrets()
+        seal = create_secret_seal(settings)
+        await SubscriptionRepository(store, seal).seal_stored_secrets()
         await store.commits.start()
         metrics = Metrics()
         notices = SubscriptionNotices(create_event_publisher(settings, store), metrics)
-        worker = create_delivery_worker(settings, repository, metrics, notices)
+        worker = create_delivery_worker(settings, store, seal, metrics, notices)
         await worker.run_until(stop)
     finally:
         await store.close()

@@ -4,7 +4,7 @@ Two loops share one process:
 * dispatch: reads the outbox after the dispatch cursor and turns each event
   into one delivery row per matching active subscription (one transaction, so
   an event is dispatched exactly once even with many workers);
-* deliver: leases due deliveries in batches (see `repository.claim_due` for
+* deliver: leases due deliveries in batches (see `repository/claims.py` for
   the ordering rule), sends each with its signatures, and records the attempts
   that finished meanwhile, and their consequences (retry with backoff,
   Retry-After, 410, the circuit breaker and the disable policy of
@@ -34,18 +34,15 @@ from potok_state.changes.payload import event_body
 from potok_state.clock import utc_now
 from potok_state.metrics import Metrics
 from potok_state.settings import WebhookSettings
+from potok_state.storage.sql import SqlStateStore
 from potok_state.webhooks.notices import SubscriptionNotices
 from potok_state.webhooks.policy import FailurePolicy
 from potok_state.webhooks.rates import DeliveryRates
-from potok_state.webhooks.repository import (
-    DISPATCH_BATCH,
-    PENDING,
-    SKIPPED,
-    SUCCEEDED,
-    AttemptResult,
-    ClaimedDelivery,
-    WebhookRepository,
-)
+from potok_state.webhooks.repository.attempts import AttemptRecorder, AttemptResult
+from potok_state.webhooks.repository.claims import ClaimedDelivery, DeliveryClaims
+from potok_state.webhooks.repository.dispatch import DISPATCH_BATCH, OutboxDispatch
+from potok_state.webhooks.repository.rows import PENDING, SKIPPED, SUCCEEDED
+from potok_state.webhooks.sealing import SecretSeal
 from potok_state.webhooks.signing import signature_headers
 from potok_state.webhooks.targets import InvalidWebhookUrl, PublicOnlyResolver, check_target_url
 
@@ -176,7 +173,8 @@ class _Finished:
 class DeliveryWorker:
     def __init__(
         self,
-        repository: WebhookRepository,
+        store: SqlStateStore,
+        seal: SecretSeal,
         settings: WebhookSettings,
         metrics: Metrics,
         *,
@@ -185,7 +183,9 @@ class DeliveryWorker:
         per_subscription: int = 16,
         notices: SubscriptionNotices | None = None,
     ) -> None:
-        self.repository = repository
+        self.dispatcher = OutboxDispatch(store)
+        self.claims = DeliveryClaims(store, seal)
+        self.attempts = AttemptRecorder(store)
         self.settings = settings
         self.metrics = metrics
         self.policy = FailurePolicy.from_settings(settings)
@@ -198,8 +198,10 @@ class DeliveryWorker:
             connections=concurrency,
         )
         self.lease = timedelta(milliseconds=settings.delivery_timeout) + LEASE_MARGIN
-        self._outbox = repository.store.commits.outbox_wakeup()
-        self._due = repository.deliveries_ready
+        self._outbox = store.commits.outbox_wakeup()
+        # Set when deliveries become due in this process; other processes hear
+        # NOTIFY on DELIVERIES_CHANNEL (repository/dispatch.py).
+        self._due = store.commits.deliveries_ready
         self._in_flight: dict[int, asyncio.Task[None]] = {}
         self._per_subscription: dict[str, int] = {}
         self._loops: list[asyncio.Task[None]] = []
@@ -254,9 +256,9 @@ class DeliveryWorker:
     async def _dispatch_loop(self) -> None:
         while not self._stopping.is_set():
             try:
-                dispatched = await self.repository.dispatch(self.attempt_limit)
+                dispatched = await self.dispatcher.dispatch(self.attempt_limit)
                 caught_up = dispatched.events < DISPATCH_BATCH
-                self.metrics.outbox_lag.set(0 if caught_up else await self.repository.outbox_lag())
+                self.metrics.outbox_lag.set(0 if caught_up else await self.dispatcher.outbox_lag())
             except Exception:
                 log.exception("webhook.dispatch.failed")
                 await asyncio.sleep(POLL_SECONDS)
@@ -288,7 +290,7 @@ class DeliveryWorker:
             claimed: list[ClaimedDelivery] = []
             if free > 0:
                 try:
-                    claimed = await self.repository.claim_due(
+                    claimed = await self.claims.claim_due(
                         limit=free,
                         lease=self.lease,
                         in_flight=self._per_subscription,
@@ -373,7 +375,7 @@ class DeliveryWorker:
                 batch = self._to_record[:RECORD_BATCH]
                 del self._to_record[:RECORD_BATCH]
                 try:
-                    recorded = await self.repository.record_attempts(
+                    recorded = await self.attempts.record_attempts(
                         [finished.result for finished in batch], self.policy
                     )
                 except Exception:

@@ -10,17 +10,28 @@ way and shows in `GET /webhooks/subscriptions/{id}`)."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import structlog
 from pydantic import JsonValue, TypeAdapter
 
 from potok_state.events.service import EventPublisher
 from potok_state.metrics import Metrics
-from potok_state.webhooks.repository import Notice
 
 log = structlog.get_logger("potok_state.webhooks")
 
 ACTOR = "system:webhooks"
 _JSON_OBJECT: TypeAdapter[dict[str, JsonValue]] = TypeAdapter(dict[str, JsonValue])
+
+
+@dataclass(frozen=True, slots=True)
+class Notice:
+    """An operational event about a subscription, published after the
+    transaction that caused it commits."""
+
+    event: str
+    subscription_id: str
+    data: dict[str, object]
 
 
 class SubscriptionNotices:

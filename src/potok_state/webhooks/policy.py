@@ -1,6 +1,6 @@
 """What a failed attempt leads to (docs/webhooks.md, "When a subscription is
-disabled" and "Circuit breaker"): pure rules, applied by the repository inside
-the transaction that records the attempt.
+disabled" and "Circuit breaker"): pure rules, applied by repository/health.py
+inside the transaction that records the attempt.
 
 Two counters, both reset by any success:
 * `failed_attempts`: attempts in a row that failed. At `circuit_failures` the

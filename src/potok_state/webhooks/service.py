@@ -17,16 +17,13 @@ from potok_state.clock import as_utc, utc_now
 from potok_state.events.service import RevisionPruned, check_kept
 from potok_state.kit.errors import Conflict, InvalidInput, NotFound
 from potok_state.settings import WebhookSettings
+from potok_state.storage.sql import SqlStateStore
 from potok_state.webhooks.delivery import WebhookSender
-from potok_state.webhooks.notices import SubscriptionNotices
-from potok_state.webhooks.repository import (
-    FAILED,
-    HEALTHY,
-    DeliveryRow,
-    Notice,
-    SubscriptionRow,
-    WebhookRepository,
-)
+from potok_state.webhooks.notices import Notice, SubscriptionNotices
+from potok_state.webhooks.repository.delivery_log import DeliveryLog
+from potok_state.webhooks.repository.health import HEALTHY
+from potok_state.webhooks.repository.rows import FAILED, DeliveryRow, SubscriptionRow
+from potok_state.webhooks.repository.subscriptions import SubscriptionRepository
 from potok_state.webhooks.schemas import (
     Attempt,
     Delivery,
@@ -41,6 +38,7 @@ from potok_state.webhooks.schemas import (
     SubscriptionPatch,
     TestResult,
 )
+from potok_state.webhooks.sealing import SecretSeal
 from potok_state.webhooks.signing import generate_secret, signature_headers
 from potok_state.webhooks.targets import check_target_url
 
@@ -74,13 +72,16 @@ class ReplayNeedsOneSource(InvalidInput):
 class WebhookService:
     def __init__(
         self,
-        repository: WebhookRepository,
+        store: SqlStateStore,
+        seal: SecretSeal,
         settings: WebhookSettings,
         *,
         allow_private: bool,
         notices: SubscriptionNotices | None = None,
     ) -> None:
-        self.repository = repository
+        self.store = store
+        self.subscriptions = SubscriptionRepository(store, seal)
+        self.delivery_log = DeliveryLog(store)
         self.settings = settings
         self.allow_private = allow_private
         self.notices = notices
@@ -95,7 +96,7 @@ class WebhookService:
         check_target_url(request.url, allow_private=self.allow_private)
         self._check_timeout(request.timeoutMs)
         secret = request.secret or generate_secret()
-        row = await self.repository.create_subscription(
+        row = await self.subscriptions.create(
             {
                 "id": "sub_" + secrets.token_hex(12),
                 "url": request.url,
@@ -111,7 +112,7 @@ class WebhookService:
         return SubscriptionCreated(**_subscription(row).model_dump(), secret=secret)
 
     async def list_subscriptions(self) -> list[Subscription]:
-        return [_subscription(row) for row in await self.repository.list_subscriptions()]
+        return [_subscription(row) for row in await self.subscriptions.list_all()]
 
     async def get_subscription(self, subscription_id: str) -> Subscription:
         return _subscription(await self._existing(subscription_id))
@@ -144,7 +145,7 @@ class WebhookService:
             values.update(active=False, disabled_reason="disabled through the API")
         if not values:
             return await self.get_subscription(subscription_id)
-        row = await self.repository.update_subscription(subscription_id, values)
+        row = await self.subscriptions.update(subscription_id, values)
         if row is None:
             raise _missing(subscription_id)
         if before is not None and before.active != row.active:
@@ -177,28 +178,26 @@ class WebhookService:
         for WEBHOOK_SECRET_GRACE, so receivers can switch without a gap."""
         secret = request.secret or generate_secret()
         until = utc_now() + timedelta(milliseconds=self.settings.secret_grace)
-        row = await self.repository.rotate_secret(subscription_id, secret, until)
+        row = await self.subscriptions.rotate_secret(subscription_id, secret, until)
         if row is None:
             raise _missing(subscription_id)
         return SecretRotated(id=row.id, secret=secret, previousSecretExpiresAt=until)
 
     async def delete_subscription(self, subscription_id: str) -> None:
-        if not await self.repository.delete_subscription(subscription_id):
+        if not await self.subscriptions.delete(subscription_id):
             raise _missing(subscription_id)
 
     async def deliveries(
         self, subscription_id: str, *, before: int | None, limit: int
     ) -> DeliveryPage:
         await self._existing(subscription_id)
-        rows = await self.repository.list_deliveries(
-            subscription_id, before=before, limit=limit + 1
-        )
+        rows = await self.delivery_log.list_for(subscription_id, before=before, limit=limit + 1)
         items = rows[:limit]
         next_cursor = items[-1].id if len(rows) > limit else None
         return DeliveryPage(items=[_delivery(row) for row in items], nextCursor=next_cursor)
 
     async def retry_delivery(self, delivery_id: int) -> Delivery:
-        existing = await self.repository.get_delivery(delivery_id)
+        existing = await self.delivery_log.get(delivery_id)
         if existing is None:
             raise DeliveryNotFound(f"No delivery {delivery_id}.")
         if existing.status != FAILED:
@@ -208,8 +207,8 @@ class WebhookService:
             )
         owner = await self._existing(existing.subscription_id)
         attempts = owner.attempt_limit(1 + self.settings.max_retries)
-        if not await self.repository.retry_delivery(delivery_id, attempts):
-            now = await self.repository.get_delivery(delivery_id)
+        if not await self.delivery_log.retry(delivery_id, attempts):
+            now = await self.delivery_log.get(delivery_id)
             if now is None or now.status != FAILED:
                 # Retried (or deleted) by someone else meanwhile.
                 return await self.retry_delivery(delivery_id)
@@ -218,7 +217,7 @@ class WebhookService:
                 "longer kept (retention); it cannot be sent again.",
                 details={"revision": existing.revision},
             )
-        updated = await self.repository.get_delivery(delivery_id)
+        updated = await self.delivery_log.get(delivery_id)
         assert updated is not None
         return _delivery(updated)
 
@@ -237,7 +236,7 @@ class WebhookService:
                     '(PATCH {"active": true}) before sending what it missed.',
                     details={"disabledReason": subscription.disabled_reason},
                 )
-            count, first, last = await self.repository.resend_skipped(
+            count, first, last = await self.delivery_log.resend_skipped(
                 subscription_id, subscription.attempt_limit(1 + self.settings.max_retries)
             )
             return ReplayResult(scheduled=count, fromRevision=first, toRevision=last)
@@ -247,7 +246,7 @@ class WebhookService:
                 "skipped while the subscription was disabled."
             )
         await self._check_kept(request)
-        scheduled, first, last = await self.repository.replay(
+        scheduled, first, last = await self.delivery_log.replay(
             subscription,
             from_revision=request.fromRevision,
             # UTC first: SQLite compares stored timestamps as text.
@@ -259,7 +258,7 @@ class WebhookService:
 
     async def _check_kept(self, request: ReplayRequest) -> None:
         """410 `revision_pruned` when part of what a replay asks for was pruned."""
-        store = self.repository.store
+        store = self.store
         if request.fromRevision is not None:
             await check_kept(store, max(request.fromRevision - 1, 0))
             return
@@ -305,7 +304,7 @@ class WebhookService:
         )
 
     async def _existing(self, subscription_id: str) -> SubscriptionRow:
-        row = await self.repository.get_subscription(subscription_id)
+        row = await self.subscriptions.get(subscription_id)
         if row is None:
             raise _missing(subscription_id)
         return row
