@@ -27,6 +27,7 @@ from potok_state.states.errors import (
     StateNotFound,
     VersionMismatch,
 )
+from potok_state.states.queries import StateFilter
 from potok_state.states.schemas import (
     ENTITY_ID_PATTERN,
     ENTITY_TYPE_PATTERN,
@@ -41,7 +42,7 @@ from potok_state.states.schemas import (
     StateView,
     UpdateStateRequest,
 )
-from potok_state.states.service import StateFilter, StateService
+from potok_state.states.service import StateService
 
 router = APIRouter(prefix="/api/v1", tags=["states"], route_class=CompiledRoute)
 

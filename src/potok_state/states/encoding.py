@@ -3,7 +3,8 @@
 Responses leave as these bytes (the routes declare the same shapes as pydantic
 models, `schemas.py`, for the OpenAPI document), and the same bytes are what
 the caches keep, so a cached state is served without decoding or validating it
-again.
+again. The codecs at the end keep a write's answer for an idempotent retry
+(changes/pipeline.py).
 """
 
 from __future__ import annotations
@@ -13,8 +14,10 @@ from dataclasses import dataclass
 from datetime import datetime
 
 import orjson
+from pydantic import BaseModel
 
 from potok_state.changes.model import HistoryRecord, StoredState
+from potok_state.changes.pipeline import ModelCodec
 from potok_state.clock import format_timestamp
 from potok_state.storage.port import ListedState
 
@@ -146,3 +149,47 @@ def history_page_json(records: Sequence[HistoryRecord], next_cursor: str | None)
 def fragment(body: bytes) -> orjson.Fragment:
     """Already-encoded JSON to embed in a larger document."""
     return orjson.Fragment(body)
+
+
+class Deleted(BaseModel):
+    entity: str
+    entityId: str
+    version: int
+    revision: int
+
+
+@dataclass(frozen=True, slots=True)
+class EncodedBatch:
+    """A batch's answer (`BatchResult` JSON) and the states it wrote."""
+
+    body: bytes
+    states: tuple[EncodedState, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class EncodedPage:
+    """A StatePage as JSON and the revision it was read at."""
+
+    body: bytes
+    revision: int
+
+
+class _StateCodec:
+    def encode(self, outcome: EncodedState) -> bytes:
+        return outcome.body
+
+    def decode(self, data: bytes) -> EncodedState:
+        return EncodedState.from_json(data)
+
+
+class _BatchCodec:
+    def encode(self, outcome: EncodedBatch) -> bytes:
+        return outcome.body
+
+    def decode(self, data: bytes) -> EncodedBatch:
+        return EncodedBatch(data)
+
+
+STATE_CODEC = _StateCodec()
+BATCH_CODEC = _BatchCodec()
+DELETED_CODEC = ModelCodec(Deleted)

@@ -1,38 +1,47 @@
-"""State rules: validated transitions, versions, batch, queries (docs/data-model.md).
+"""The States service: writes, batches, lease lapses, and reads through the
+caches (docs/data-model.md).
 
-Every change is a pure decision over the current states, applied by the store
-in one transaction (see `storage.port`). Nothing here knows about HTTP.
+Every change is a pure decision over the current states (the rules are in
+states/transitions.py), applied by the store in one transaction (see
+`storage.port`); after commit the fresh bodies go to the caches. Queries are
+checked in states/queries.py, cursors made in states/cursors.py. Nothing here
+knows about HTTP.
 """
 
 from __future__ import annotations
 
 import asyncio
-import base64
-import binascii
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from datetime import datetime
 
 import orjson
-from pydantic import BaseModel
 
-from potok_state.cache import StateWrite, TieredCache, list_fingerprint
+from potok_state.cache import StateWrite, TieredCache
 from potok_state.cache.floors import RevisionFloors, state_key
 from potok_state.cache.near import NearCache, NearEntry
 from potok_state.changes.model import (
     AppliedChange,
     Decide,
     EventType,
-    JsonObject,
     Mutation,
     StateChange,
     StoredState,
 )
-from potok_state.changes.pipeline import Applied, IdempotencyKey, ModelCodec, apply_change
-from potok_state.clock import as_utc
+from potok_state.changes.pipeline import Applied, IdempotencyKey, apply_change
 from potok_state.kit.errors import ServiceError
 from potok_state.metrics import Metrics
+from potok_state.states.cursors import (
+    decode_revision_cursor,
+    encode_revision_cursor,
+    encode_state_cursor,
+)
 from potok_state.states.encoding import (
+    BATCH_CODEC,
+    DELETED_CODEC,
+    STATE_CODEC,
+    Deleted,
+    EncodedBatch,
+    EncodedPage,
     EncodedState,
     fragment,
     history_page_json,
@@ -44,17 +53,14 @@ from potok_state.states.errors import (
     BatchRejected,
     EmptyUpdate,
     InvalidMetadata,
-    InvalidQuery,
-    InvalidTransition,
     MachineNotFound,
     MetadataTooLarge,
-    ReservedId,
     StateNotFound,
     UnknownEntityType,
-    UnknownStatus,
-    VersionMismatch,
 )
 from potok_state.states.machines import DELETE, MachineRegistry, StateMachine
+from potok_state.states.merge_patch import merge_patch
+from potok_state.states.queries import StateFilter, query_fingerprint, store_query
 from potok_state.states.schemas import (
     BatchRequest,
     ItemError,
@@ -64,82 +70,21 @@ from potok_state.states.schemas import (
     StateMachineView,
     UpdateStateRequest,
 )
+from potok_state.states.transitions import (
+    LEASE_ACTOR,
+    check_version,
+    lapse,
+    preview,
+    transition,
+)
 from potok_state.storage.port import (
     DueLeases,
-    ListedState,
     Renewal,
-    SortField,
-    StateQuery,
     StateStore,
 )
 
-MAX_METADATA_FILTERS = 20
-MAX_STATUS_FILTERS = 64
-METADATA_KEY_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_-")
-
-
-class Deleted(BaseModel):
-    entity: str
-    entityId: str
-    version: int
-    revision: int
-
-
-@dataclass(frozen=True, slots=True)
-class EncodedBatch:
-    """A batch's answer (`BatchResult` JSON) and the states it wrote."""
-
-    body: bytes
-    states: tuple[EncodedState, ...] = ()
-
-
-@dataclass(frozen=True, slots=True)
-class EncodedPage:
-    """A StatePage as JSON and the revision it was read at."""
-
-    body: bytes
-    revision: int
-
-
-class _StateCodec:
-    def encode(self, outcome: EncodedState) -> bytes:
-        return outcome.body
-
-    def decode(self, data: bytes) -> EncodedState:
-        return EncodedState.from_json(data)
-
-
-class _BatchCodec:
-    def encode(self, outcome: EncodedBatch) -> bytes:
-        return outcome.body
-
-    def decode(self, data: bytes) -> EncodedBatch:
-        return EncodedBatch(data)
-
-
-STATE_CODEC = _StateCodec()
-BATCH_CODEC = _BatchCodec()
-DELETED_CODEC = ModelCodec(Deleted)
-
-
-LEASE_ACTOR = "system:lease"
-LEASE_REASON = "lease expired"
 # Lapsed leases of one type expired per change set (one transaction).
 LEASE_EXPIRY_CHUNK = 250
-
-RESERVED_IDS = frozenset({"watch"})
-"""Ids a state may not have: they name routes under /states/{entity}/."""
-
-
-@dataclass(frozen=True, slots=True)
-class StateFilter:
-    statuses: tuple[str, ...] = ()
-    metadata_equals: Mapping[str, str] | None = None
-    updated_after: datetime | None = None
-    updated_before: datetime | None = None
-    sort: str = "-updatedAt"
-    limit: int = 50
-    cursor: str | None = None
 
 
 class StateService:
@@ -181,7 +126,8 @@ class StateService:
 
         def decide(current: Mapping[str, StoredState]) -> list[Mutation]:
             return [
-                self._transition(
+                transition(
+                    self.machines.get(entity),
                     entity,
                     request.entityId,
                     current.get(request.entityId),
@@ -217,13 +163,14 @@ class StateService:
             existing = current.get(entity_id)
             if existing is None:
                 raise StateNotFound(f"No {entity} with id {entity_id!r}.")
-            _check_version(existing, expected_version)
+            check_version(existing, expected_version)
             metadata = request.metadata
             if metadata is not None and merge:
                 metadata = merge_patch(existing.metadata, metadata)
                 self._check_metadata_size(metadata)
             return [
-                self._transition(
+                transition(
+                    self.machines.get(entity),
                     entity,
                     entity_id,
                     existing,
@@ -251,7 +198,7 @@ class StateService:
             existing = current.get(entity_id)
             if existing is None:
                 raise StateNotFound(f"No {entity} with id {entity_id!r}.")
-            _check_version(existing, expected_version)
+            check_version(existing, expected_version)
             return [
                 StateChange(
                     entity=entity,
@@ -320,8 +267,9 @@ class StateService:
                     if item.expectedVersion is not None:
                         if existing is None:
                             raise StateNotFound(f"No {entity} with id {item.entityId!r}.")
-                        _check_version(existing, item.expectedVersion)
-                    change = self._transition(
+                        check_version(existing, item.expectedVersion)
+                    change = transition(
+                        self.machines.get(entity),
                         entity,
                         item.entityId,
                         existing,
@@ -336,7 +284,7 @@ class StateService:
                     continue
                 succeeded.append(index)
                 mutations.append(change)
-                working[item.entityId] = _preview(change, existing)
+                working[item.entityId] = preview(change, existing)
             if failures and batch.atomic:
                 raise _batch_failure(batch, failures)
             return mutations
@@ -448,13 +396,13 @@ class StateService:
                 if state is None or state.lease_expires_at is None or state.lease_expires_at > now:
                     continue  # gone, renewed by a write, or expired by another process
                 if target is None:
-                    mutations.append(_lapse(state, None, EventType.DELETED))
+                    mutations.append(lapse(state, None, EventType.DELETED))
                 elif state.status == target or (
                     machine is not None and not machine.allows(state.status, target)
                 ):
                     settled.append((entity_id, state.version))
                 else:
-                    mutations.append(_lapse(state, target, EventType.UPDATED))
+                    mutations.append(lapse(state, target, EventType.UPDATED))
             return mutations
 
         applied = await apply_change(
@@ -548,84 +496,6 @@ class StateService:
                 ]
             )
 
-    def _transition(
-        self,
-        entity: str,
-        entity_id: str,
-        existing: StoredState | None,
-        *,
-        status: str,
-        metadata: JsonObject | None,
-        reason: str | None,
-        actor: str,
-        ttl: int | None = None,
-    ) -> StateChange:
-        machine = self.machines.get(entity)
-        if ttl is not None:  # 0 drops the lease
-            lease_ttl = ttl or None
-        elif existing is not None:  # a write renews the lease the state holds
-            lease_ttl = existing.lease_ttl
-        else:
-            lease_ttl = machine.lease.ttl if machine is not None and machine.lease else None
-        if machine is not None and status not in machine.statuses:
-            raise UnknownStatus(
-                f"{status!r} is not a status of {entity}.",
-                details={"status": status, "statuses": list(machine.statuses)},
-            )
-        if existing is None:
-            if entity_id in RESERVED_IDS:
-                raise ReservedId(
-                    f"{entity_id!r} cannot be an entity id: GET /states/{entity}/{entity_id} "
-                    "is a route of its own.",
-                    details={"entityId": entity_id},
-                )
-            if machine is not None and not machine.allows_initial(status):
-                raise InvalidTransition(
-                    f"A new {entity} cannot start as {status!r}.",
-                    details={
-                        "entity": entity,
-                        "entityId": entity_id,
-                        "currentStatus": None,
-                        "requestedStatus": status,
-                        "allowed": list(machine.initial),
-                    },
-                )
-            return StateChange(
-                entity=entity,
-                entity_id=entity_id,
-                event=EventType.CREATED,
-                status=status,
-                previous_status=None,
-                metadata=metadata if metadata is not None else {},
-                version=1,
-                reason=reason,
-                actor=actor,
-                lease_ttl=lease_ttl,
-            )
-        if machine is not None and not machine.allows(existing.status, status):
-            raise InvalidTransition(
-                f"{entity} {entity_id!r} cannot go from {existing.status!r} to {status!r}.",
-                details={
-                    "entity": entity,
-                    "entityId": entity_id,
-                    "currentStatus": existing.status,
-                    "requestedStatus": status,
-                    "allowed": list(machine.allowed_from(existing.status)),
-                },
-            )
-        return StateChange(
-            entity=entity,
-            entity_id=entity_id,
-            event=EventType.UPDATED,
-            status=status,
-            previous_status=existing.status,
-            metadata=metadata if metadata is not None else existing.metadata,
-            version=existing.version + 1,
-            reason=reason,
-            actor=actor,
-            lease_ttl=lease_ttl,
-        )
-
     def _check_entity_type(self, entity: str) -> None:
         if self.machines.strict and self.machines.get(entity) is None:
             raise UnknownEntityType(
@@ -695,58 +565,18 @@ class StateService:
         return EncodedState.of(state)
 
     async def query_states(self, entity: str, query: StateFilter) -> EncodedPage:
-        descending = query.sort.startswith("-")
-        try:
-            sort = SortField(query.sort.removeprefix("-"))
-        except ValueError:
-            raise InvalidQuery(
-                f"Cannot sort by {query.sort!r}.",
-                details={"sortable": [f"{s.value}" for s in SortField]},
-            ) from None
-        if len(query.metadata_equals or {}) > MAX_METADATA_FILTERS:
-            raise InvalidQuery(
-                f"At most {MAX_METADATA_FILTERS} metadata.<key> filters per query.",
-                details={"limit": MAX_METADATA_FILTERS},
-            )
-        if len(query.statuses) > MAX_STATUS_FILTERS:
-            raise InvalidQuery(
-                f"At most {MAX_STATUS_FILTERS} status filters per query.",
-                details={"limit": MAX_STATUS_FILTERS},
-            )
-        metadata_equals: dict[str, tuple[str, ...]] = {}
-        for key, value in (query.metadata_equals or {}).items():
-            if not key or len(key) > 64 or not set(key) <= METADATA_KEY_CHARS:
-                raise InvalidQuery(
-                    f"metadata.{key} is not a filter: keys are 1-64 of [A-Za-z0-9_-].",
-                    details={"key": key},
-                )
-            metadata_equals[key] = _json_text_candidates(value)
-        after_key = None
-        if query.cursor is not None:
-            after_key = _decode_state_cursor(query.cursor, query.sort)
+        state_query = store_query(entity, query)
         lookup = None
         if self.cache is not None:
-            lookup = await self.cache.get_list(entity, _query_fingerprint(query))
+            lookup = await self.cache.get_list(entity, query_fingerprint(query))
             if lookup is not None and lookup.body is not None:
                 return EncodedPage(lookup.body, lookup.revision)
-        listed = await self.store.query_states(
-            StateQuery(
-                entity=entity,
-                statuses=query.statuses,
-                metadata_equals=metadata_equals,
-                updated_after=query.updated_after,
-                updated_before=query.updated_before,
-                sort=sort,
-                descending=descending,
-                after_key=after_key,
-                limit=query.limit + 1,
-            )
-        )
+        listed = await self.store.query_states(state_query)
         rows = listed.states
         items = rows[: query.limit]
         next_cursor = None
         if len(rows) > query.limit:
-            next_cursor = _encode_state_cursor(items[-1], sort, query.sort)
+            next_cursor = encode_state_cursor(items[-1], state_query.sort, query.sort)
         page = EncodedPage(state_page_json(items, next_cursor), listed.revision)
         if self.cache is not None and lookup is not None:
             await self.cache.fill_list(lookup, page.body, page.revision)
@@ -755,7 +585,7 @@ class StateService:
     async def history(
         self, entity: str, entity_id: str, *, limit: int, cursor: str | None
     ) -> bytes:
-        after = _decode_revision_cursor(cursor) if cursor else 0
+        after = decode_revision_cursor(cursor) if cursor else 0
         records = await self.store.history(entity, entity_id, after, limit + 1)
         if not records and cursor is None and await self.store.get_state(entity, entity_id) is None:
             # A state that exists answers its history, empty once HISTORY_RETENTION
@@ -763,7 +593,7 @@ class StateService:
             # history pruned) is not found.
             raise StateNotFound(f"No {entity} with id {entity_id!r} has any history.")
         items = records[:limit]
-        next_cursor = _encode_revision_cursor(items[-1].revision) if len(records) > limit else None
+        next_cursor = encode_revision_cursor(items[-1].revision) if len(records) > limit else None
         return history_page_json(items, next_cursor)
 
     def state_machines(self) -> list[StateMachineView]:
@@ -778,81 +608,10 @@ class StateService:
         return _machine_view(machine)
 
 
-def _query_fingerprint(query: StateFilter) -> str:
-    """Equal for queries that mean the same (status order and repeats do not matter)."""
-    return list_fingerprint(
-        [
-            sorted(set(query.statuses)),
-            sorted((query.metadata_equals or {}).items()),
-            query.updated_after.isoformat() if query.updated_after else None,
-            query.updated_before.isoformat() if query.updated_before else None,
-            query.sort,
-            query.limit,
-            query.cursor,
-        ]
-    )
-
-
 def _state_of_single_change(applied: Sequence[AppliedChange]) -> EncodedState:
     state = applied[0].state
     assert state is not None
     return EncodedState.of(state)
-
-
-def merge_patch(target: JsonObject, patch: JsonObject) -> JsonObject:
-    """RFC 7396 JSON merge patch: objects merge recursively, null removes a key."""
-    merged = dict(target)
-    for key, value in patch.items():
-        if value is None:
-            merged.pop(key, None)
-        elif isinstance(value, dict) and isinstance(merged.get(key), dict):
-            base = merged[key]
-            assert isinstance(base, dict)
-            merged[key] = merge_patch(base, value)
-        else:
-            merged[key] = value
-    return merged
-
-
-def _check_version(existing: StoredState, expected: int | None) -> None:
-    if expected is not None and existing.version != expected:
-        raise VersionMismatch(
-            f"{existing.entity} {existing.entity_id!r} is at version {existing.version}, "
-            f"not {expected}.",
-            details={"currentVersion": existing.version, "expectedVersion": expected},
-        )
-
-
-def _lapse(state: StoredState, status: str | None, event: EventType) -> StateChange:
-    return StateChange(
-        entity=state.entity,
-        entity_id=state.entity_id,
-        event=event,
-        status=status,
-        previous_status=state.status,
-        metadata=state.metadata,
-        version=state.version + 1,
-        reason=LEASE_REASON,
-        actor=LEASE_ACTOR,
-    )
-
-
-def _preview(change: StateChange, existing: StoredState | None) -> StoredState:
-    """The state a batch item leaves behind, so a later item for the same id is
-    validated against it. Only status, metadata and version are read from it;
-    the store stamps revisions and times when it writes."""
-    assert change.status is not None
-    return StoredState(
-        entity=change.entity,
-        entity_id=change.entity_id,
-        status=change.status,
-        metadata=change.metadata,
-        version=change.version,
-        revision=existing.revision if existing else 0,
-        created_at=existing.created_at if existing else datetime.min,
-        updated_at=existing.updated_at if existing else datetime.min,
-        lease_ttl=change.lease_ttl,
-    )
 
 
 def _item_error(error: ServiceError) -> ItemError:
@@ -876,88 +635,6 @@ def _batch_failure(batch: BatchRequest, failures: Mapping[int, ServiceError]) ->
         f"{len(failures)} of {len(batch.items)} items failed; nothing was written.",
         details={"failures": listed},  # type: ignore[dict-item]
     )
-
-
-def _json_text_candidates(value: str) -> tuple[str, ...]:
-    """A query value matches a metadata string equal to it, or a number, boolean
-    or null whose JSON text it is (`?metadata.retries=3` matches 3 and "3")."""
-    candidates = [orjson.dumps(value).decode()]
-    try:
-        parsed = orjson.loads(value)
-    except orjson.JSONDecodeError:
-        return tuple(candidates)
-    if parsed is None or isinstance(parsed, bool | int | float):
-        candidates.append(value)
-    return tuple(candidates)
-
-
-def _b64(data: bytes) -> str:
-    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
-
-
-def _unb64(text: str) -> bytes:
-    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
-
-
-def _encode_state_cursor(state: ListedState, sort: SortField, sort_spec: str) -> str:
-    value: str | int
-    match sort:
-        case SortField.ENTITY_ID:
-            value = state.entity_id
-        case SortField.CREATED_AT:
-            value = state.created_at
-        case SortField.UPDATED_AT:
-            value = state.revision
-        case SortField.STATUS:
-            value = state.status
-        case SortField.VERSION:
-            value = state.version
-    return _b64(orjson.dumps([sort_spec, value, state.entity_id]))
-
-
-def _decode_state_cursor(cursor: str, sort_spec: str) -> tuple[str | int | datetime, str]:
-    try:
-        spec, value, entity_id = orjson.loads(_unb64(cursor))
-        if spec != sort_spec:
-            raise InvalidQuery(
-                "This cursor belongs to a query with another sort order.",
-                details={"cursorSort": str(spec), "sort": sort_spec},
-            )
-        if not isinstance(entity_id, str) or "\x00" in entity_id:
-            raise ValueError(cursor)
-        # The value is bound against the sort column, so its type and range must
-        # fit that column: a mismatch is bad input, not a database error.
-        match SortField(sort_spec.removeprefix("-")):
-            case SortField.UPDATED_AT | SortField.VERSION as field:
-                limit = 2**63 if field is SortField.UPDATED_AT else 2**31
-                if type(value) is not int or not 0 <= value < limit:
-                    raise ValueError(cursor)
-                return value, entity_id
-            case SortField.CREATED_AT:
-                if not isinstance(value, str):
-                    raise ValueError(cursor)
-                return as_utc(datetime.fromisoformat(value)), entity_id
-            case _:
-                if not isinstance(value, str) or "\x00" in value:
-                    raise ValueError(cursor)
-                return value, entity_id
-    except (ValueError, TypeError, binascii.Error, orjson.JSONDecodeError):
-        raise InvalidQuery("The cursor is not valid.", details={"cursor": cursor}) from None
-
-
-def _encode_revision_cursor(revision: int) -> str:
-    return _b64(str(revision).encode())
-
-
-def _decode_revision_cursor(cursor: str) -> int:
-    try:
-        revision = int(_unb64(cursor).decode())
-    except (ValueError, UnicodeDecodeError, binascii.Error):
-        raise InvalidQuery("The cursor is not valid.", details={"cursor": cursor}) from None
-    # Revisions are BIGINT; a larger number would fail in the driver, not here.
-    if not 0 <= revision < 2**63:
-        raise InvalidQuery("The cursor is not valid.", details={"cursor": cursor})
-    return revision
 
 
 def _machine_view(machine: StateMachine) -> StateMachineView:
