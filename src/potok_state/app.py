@@ -16,6 +16,7 @@ from starlette.middleware.gzip import GZipMiddleware
 from potok_state.cache import TieredCache
 from potok_state.cache.floors import RevisionFloors
 from potok_state.cache.near import NearCache, NearCacheFollower
+from potok_state.clock import utc_now
 from potok_state.events.api import router as events_router
 from potok_state.events.retention import Pruner
 from potok_state.events.service import ChangeFeed, EventPublisher
@@ -44,6 +45,9 @@ from potok_state.states.machines import load_machines
 from potok_state.states.service import StateService
 from potok_state.storage.migrate import head_revision, schema_revision, upgrade_to_head
 from potok_state.storage.sql import SqlStateStore
+from potok_state.stream.position import read_backlog
+from potok_state.stream.position import report as stream_report
+from potok_state.stream.publisher import StreamMetrics, StreamPublisher
 from potok_state.watch.api import router as watch_router
 from potok_state.watch.hub import WatchHub
 from potok_state.webhooks.api import router as webhooks_router
@@ -148,6 +152,38 @@ def create_replicator(settings: Settings, store: SqlStateStore, metrics: Metrics
     )
 
 
+def create_stream_publisher(
+    settings: Settings, store: SqlStateStore, metrics: Metrics
+) -> StreamPublisher | None:
+    """The event stream (docs/stream.md): every `serve` process is a candidate,
+    the one holding the lease publishes."""
+    if not settings.nats.enabled:
+        return None
+    return StreamPublisher(
+        store,
+        settings.nats,
+        StreamMetrics(metrics.registry),
+        # On SQLite other processes' commits are not heard: look as often as watch does.
+        poll_seconds=WATCH_POLL_SECONDS["sqlite" if settings.is_sqlite else "postgresql"],
+    )
+
+
+async def stream_position(settings: Settings) -> dict[str, object]:
+    """`potok-state stream`: the publisher's position and lease, from the database."""
+    store = SqlStateStore(settings.database_url, pool_size=1)
+    try:
+        await prepare_schema(store)
+        backlog = await store.db.read(read_backlog)
+    finally:
+        await store.close()
+    return {
+        "enabled": settings.nats.enabled,
+        "stream": settings.nats.stream,
+        "subjectPrefix": settings.nats.subject_prefix,
+        **stream_report(backlog, utc_now()),
+    }
+
+
 async def rebuild_external_journal(settings: Settings) -> Rebuilt:
     """`potok-state rebuild-journal`: an empty journal filled from the Admin
     Service (docs/external.md, "When the journal is lost")."""
@@ -222,7 +258,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         metrics=metrics,
     )
     reaper = LeaseReaper(store, state_service)
-    pruner = Pruner(store, settings.retention, idempotency_ttl=settings.idempotency_ttl)
+    stream_publisher = create_stream_publisher(settings, store, metrics)
+    pruner = Pruner(
+        store,
+        settings.retention,
+        idempotency_ttl=settings.idempotency_ttl,
+        keep_unpublished=stream_publisher is not None,
+    )
     watch_hub = WatchHub(
         store,
         store.commits.outbox_wakeup(),
@@ -240,6 +282,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         await store.commits.start()
         if replicator is not None:
             await replicator.start()
+        if stream_publisher is not None:
+            await stream_publisher.start()
         on_exit_signal(watch_hub.close)
         if cache is not None:
             await cache.start()
@@ -257,6 +301,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             if worker is not None:
                 await worker.stop()
             await webhook_service.close()
+            if stream_publisher is not None:
+                await stream_publisher.stop()
             if replicator is not None:
                 await replicator.stop()
             await throttle.close()
@@ -289,7 +335,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.delivery_worker = worker
     app.state.cache = cache
     app.state.health_service = HealthService(
-        store, version=VERSION, cache=cache, external=replicator
+        store, version=VERSION, cache=cache, external=replicator, stream=stream_publisher
     )
 
     install_error_handlers(app)

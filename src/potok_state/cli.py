@@ -1,4 +1,4 @@
-"""`potok-state serve | worker | migrate | rebuild-journal | config`, and the client verbs
+"""`potok-state serve | worker | migrate | rebuild-journal | stream | config`, and the client verbs
 `states …` and `webhooks …` (potok_state/client/commands.py).
 
 The server's modules are imported inside the commands that need them, so the client
@@ -148,6 +148,18 @@ def rebuild_journal(_: argparse.Namespace) -> None:
     )
 
 
+def stream(_: argparse.Namespace) -> None:
+    """The event stream publisher's position, lease and backlog (docs/stream.md)."""
+    settings = _load_settings()
+    from potok_state.app import SchemaNotCurrent, stream_position
+
+    try:
+        report = asyncio.run(stream_position(settings))
+    except SchemaNotCurrent as exc:
+        sys.exit(f"potok-state: {exc}")
+    print(json.dumps(report, indent=2))
+
+
 def _safe_url(url: str) -> str:
     from sqlalchemy.engine import make_url
 
@@ -250,6 +262,9 @@ def main(argv: list[str] | None = None) -> None:
         "rebuild-journal",
         help="external backend: fill an empty journal from the Admin Service (after losing it)",
     ).set_defaults(handler=rebuild_journal)
+    commands.add_parser(
+        "stream", help="show the NATS JetStream publisher's position, lease and backlog"
+    ).set_defaults(handler=stream)
     config_cmd = commands.add_parser(
         "config", help="print the effective settings and their sources, secrets masked"
     )

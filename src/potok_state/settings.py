@@ -278,6 +278,61 @@ class ExternalDbSettings(BaseSettings):
     )
 
 
+class NatsSettings(BaseSettings):
+    """The event stream in NATS JetStream (docs/stream.md); off while `NATS_URL` is empty."""
+
+    model_config = _config("NATS_")
+
+    url: str | None = Field(
+        None,
+        description="NATS server URL(s), comma-separated (`nats://host:4222`, `tls://…`); "
+        "empty: the event stream is off.",
+    )
+    stream: str = Field(
+        "POTOK",
+        pattern=r"^[A-Za-z0-9_-]{1,64}$",
+        description="JetStream stream the events go to; created at start when missing.",
+    )
+    subject_prefix: str = Field(
+        "potok",
+        pattern=r"^[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*$",
+        description="First subject token(s): events go to `{prefix}.{event}.{entity}` and "
+        "`{prefix}.{event}`.",
+    )
+    stream_replicas: int = Field(
+        1,
+        ge=1,
+        le=5,
+        description="Replicas of the stream when the service creates it (3 on a NATS cluster).",
+    )
+    duplicate_window: int = Field(
+        120_000,
+        ge=1_000,
+        description="JetStream de-duplication window of a stream the service creates, ms.",
+    )
+    publish_timeout: int = Field(
+        5_000, ge=100, description="How long the publisher waits for JetStream's ack, ms."
+    )
+    user: str | None = Field(None, description="NATS user name (with NATS_PASSWORD).")
+    password: SecretStr | None = Field(None, description="NATS password.")
+    token: SecretStr | None = Field(None, description="NATS authentication token.")
+    creds_file: str | None = Field(
+        None, description="NATS credentials file (JWT and NKey seed, as `nsc` writes it)."
+    )
+    nkey_seed_file: str | None = Field(None, description="File holding an NKey seed.")
+    tls_ca_file: str | None = Field(
+        None, description="CA bundle to verify the NATS server with (turns TLS on)."
+    )
+    tls_cert_file: str | None = Field(
+        None, description="Client certificate for mutual TLS (with NATS_TLS_KEY_FILE)."
+    )
+    tls_key_file: str | None = Field(None, description="Private key of NATS_TLS_CERT_FILE.")
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.url and self.url.strip())
+
+
 class Settings(BaseSettings):
     model_config = _config()
 
@@ -347,6 +402,7 @@ class Settings(BaseSettings):
     redis_global: RedisGlobalSettings = Field(default_factory=RedisGlobalSettings)
     throttle: ThrottleSettings = Field(default_factory=ThrottleSettings)
     external_db: ExternalDbSettings = Field(default_factory=ExternalDbSettings)
+    nats: NatsSettings = Field(default_factory=NatsSettings)
 
     @model_validator(mode="after")
     def _api_keys_parse(self) -> Settings:

@@ -9,7 +9,8 @@ longer needed:
 * change feed events (the outbox) older than RETENTION_OUTBOX_TTL, as a prefix
   only, so the feed never has holes: never an event the dispatcher has not
   turned into deliveries yet, nor one a pending delivery of an active
-  subscription still has to send;
+  subscription still has to send, nor, while the event stream is on, one the
+  stream publisher has not published yet (docs/stream.md);
   revisions below the oldest kept one answer 410 `revision_pruned`;
 * idempotency records older than IDEMPOTENCY_TTL (they replay nothing any more);
 * history older than HISTORY_RETENTION, only when it is set (and, with the
@@ -57,9 +58,15 @@ class Pruned:
 
 class Pruner:
     def __init__(
-        self, store: SqlStateStore, settings: RetentionSettings, *, idempotency_ttl: int
+        self,
+        store: SqlStateStore,
+        settings: RetentionSettings,
+        *,
+        idempotency_ttl: int,
+        keep_unpublished: bool = False,
     ) -> None:
         self.db = store.db
+        self.keep_unpublished = keep_unpublished
         self.dialect = store.dialect
         self.settings = settings
         self.idempotency_ttl = idempotency_ttl
@@ -182,6 +189,9 @@ class Pruner:
                 int(bounds[1]) if bounds[1] is not None else dispatched + 1,
                 int(bounds[2]) + 1 if bounds[2] is not None else dispatched + 1,
             )
+            if self.keep_unpublished:
+                published = await tx.fetchval("SELECT revision FROM stream_publisher WHERE id = 1")
+                keep_below = min(keep_below, int(published or 0) + 1)
             deleted = await tx.execute(
                 "DELETE FROM outbox WHERE revision IN (SELECT revision FROM outbox "
                 "WHERE revision < $1 ORDER BY revision LIMIT $2)",

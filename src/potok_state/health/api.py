@@ -6,6 +6,7 @@ from fastapi import APIRouter, Depends, Request, Response
 from pydantic import BaseModel, ConfigDict, Field
 
 from potok_state.health.service import HealthService
+from potok_state.stream.publisher import StreamState
 
 router = APIRouter(tags=["health"])
 
@@ -25,6 +26,27 @@ class DependencyHealth(BaseModel):
     )
 
 
+class StreamHealth(BaseModel):
+    """The event stream in NATS JetStream (docs/stream.md)."""
+
+    status: Literal["ok", "degraded", "disabled"] = Field(
+        description='"disabled" while NATS_URL is empty; "degraded" while events wait to be '
+        "published for long (NATS unreachable, no publisher) or publishing fails."
+    )
+    stream: str | None = Field(None, description="The JetStream stream (NATS_STREAM).")
+    revision: int | None = Field(None, description="Every event up to it is in the stream.")
+    backlog: int | None = Field(None, description="Revisions not yet in the stream.")
+    lagSeconds: float | None = Field(
+        None, description="Age of the oldest event not yet in the stream (0: none)."
+    )
+    publisher: str | None = Field(
+        None, description="The process publishing (host:pid:id); null: none holds the lease."
+    )
+    error: str | None = Field(
+        None, description="Why publishing failed last, when this process is the publisher."
+    )
+
+
 class Health(BaseModel):
     model_config = ConfigDict(
         json_schema_extra={
@@ -38,6 +60,15 @@ class Health(BaseModel):
                         "redisLocal": {"status": "up", "latencyMs": 0.18},
                         "redisGlobal": {"status": "up", "latencyMs": 0.42},
                     },
+                    "stream": {
+                        "status": "ok",
+                        "stream": "POTOK",
+                        "revision": 1842,
+                        "backlog": 0,
+                        "lagSeconds": 0.0,
+                        "publisher": "api-7f3a:1:5c0e2b1d",
+                        "error": None,
+                    },
                 }
             ]
         }
@@ -47,6 +78,10 @@ class Health(BaseModel):
     version: str
     uptimeSeconds: float
     checks: dict[str, DependencyHealth]
+    stream: StreamHealth = Field(
+        default_factory=lambda: StreamHealth(status="disabled"),
+        description="The event stream in NATS JetStream; never makes the service unready.",
+    )
 
 
 class Liveness(BaseModel):
@@ -87,10 +122,12 @@ async def health(service: Service, response: Response) -> Health:
     """Every configured dependency with its state and latency; `status` is `ok`, `degraded` (a
     cache tier or the Admin Service down) or `down` (storage down, or the Admin Service down
     with its backlog full: 503). With the external backend, `externalDb` also shows the backlog
-    and the age of the oldest change not yet in the Admin Service."""
+    and the age of the oldest change not yet in the Admin Service. `stream` shows the event
+    stream in NATS JetStream: `disabled`, `ok`, or `degraded` (events waiting) with its backlog."""
     storage = await service.check_storage()
     caches = await service.check_cache()
     external = await service.check_external()
+    stream = await service.check_stream()
     checks = {
         check.name: DependencyHealth(
             status="up" if check.up else "down", latencyMs=check.latency_ms, error=check.error
@@ -112,13 +149,28 @@ async def health(service: Service, response: Response) -> Health:
     overall: Literal["ok", "degraded", "down"] = "ok"
     if down:
         overall = "down"
-    elif not all(check.up for check in caches) or (external is not None and not external.check.up):
+    elif (
+        not all(check.up for check in caches)
+        or (external is not None and not external.check.up)
+        or (stream is not None and stream.state is StreamState.DEGRADED)
+    ):
         overall = "degraded"
     return Health(
         status=overall,
         version=service.version,
         uptimeSeconds=service.uptime_seconds(),
         checks=checks,
+        stream=StreamHealth(status="disabled")
+        if stream is None
+        else StreamHealth(
+            status=stream.state.value,
+            stream=stream.stream,
+            revision=stream.revision,
+            backlog=stream.backlog,
+            lagSeconds=stream.lag_seconds,
+            publisher=stream.publisher,
+            error=stream.error,
+        ),
     )
 
 

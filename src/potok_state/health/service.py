@@ -13,6 +13,7 @@ from potok_state.external.replicator import Replicator, SyncStatus
 from potok_state.storage.port import (
     StateStore,
 )
+from potok_state.stream.publisher import StreamPublisher, StreamState, StreamStatus
 
 CHECK_TIMEOUT_SECONDS = 2.0
 
@@ -46,11 +47,13 @@ class HealthService:
         version: str,
         cache: TieredCache | None = None,
         external: Replicator | None = None,
+        stream: StreamPublisher | None = None,
     ) -> None:
         self.store = store
         self.version = version
         self.cache = cache
         self.external = external
+        self.stream = stream
         self.started = time.monotonic()
 
     async def check_storage(self) -> Check:
@@ -79,6 +82,25 @@ class HealthService:
         with contextlib.suppress(Exception):  # the storage check reports the database
             await self.external.measure()
         return ExternalCheck(check, self.external.status())
+
+    async def check_stream(self) -> StreamStatus | None:
+        """The event stream's publisher against the outbox (docs/stream.md); None
+        when NATS_URL is not set, or when the database cannot tell (the storage
+        check reports that)."""
+        if self.stream is None:
+            return None
+        try:
+            return await asyncio.wait_for(self.stream.status(), CHECK_TIMEOUT_SECONDS)
+        except Exception as exc:
+            return StreamStatus(
+                state=StreamState.DEGRADED,
+                stream=self.stream.settings.stream,
+                revision=0,
+                backlog=0,
+                lag_seconds=0.0,
+                publisher=None,
+                error=f"{type(exc).__name__}: {exc}"[:300],
+            )
 
     def uptime_seconds(self) -> float:
         return round(time.monotonic() - self.started, 3)

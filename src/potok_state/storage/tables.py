@@ -220,3 +220,17 @@ external_sync = Table(
     Column("holder", String(64)),
     Column("held_until", Timestamp),
 )
+
+# One row, written by the event stream's publisher (docs/stream.md): every
+# outbox event up to `revision` is in the JetStream stream, the last of them at
+# `stream_sequence`; `holder` is the process publishing until `held_until`.
+stream_publisher = Table(
+    "stream_publisher",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=False),
+    Column("revision", BigInteger, nullable=False),
+    Column("stream_sequence", BigInteger),
+    Column("published_at", Timestamp),
+    Column("holder", String(64)),
+    Column("held_until", Timestamp),
+)

@@ -1,0 +1,1 @@
+"""The event stream: every outbox event published to NATS JetStream (docs/stream.md)."""
