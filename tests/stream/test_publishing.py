@@ -65,7 +65,7 @@ async def test_every_change_and_custom_event_is_one_message_in_revision_order(
         async def drained() -> bool:
             stream = (await health(client))["stream"]
             assert isinstance(stream, dict)
-            return stream["backlog"] == 0 and stream["status"] == "ok"
+            return bool(stream["backlog"] == 0 and stream["status"] == "ok")
 
         await eventually(drained, what="the publisher to catch up")
         stored = await stream_messages(nats_server.url, STREAM)
