@@ -5,7 +5,7 @@ UV_VERSION := 0.13.8
 UV := .tools/bin/uv
 export UV_PROJECT_ENVIRONMENT := .venv
 
-.PHONY: run test install lint typecheck pytest bench docs-check
+.PHONY: run test install install-dev lint typecheck pytest bench docs-check
 
 $(UV):
 	python3 -m venv .tools
@@ -17,8 +17,10 @@ install: $(UV)
 run: install
 	.venv/bin/potok-state serve
 
-test: $(UV)
+install-dev: $(UV)
 	$(UV) sync --frozen
+
+test: install-dev
 	$(MAKE) lint typecheck pytest
 
 lint:
