@@ -26,6 +26,7 @@ from bench.scenarios import (
     section_label,
     workers_label,
 )
+from bench.stream import report_section as stream_report_section
 from bench.webhooks import percentile
 
 if TYPE_CHECKING:
@@ -963,6 +964,7 @@ def render(run: BenchRun, machine: dict[str, str]) -> str:
     out += _webhook_section(run)
     out += _watch_section(run)
     out += _leases_section(run)
+    out += stream_report_section(run.stream, options.stream)
     out += ["## Cache and notes", ""]
     for label, stats in run.redis.items():
         line = (

@@ -78,6 +78,8 @@ from bench.server import (
     running_service,
     sqlite_database,
 )
+from bench.stream import STREAM_KEYS, StreamOptions, StreamResults
+from bench.stream import measure as measure_stream
 from bench.watch import WatchOptions, WatchResult
 from bench.watch import measure as measure_watch
 from bench.webhooks import DeliveryOptions, LatencyResult, ThroughputResult, percentile
@@ -105,6 +107,7 @@ class Options:
     deliveries: DeliveryOptions
     watch: WatchOptions
     leases: LeaseOptions
+    stream: StreamOptions
     splice: bool = False
     """Write only the watch and leases sections into `report_path`, keeping the rest."""
 
@@ -152,6 +155,7 @@ class BenchRun:
     delivery_rates: list[ThroughputResult] = field(default_factory=list)
     watch: list[WatchResult] = field(default_factory=list)
     leases: list[LapseResult] = field(default_factory=list)
+    stream: StreamResults = field(default_factory=lambda: StreamResults([], []))
 
 
 @dataclass
@@ -422,6 +426,7 @@ async def bench_backend(run: BenchRun, backend: str, pool: ProcessPoolExecutor) 
             await bench_deliveries(run, backend, url, workdir, pool)
             await bench_watch(run, backend, url, workdir, pool, seeded)
             await bench_leases(run, backend, url, workdir)
+            await bench_stream(run, backend, url, workdir)
 
 
 def _selected_deliveries(options: Options) -> list[DeliveryScenario]:
@@ -509,6 +514,23 @@ async def bench_leases(run: BenchRun, backend: str, database_url: str, workdir: 
     )
 
 
+async def bench_stream(run: BenchRun, backend: str, database_url: str, workdir: Path) -> None:
+    """The event stream figures (bench/stream.py): one-worker servers of their own
+    and a private nats-server, on the same database, after the other scenarios."""
+    options = run.options
+    keys = {key for key in STREAM_KEYS if not options.only or key in options.only}
+    if options.profile is not None or not keys:
+        return
+    if 1 not in options.workers:
+        run.notes.append(
+            f"{backend}: the event stream ({', '.join(sorted(keys))}) runs with --workers 1 only."
+        )
+        return
+    results = await measure_stream(backend, database_url, workdir, keys, options.stream, _progress)
+    run.stream.rates.extend(results.rates)
+    run.stream.latencies.extend(results.latencies)
+
+
 async def bench(options: Options) -> BenchRun:
     run = BenchRun(options)
     # One generator process for the whole run, started before any measurement.
@@ -561,6 +583,15 @@ def parse_options(argv: list[str] | None = None) -> Options:
         "--lease-ttl", type=int, default=3, help="s from setting the deadlines to them (3)"
     )
     parser.add_argument(
+        "--stream-backlog", type=int, help="changes the stream publisher drains (20000; quick 3000)"
+    )
+    parser.add_argument(
+        "--stream-rate", type=float, default=1000.0, help="changes/s, change → message (1000)"
+    )
+    parser.add_argument(
+        "--stream-changes", type=int, help="changes timed, change → message (10000; quick 2000)"
+    )
+    parser.add_argument(
         "--cache",
         choices=("auto", "off"),
         default="auto",
@@ -597,7 +628,7 @@ def parse_options(argv: list[str] | None = None) -> Options:
         only = only - {WATCH_GROUP} | watch_keys
     if LEASE_GROUP in only:
         only = only - {LEASE_GROUP} | lease_keys | {HEARTBEAT_KEY}
-    known_keys = keys | delivery_keys | watch_keys | lease_keys
+    known_keys = keys | delivery_keys | watch_keys | lease_keys | set(STREAM_KEYS)
     if only - known_keys or (args.profile and args.profile not in keys):
         known = [
             *sorted(known_keys),
@@ -669,6 +700,11 @@ def parse_options(argv: list[str] | None = None) -> Options:
         leases=LeaseOptions(
             leases=args.leases or (2000 if quick else 10_000),
             ttl=args.lease_ttl,
+        ),
+        stream=StreamOptions(
+            backlog=args.stream_backlog or (3000 if quick else 20_000),
+            rate=args.stream_rate,
+            changes=args.stream_changes or (2000 if quick else 10_000),
         ),
         splice=args.splice,
     )
