@@ -67,7 +67,6 @@ class Health(BaseModel):
                         "backlog": 0,
                         "lagSeconds": 0.0,
                         "publisher": "api-7f3a:1:5c0e2b1d",
-                        "error": None,
                     },
                 }
             ]
