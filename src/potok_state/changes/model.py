@@ -105,20 +105,3 @@ class AppliedChange:
 
 Decide = Callable[[Mapping[str, StoredState]], Sequence[Mutation]]
 EventData = Callable[[Mutation], str]
-
-
-@dataclass(frozen=True, slots=True)
-class IdempotencyRecord:
-    fingerprint: str
-    outcome: bytes
-
-
-@dataclass(frozen=True, slots=True)
-class IdempotencyWrite:
-    """Stored with the change, in the same transaction, so a retried request
-    replays exactly what the first one did."""
-
-    scope: str
-    fingerprint: str
-    encode: Callable[[Sequence[AppliedChange]], bytes]
-    expired_before: datetime

@@ -1,77 +1,29 @@
 """The one way a change is applied: through the store, logged, and honouring
-`Idempotency-Key`.
-
-With a key, a retried write replays the first response instead of applying
-twice. The outcome is stored in the same transaction as the change, so there is
-no window in which the change exists without its replay record."""
+`Idempotency-Key` (idempotency.py): the answer is stored in the same
+transaction as the change."""
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
-from datetime import timedelta
-from typing import Generic, Protocol, TypeVar
+from typing import TypeVar
 
 import structlog
-from pydantic import BaseModel
 
 from potok_state.changes.model import (
     AppliedChange,
     Decide,
-    IdempotencyRecord,
-    IdempotencyWrite,
     StateChange,
     StoredState,
 )
 from potok_state.changes.payload import event_data
-from potok_state.clock import utc_now
-from potok_state.kit.errors import InvalidInput
+from potok_state.idempotency import Applied, IdempotencyKey, OutcomeCodec, idempotent
 from potok_state.metrics import Metrics
-from potok_state.storage.port import (
-    IdempotencyConflict,
-    StateStore,
-)
+from potok_state.storage.port import ChangeAnswer, StateStore
 
 log = structlog.get_logger("potok_state.changes")
 
-Model = TypeVar("Model", bound=BaseModel)
 OutcomeT = TypeVar("OutcomeT")
-
-
-class OutcomeCodec(Protocol[OutcomeT]):
-    """How an outcome is kept for an idempotent replay, and read back."""
-
-    def encode(self, outcome: OutcomeT, /) -> bytes: ...
-
-    def decode(self, data: bytes, /) -> OutcomeT: ...
-
-
-@dataclass(frozen=True, slots=True)
-class ModelCodec(Generic[Model]):
-    model: type[Model]
-
-    def encode(self, outcome: Model) -> bytes:
-        return outcome.model_dump_json().encode()
-
-    def decode(self, data: bytes) -> Model:
-        return self.model.model_validate_json(data)
-
-
-class IdempotencyKeyReused(InvalidInput):
-    code = "idempotency_key_reused"
-
-
-@dataclass(frozen=True, slots=True)
-class IdempotencyKey:
-    key: str
-    fingerprint: str
-
-
-@dataclass(frozen=True, slots=True)
-class Applied(Generic[OutcomeT]):
-    outcome: OutcomeT
-    replayed: bool
 
 
 async def apply_change(
@@ -95,37 +47,21 @@ async def apply_change(
         applied = await store.apply(targets, decide, event_data, hint=hint)
         _log_applied(applied, metrics)
         return Applied(respond(applied), replayed=False)
-    if codec is None:
-        raise TypeError("a change applied with an idempotency key needs a codec")
 
-    scope = f"{actor}:{idempotency.key}"
-    not_before = utc_now() - timedelta(seconds=ttl_seconds)
-    previous = await store.idempotency_record(scope, not_before)
-    if previous is not None:
-        return Applied(_replay(previous, idempotency, codec), replayed=True)
-    answered: list[OutcomeT] = []
+    async def perform(answer: ChangeAnswer | None) -> Sequence[AppliedChange]:
+        applied = await store.apply(targets, decide, event_data, answer, hint)
+        _log_applied(applied, metrics)
+        return applied
 
-    def encode(applied: Sequence[AppliedChange]) -> bytes:
-        answered.append(respond(applied))
-        return codec.encode(answered[-1])
-
-    write = IdempotencyWrite(
-        scope=scope,
-        fingerprint=idempotency.fingerprint,
-        encode=encode,
-        expired_before=not_before,
+    return await idempotent(
+        store,
+        idempotency,
+        actor=actor,
+        ttl_seconds=ttl_seconds,
+        codec=codec,
+        perform=perform,
+        respond=respond,
     )
-    try:
-        applied = await store.apply(targets, decide, event_data, write, hint)
-    except IdempotencyConflict:
-        winner = await store.idempotency_record(scope, not_before)
-        if winner is None:
-            raise
-        return Applied(_replay(winner, idempotency, codec), replayed=True)
-    _log_applied(applied, metrics)
-    # The outcome the store encoded for replays is the answer (a change that
-    # decided nothing stored no record).
-    return Applied(answered[-1] if answered else respond(applied), replayed=False)
 
 
 def _log_applied(applied: Sequence[AppliedChange], metrics: Metrics | None) -> None:
@@ -150,14 +86,3 @@ def _log_applied(applied: Sequence[AppliedChange], metrics: Metrics | None) -> N
                 )
         elif informing:
             log.info(mutation.event, revision=change.revision, actor=mutation.actor)
-
-
-def _replay(
-    record: IdempotencyRecord, key: IdempotencyKey, codec: OutcomeCodec[OutcomeT]
-) -> OutcomeT:
-    if record.fingerprint != key.fingerprint:
-        raise IdempotencyKeyReused(
-            "This Idempotency-Key was already used with a different request.",
-            details={"idempotencyKey": key.key},
-        )
-    return codec.decode(record.outcome)

@@ -14,8 +14,9 @@ from potok_state.changes.model import (
     StoredState,
 )
 from potok_state.changes.payload import event_body
-from potok_state.changes.pipeline import Applied, IdempotencyKey, ModelCodec, apply_change
+from potok_state.changes.pipeline import apply_change
 from potok_state.events.schemas import Event, PublishEvent
+from potok_state.idempotency import Applied, IdempotencyKey, ModelCodec
 from potok_state.kit.errors import InvalidInput, ServiceError
 from potok_state.storage.port import (
     StateStore,

@@ -8,7 +8,7 @@ from typing import Annotated
 
 from fastapi import Depends, Header, Request
 
-from potok_state.changes.pipeline import IdempotencyKey
+from potok_state.idempotency import IdempotencyKey
 from potok_state.kit.errors import BadRequest
 
 IdempotencyKeyHeader = Annotated[

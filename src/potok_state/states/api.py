@@ -7,8 +7,8 @@ from typing import Annotated
 
 from fastapi import APIRouter, Path, Query, Request, Response, status
 
-from potok_state.changes.pipeline import Applied
 from potok_state.clock import InputTime
+from potok_state.idempotency import Applied
 from potok_state.kit.auth import PartialReader, Reader, Writer
 from potok_state.kit.compiled_route import CompiledRoute
 from potok_state.kit.errors import BadRequest, InvalidInput, error_responses

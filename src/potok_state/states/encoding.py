@@ -4,7 +4,7 @@ Responses leave as these bytes (the routes declare the same shapes as pydantic
 models, `schemas.py`, for the OpenAPI document), and the same bytes are what
 the caches keep, so a cached state is served without decoding or validating it
 again. The codecs at the end keep a write's answer for an idempotent retry
-(changes/pipeline.py).
+(idempotency.py).
 """
 
 from __future__ import annotations
@@ -17,8 +17,8 @@ import orjson
 from pydantic import BaseModel
 
 from potok_state.changes.model import HistoryRecord, StoredState
-from potok_state.changes.pipeline import ModelCodec
 from potok_state.clock import format_timestamp
+from potok_state.idempotency import ModelCodec
 from potok_state.storage.port import ListedState
 
 

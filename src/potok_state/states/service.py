@@ -27,7 +27,8 @@ from potok_state.changes.model import (
     StateChange,
     StoredState,
 )
-from potok_state.changes.pipeline import Applied, IdempotencyKey, apply_change
+from potok_state.changes.pipeline import apply_change
+from potok_state.idempotency import Applied, IdempotencyKey
 from potok_state.kit.errors import ServiceError
 from potok_state.metrics import Metrics
 from potok_state.states.cursors import (

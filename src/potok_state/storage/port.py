@@ -24,11 +24,13 @@ from potok_state.changes.model import (
     EventData,
     EventRecord,
     HistoryRecord,
-    IdempotencyRecord,
-    IdempotencyWrite,
     StoredState,
 )
 from potok_state.kit.errors import Conflict
+from potok_state.storage.idempotency import IdempotencyRecord, IdempotencyWrite
+
+ChangeAnswer = IdempotencyWrite[Sequence[AppliedChange]]
+"""The answer to a change made with an Idempotency-Key, stored with it."""
 
 
 class SortField(StrEnum):
@@ -116,10 +118,6 @@ class WriteTicket:
     revision: int = 0
 
 
-class IdempotencyConflict(Exception):
-    """Another request with the same idempotency key committed first."""
-
-
 class WriteContention(Conflict):
     """A change was decided again and again because other writers kept changing
     its entities first; the client may retry."""
@@ -133,7 +131,7 @@ class StateStore(Protocol):
         entity_ids: Sequence[tuple[str, str]],
         decide: Decide,
         event_data: EventData,
-        idempotency: IdempotencyWrite | None = None,
+        idempotency: ChangeAnswer | None = None,
         hint: Mapping[str, StoredState | None] | None = None,
     ) -> list[AppliedChange]:
         """Decide the change on the current states of `entity_ids` and write

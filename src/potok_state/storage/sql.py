@@ -26,8 +26,6 @@ from potok_state.changes.model import (
     EventData,
     EventRecord,
     HistoryRecord,
-    IdempotencyRecord,
-    IdempotencyWrite,
     StoredState,
 )
 from potok_state.clock import utc_now
@@ -41,7 +39,15 @@ from potok_state.storage.database import (
     open_database,
 )
 from potok_state.storage.dialect import Dialect
+from potok_state.storage.idempotency import (
+    IdempotencyRecord,
+    IdempotencyWrite,
+    ResultT,
+    find_record,
+    remember,
+)
 from potok_state.storage.port import (
+    ChangeAnswer,
     DueLeases,
     ListedPage,
     ListedState,
@@ -108,7 +114,7 @@ class SqlStateStore:
         entity_ids: Sequence[tuple[str, str]],
         decide: Decide,
         event_data: EventData,
-        idempotency: IdempotencyWrite | None = None,
+        idempotency: ChangeAnswer | None = None,
         hint: Mapping[str, StoredState | None] | None = None,
     ) -> list[AppliedChange]:
         if self.admission is None:
@@ -123,7 +129,7 @@ class SqlStateStore:
         entity_ids: Sequence[tuple[str, str]],
         decide: Decide,
         event_data: EventData,
-        idempotency: IdempotencyWrite | None,
+        idempotency: ChangeAnswer | None,
         hint: Mapping[str, StoredState | None] | None,
     ) -> list[AppliedChange]:
         # A turn for the loop first: answers of changes already committed
@@ -269,10 +275,12 @@ class SqlStateStore:
     async def idempotency_record(
         self, scope: str, not_before: datetime
     ) -> IdempotencyRecord | None:
-        row = await self.db.read_point(
-            lambda tx: tx.fetchrow(_IDEMPOTENCY, scope, self.dialect.time(not_before))
-        )
-        return None if row is None else IdempotencyRecord(row["fingerprint"], bytes(row["outcome"]))
+        return await find_record(self.db, scope, not_before)
+
+    async def remember(self, write: IdempotencyWrite[ResultT], result: ResultT) -> None:
+        """Keep the answer to a request that changed nothing here (a webhook
+        ping) for its Idempotency-Key."""
+        await remember(self.db, write, result)
 
     async def head_revision(self) -> int:
         value = await self.db.read_point(lambda tx: tx.fetchval(_HEAD))
@@ -344,9 +352,6 @@ _HISTORY = (
     "ORDER BY revision LIMIT $4"
 )
 _CHANGES = f"SELECT {OUTBOX_COLUMNS} FROM outbox WHERE revision > $1 ORDER BY revision LIMIT $2"
-_IDEMPOTENCY = (
-    "SELECT fingerprint, outcome FROM idempotency_keys WHERE scope = $1 AND created_at >= $2"
-)
 _HEAD = "SELECT value FROM revision_counter WHERE id = 1"
 # One statement for a batch of heartbeats. The final SELECT sees the states as
 # they were before the UPDATE (one snapshot), which is all it asks: whether

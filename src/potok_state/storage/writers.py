@@ -37,13 +37,20 @@ from datetime import UTC, datetime
 import asyncpg
 import structlog
 
-from potok_state.changes.model import AppliedChange, IdempotencyWrite, StoredState
+from potok_state.changes.model import AppliedChange, StoredState
 from potok_state.clock import utc_now
 from potok_state.storage.changeset import ChangeSet, Decision, StateRow, lease_expiry
 from potok_state.storage.commits import OUTBOX_CHANNEL
-from potok_state.storage.database import SESSION_SETTINGS, Database, PostgresDatabase, Tx
+from potok_state.storage.database import (
+    SESSION_SETTINGS,
+    Database,
+    PostgresDatabase,
+    PostgresTx,
+    Tx,
+)
 from potok_state.storage.dialect import POSTGRES
-from potok_state.storage.port import IdempotencyConflict, WriteContention
+from potok_state.storage.idempotency import forget_expired, keep_answer
+from potok_state.storage.port import ChangeAnswer, WriteContention
 from potok_state.storage.rows import OUTBOX_COLUMNS, STATE_COLUMNS, load_states, state_from_row
 
 log = structlog.get_logger(__name__)
@@ -62,7 +69,7 @@ MAX_DECISIONS = 32
 
 class ChangeWriter:
     async def write(
-        self, decision: Decision, changes: ChangeSet, idempotency: IdempotencyWrite | None
+        self, decision: Decision, changes: ChangeSet, idempotency: ChangeAnswer | None
     ) -> list[AppliedChange]:
         """Write `changes` (decided on states that may be stale by now), or
         what `decision` decides on the current states."""
@@ -92,7 +99,7 @@ class SqliteChangeWriter(ChangeWriter):
         self._last_at = datetime.min.replace(tzinfo=UTC)
 
     async def write(
-        self, decision: Decision, changes: ChangeSet, idempotency: IdempotencyWrite | None
+        self, decision: Decision, changes: ChangeSet, idempotency: ChangeAnswer | None
     ) -> list[AppliedChange]:
         return await self.db.write(lambda tx: self._write(tx, decision, changes, idempotency))
 
@@ -101,14 +108,11 @@ class SqliteChangeWriter(ChangeWriter):
         tx: Tx,
         decision: Decision,
         changes: ChangeSet,
-        idempotency: IdempotencyWrite | None,
+        idempotency: ChangeAnswer | None,
     ) -> list[AppliedChange]:
         dialect = tx.dialect
         if idempotency is not None:
-            expired = dialect.time(idempotency.expired_before)
-            await tx.execute(_DELETE_EXPIRED_KEY, idempotency.scope, expired)
-            if await tx.fetchval(_KEY_TAKEN, idempotency.scope):
-                raise IdempotencyConflict(idempotency.scope)
+            await forget_expired(tx, idempotency)
         for entity, entity_id, version in changes.expected:
             found = await tx.fetchval(_VERSION, entity, entity_id)
             if (found or 0) != version:
@@ -172,22 +176,11 @@ class SqliteChangeWriter(ChangeWriter):
         )
         applied = changes.applied(base, at)
         if idempotency is not None:
-            await tx.execute(
-                _INSERT_KEY,
-                idempotency.scope,
-                idempotency.fingerprint,
-                idempotency.encode(applied),
-                now,
-            )
+            await keep_answer(tx, idempotency, applied, at)
         self.hook(applied)
         return applied
 
 
-_DELETE_EXPIRED_KEY = "DELETE FROM idempotency_keys WHERE scope = $1 AND created_at < $2"
-_KEY_TAKEN = "SELECT 1 FROM idempotency_keys WHERE scope = $1"
-_INSERT_KEY = (
-    "INSERT INTO idempotency_keys (scope, fingerprint, outcome, created_at) VALUES ($1, $2, $3, $4)"
-)
 _VERSION = "SELECT version FROM states WHERE entity_type = $1 AND entity_id = $2"
 _BUMP_COUNTER = "UPDATE revision_counter SET value = value + $1 WHERE id = 1 RETURNING value"
 _DELETE_STATE = "DELETE FROM states WHERE entity_type = $1 AND entity_id = $2"
@@ -228,7 +221,7 @@ class PostgresChangeWriter(ChangeWriter):
         self._connection: asyncpg.Connection | None = None
 
     async def write(
-        self, decision: Decision, changes: ChangeSet, idempotency: IdempotencyWrite | None
+        self, decision: Decision, changes: ChangeSet, idempotency: ChangeAnswer | None
     ) -> list[AppliedChange]:
         if idempotency is not None:
             return await self._write_with_key(decision, changes, idempotency)
@@ -377,7 +370,7 @@ class PostgresChangeWriter(ChangeWriter):
             self._connection = None
 
     async def _write_with_key(
-        self, decision: Decision, changes: ChangeSet, idempotency: IdempotencyWrite
+        self, decision: Decision, changes: ChangeSet, idempotency: ChangeAnswer
     ) -> list[AppliedChange]:
         """Alone, in an explicit transaction that also stores the answer. After
         a failed guard the targets stay locked by this transaction, so the
@@ -402,12 +395,10 @@ class PostgresChangeWriter(ChangeWriter):
         )
 
     async def _transaction_with_key(
-        self, decision: Decision, changes: ChangeSet, idempotency: IdempotencyWrite
+        self, decision: Decision, changes: ChangeSet, idempotency: ChangeAnswer
     ) -> list[AppliedChange]:
         async with self.db.connection() as connection, connection.transaction():
-            await connection.execute(
-                _DELETE_EXPIRED_KEY, idempotency.scope, idempotency.expired_before
-            )
+            await forget_expired(PostgresTx(connection), idempotency)
             rows = await connection.fetch(_APPLY, *_arguments([changes]))
             if rows and rows[0]["base"] is None:
                 current = {
@@ -423,16 +414,7 @@ class PostgresChangeWriter(ChangeWriter):
             if not rows or rows[0]["base"] is None:
                 raise asyncpg.DeadlockDetectedError("the targets changed under their locks")
             applied = changes.applied(rows[0]["base"], rows[0]["at"])
-            try:
-                await connection.execute(
-                    _INSERT_KEY,
-                    idempotency.scope,
-                    idempotency.fingerprint,
-                    idempotency.encode(applied),
-                    rows[0]["at"],
-                )
-            except asyncpg.UniqueViolationError:
-                raise IdempotencyConflict(idempotency.scope) from None
+            await keep_answer(PostgresTx(connection), idempotency, applied, rows[0]["at"])
             return applied
 
 
