@@ -5,7 +5,15 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Annotated
 
-from pydantic import AfterValidator, PlainSerializer
+from pydantic import (
+    AfterValidator,
+    BeforeValidator,
+    PlainSerializer,
+    Strict,
+    TypeAdapter,
+    ValidationError,
+)
+from pydantic_core import PydanticCustomError
 
 
 def utc_now() -> datetime:
@@ -26,6 +34,32 @@ def as_utc(value: datetime) -> datetime:
 
 InputTime = Annotated[datetime, AfterValidator(as_utc)]
 """A time given by a client: read in UTC, or a 422 when UTC cannot hold it."""
+
+_TIME = TypeAdapter(datetime)
+
+
+def _rfc3339_text(value: object) -> object:
+    """A time in a JSON body is a string, read as strict JSON validation reads
+    it (RFC 3339 date and time; a bare date or a number is refused)."""
+    if isinstance(value, datetime):
+        return value
+    if not isinstance(value, str):
+        raise PydanticCustomError("datetime_type", "Input should be an RFC 3339 date-time string")
+    try:
+        return _TIME.validate_strings(value, strict=True)
+    except ValidationError as exc:
+        [error] = exc.errors()
+        raise PydanticCustomError(
+            "datetime_parsing",
+            "Input should be an RFC 3339 date-time string, {error}",
+            {"error": error.get("ctx", {}).get("error", error["msg"])},
+        ) from None
+
+
+BodyTime = Annotated[
+    datetime, BeforeValidator(_rfc3339_text), Strict(False), AfterValidator(as_utc)
+]
+"""A time in a request body (`RequestModel`, strict): an RFC 3339 string, read in UTC."""
 
 
 _last_formatted: tuple[datetime | None, str] = (None, "")

@@ -103,12 +103,14 @@ def test_the_sync_and_async_clients_have_the_same_methods() -> None:
 
 
 def test_importing_the_client_and_the_receiver_kit_loads_no_server_code() -> None:
-    # The error body is shared from its own pydantic-only module of the HTTP kit.
+    # The error body and the request bodies' base model are shared from their own
+    # pydantic-only modules of the HTTP kit.
     script = (
         "import sys, potok_state.client, potok_state.receiver; "
         "server = ('fastapi', 'starlette', 'sqlalchemy', 'redis', 'asyncpg', 'aiosqlite', "
         "'uvicorn', 'alembic', 'potok_state.app', 'potok_state.kit'); "
-        "shared = {'potok_state.kit', 'potok_state.kit.error_body'}; "
+        "shared = {'potok_state.kit', 'potok_state.kit.error_body', "
+        "'potok_state.kit.request_model'}; "
         "print(sorted(m for m in sys.modules if m not in shared and "
         "(m.split('.')[0] in server or m.startswith(server[-2:]))))"
     )

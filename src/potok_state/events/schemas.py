@@ -7,6 +7,7 @@ from typing import Annotated
 from pydantic import BaseModel, ConfigDict, Field, JsonValue, StringConstraints
 
 from potok_state.clock import Timestamp
+from potok_state.kit.request_model import RequestModel
 
 
 class Event(BaseModel):
@@ -70,9 +71,8 @@ class ChangePage(BaseModel):
     nextAfter: int
 
 
-class PublishEvent(BaseModel):
+class PublishEvent(RequestModel):
     model_config = ConfigDict(
-        extra="forbid",
         json_schema_extra={
             "examples": [
                 {"type": "custom.deploy", "data": {"service": "billing", "version": "1.4.2"}}

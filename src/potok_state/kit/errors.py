@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from http import HTTPStatus
+from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -139,6 +141,16 @@ _HTTP_CODES = {
 }
 
 
+def _naming_the_field(errors: Sequence[Any]) -> str:
+    """The message of a 422: the first field at fault (`body.ttl`) and why."""
+    if not errors:
+        return "The request is not valid."
+    first = errors[0]
+    where = ".".join(str(part) for part in first.get("loc", ())) or "the request"
+    more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
+    return f"The request is not valid: {where}: {first.get('msg', 'invalid')}{more}."
+
+
 def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(ServiceError)
     async def _service_error(_: Request, exc: ServiceError) -> JSONResponse:
@@ -169,7 +181,7 @@ def install_error_handlers(app: FastAPI) -> None:
             for err in exc.errors()
         ]
         return error_response(
-            422, "validation_error", "The request is not valid.", {"errors": problems}
+            422, "validation_error", _naming_the_field(exc.errors()), {"errors": problems}
         )
 
     @app.exception_handler(StarletteHTTPException)

@@ -1,5 +1,6 @@
 """JSON request bodies are decoded with orjson, the codec the store writes with,
-so every body the service accepts is one it can store.
+so every body the service accepts is one it can store, and validated strictly
+(kit/request_model.py).
 
 The standard library decoder FastAPI uses by default accepts lone UTF-16
 surrogates (`"\\ud800"`), `NaN` and `Infinity`: the first fail in the database

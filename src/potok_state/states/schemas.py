@@ -11,6 +11,7 @@ from potok_state.changes.model import (
     StoredState,
 )
 from potok_state.clock import Timestamp
+from potok_state.kit.request_model import RequestModel
 from potok_state.states.machines import MAX_LEASE_TTL
 
 ENTITY_TYPE_PATTERN = r"^[a-z][a-z0-9_-]{0,63}$"
@@ -45,10 +46,6 @@ LeaseTtl = Annotated[
         "its lease, a new one gets its type's default.",
     ),
 ]
-
-
-class RequestModel(BaseModel):
-    model_config = ConfigDict(extra="forbid")
 
 
 class RecordStateRequest(RequestModel):

@@ -8,7 +8,8 @@ from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_vali
 from pydantic.config import JsonDict
 
 from potok_state.changes.selection import EVENT_FILTER_PATTERN
-from potok_state.clock import InputTime, Timestamp
+from potok_state.clock import BodyTime, Timestamp
+from potok_state.kit.request_model import RequestModel
 from potok_state.states.schemas import EntityType
 
 EventFilter = Annotated[str, StringConstraints(pattern=EVENT_FILTER_PATTERN)]
@@ -26,10 +27,6 @@ TimeoutMs = Annotated[
     ),
 ]
 MaxAttempts = Annotated[int, Field(ge=1, le=21, description="Attempts per delivery (1 + retries).")]
-
-
-class RequestModel(BaseModel):
-    model_config = ConfigDict(extra="forbid")
 
 
 class SubscriptionCreate(RequestModel):
@@ -281,13 +278,23 @@ class DeliveryPage(BaseModel):
 class ReplayRequest(RequestModel):
     model_config = ConfigDict(json_schema_extra={"examples": [{"fromRevision": 1}]})
 
-    fromRevision: int | None = Field(None, ge=0, le=2**62)
-    since: InputTime | None = None
+    fromRevision: int | None = Field(
+        None, ge=0, le=2**62, description="Replay the events from this revision on."
+    )
+    since: BodyTime | None = Field(None, description="Replay the events committed since then.")
+    toRevision: int | None = Field(
+        None,
+        ge=0,
+        le=2**62,
+        description="Up to this revision (inclusive); omitted: the newest when the call is made.",
+    )
 
     @model_validator(mode="after")
     def _exactly_one(self) -> ReplayRequest:
         if (self.fromRevision is None) == (self.since is None):
             raise ValueError("give exactly one of fromRevision or since")
+        if self.toRevision is not None and self.toRevision < (self.fromRevision or 0):
+            raise ValueError("toRevision must not be below fromRevision")
         return self
 
 
