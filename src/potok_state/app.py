@@ -239,6 +239,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         seal,
         settings.webhooks,
         allow_private=settings.webhooks_allow_private_targets,
+        idempotency_ttl=settings.idempotency_ttl,
         notices=subscription_notices,
     )
     worker = (

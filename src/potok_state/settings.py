@@ -101,6 +101,12 @@ class WebhookSettings(BaseSettings):
         None,
         description="Allow private/loopback webhook URLs; defaults to true outside production.",
     )
+    replay_max: int = Field(
+        100_000,
+        ge=1,
+        description="Deliveries one replay may queue; a replay that would queue more is "
+        "refused with 422, nothing queued (docs/webhooks.md).",
+    )
     embedded_worker: bool = Field(
         True,
         description="Run the delivery worker inside `serve`; turn off when running "

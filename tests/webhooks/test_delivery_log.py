@@ -157,6 +157,55 @@ async def test_replay_from_a_revision_and_since_a_time(
         assert (await hub.post(replay, json=body)).status_code == 422, body
 
 
+@pytest.fixture
+async def replay_max_3(database_url: str, receiver: Receiver) -> AsyncIterator[httpx.AsyncClient]:
+    async with in_process(webhook_settings(database_url, replay_max=3)) as client:
+        yield client
+
+
+async def test_a_replay_over_webhook_replay_max_is_refused_whole(
+    replay_max_3: httpx.AsyncClient, receiver: Receiver
+) -> None:
+    hub = replay_max_3
+    sub = await subscribe(hub, receiver.url(), ["custom.*"])
+    published = [await publish(hub, "custom.counted", {"n": n}) for n in range(5)]
+    unmatched = await record(hub, "task", "not-matched", "created")
+    await settled_deliveries(hub, sub["id"], 5)
+    replay = f"/api/v1/webhooks/subscriptions/{sub['id']}/replay"
+    revisions = [event["revision"] for event in published]
+
+    refused = await hub.post(replay, json={"fromRevision": revisions[0]})
+    assert refused.status_code == 422, refused.text
+    assert refused.json()["code"] == "replay_too_large"
+    assert refused.json()["details"] == {
+        "count": 5,
+        "countIsAtLeast": False,
+        "limit": 3,
+        "lastRevisionWithinLimit": revisions[2],
+    }
+    assert "would queue 5 deliveries" in refused.json()["message"]
+    # Nothing was queued: the log still holds the five first deliveries only.
+    assert len(await settled_deliveries(hub, sub["id"], 5)) == 5
+
+    # In parts that fit, as the answer suggests: up to a revision, then on.
+    first = await hub.post(replay, json={"fromRevision": revisions[0], "toRevision": revisions[2]})
+    assert first.status_code == 202, first.text
+    assert first.json() == {
+        "scheduled": 3,
+        "fromRevision": revisions[0],
+        "toRevision": revisions[2],
+    }
+    rest = await hub.post(replay, json={"fromRevision": revisions[2] + 1})
+    assert rest.status_code == 202, rest.text
+    assert rest.json() == {
+        "scheduled": 2,
+        "fromRevision": revisions[3],
+        "toRevision": unmatched["revision"],
+    }
+    replayed = (await receiver.wait_for(10))[5:]
+    assert sorted(r.payload["revision"] for r in replayed) == revisions
+
+
 async def test_the_ping_is_sent_now_and_reports_the_answer(
     hub: httpx.AsyncClient, receiver: Receiver
 ) -> None:

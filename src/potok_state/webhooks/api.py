@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, TypeVar
 
 from fastapi import APIRouter, Body, Depends, Path, Query, Request, Response, status
 
 from potok_state.events.service import RevisionPruned
+from potok_state.idempotency import Applied
 from potok_state.kit.auth import Administrator
 from potok_state.kit.errors import error_responses
+from potok_state.kit.headers import Idempotency
 from potok_state.kit.json_body import JsonBodyRoute
 from potok_state.webhooks.schemas import (
     Delivery,
@@ -28,6 +30,7 @@ from potok_state.webhooks.service import (
     DeliveryNotFound,
     InvalidSubscriptionLimit,
     ReplayNeedsOneSource,
+    ReplayTooLarge,
     SubscriptionDisabled,
     SubscriptionNotFound,
     WebhookService,
@@ -45,6 +48,13 @@ async def webhook_service(request: Request) -> WebhookService:
 
 
 Service = Annotated[WebhookService, Depends(webhook_service)]
+OutcomeT = TypeVar("OutcomeT")
+
+
+def _answer(applied: Applied[OutcomeT], response: Response) -> OutcomeT:
+    if applied.replayed:
+        response.headers["Idempotent-Replayed"] = "true"
+    return applied.outcome
 
 
 @router.post(
@@ -55,12 +65,18 @@ Service = Annotated[WebhookService, Depends(webhook_service)]
     responses=error_responses(InvalidWebhookUrl, InvalidSubscriptionLimit),
 )
 async def create_subscription(
-    body: SubscriptionCreate, service: Service, _: Administrator
+    body: SubscriptionCreate,
+    response: Response,
+    service: Service,
+    actor: Administrator,
+    idempotency: Idempotency,
 ) -> SubscriptionCreated:
     """Subscribe a URL to event patterns, optionally for some entity types only. The signing secret
-    is generated when not given and shown only in this answer. 422 `invalid_webhook_url` for
-    non-http(s), credentials in the URL, or private targets when they are refused."""
-    return await service.create_subscription(body)
+    is generated when not given and shown only in this answer (and in its replay to a retry with
+    the same `Idempotency-Key`). 422 `invalid_webhook_url` for non-http(s), credentials in the URL,
+    or private targets when they are refused."""
+    created = await service.create_subscription(body, actor=actor, idempotency=idempotency)
+    return _answer(created, response)
 
 
 @router.get(
@@ -95,11 +111,19 @@ async def get_subscription(
     responses=error_responses(SubscriptionNotFound, InvalidWebhookUrl, InvalidSubscriptionLimit),
 )
 async def update_subscription(
-    subscription_id: SubscriptionId, body: SubscriptionPatch, service: Service, _: Administrator
+    subscription_id: SubscriptionId,
+    body: SubscriptionPatch,
+    response: Response,
+    service: Service,
+    actor: Administrator,
+    idempotency: Idempotency,
 ) -> Subscription:
     """Change the URL, events, entity types, description, or set `active` (re-enabling resets the
     failure count). 404 `subscription_not_found`, 422 `invalid_webhook_url`."""
-    return await service.update_subscription(subscription_id, body)
+    updated = await service.update_subscription(
+        subscription_id, body, actor=actor, idempotency=idempotency
+    )
+    return _answer(updated, response)
 
 
 @router.delete(
@@ -110,11 +134,18 @@ async def update_subscription(
     responses=error_responses(SubscriptionNotFound),
 )
 async def delete_subscription(
-    subscription_id: SubscriptionId, service: Service, _: Administrator
+    subscription_id: SubscriptionId,
+    service: Service,
+    actor: Administrator,
+    idempotency: Idempotency,
 ) -> Response:
     """Delete the subscription and its pending deliveries (204). 404 `subscription_not_found`."""
-    await service.delete_subscription(subscription_id)
-    return Response(status_code=status.HTTP_204_NO_CONTENT)
+    deleted = await service.delete_subscription(
+        subscription_id, actor=actor, idempotency=idempotency
+    )
+    response = Response(status_code=status.HTTP_204_NO_CONTENT)
+    _answer(deleted, response)
+    return response
 
 
 @router.get(
@@ -142,11 +173,16 @@ async def list_deliveries(
     responses=error_responses(DeliveryNotFound, DeliveryNotFailed, RevisionPruned),
 )
 async def retry_delivery(
-    delivery_id: Annotated[int, Path(ge=1, le=2**62)], service: Service, _: Administrator
+    delivery_id: Annotated[int, Path(ge=1, le=2**62)],
+    response: Response,
+    service: Service,
+    actor: Administrator,
+    idempotency: Idempotency,
 ) -> Delivery:
     """Send a failed delivery again now, with a fresh attempt budget. 404 `delivery_not_found`, 409
     when it is not failed, 410 `revision_pruned` when its event is no longer kept."""
-    return await service.retry_delivery(delivery_id)
+    retried = await service.retry_delivery(delivery_id, actor=actor, idempotency=idempotency)
+    return _answer(retried, response)
 
 
 @router.post(
@@ -155,13 +191,19 @@ async def retry_delivery(
     status_code=status.HTTP_202_ACCEPTED,
     summary="Send again what the subscription matched from a revision or a time, or what it missed",
     responses=error_responses(
-        SubscriptionNotFound, SubscriptionDisabled, ReplayNeedsOneSource, RevisionPruned
+        SubscriptionNotFound,
+        SubscriptionDisabled,
+        ReplayNeedsOneSource,
+        ReplayTooLarge,
+        RevisionPruned,
     ),
 )
 async def replay(
     subscription_id: SubscriptionId,
+    response: Response,
     service: Service,
-    _: Administrator,
+    actor: Administrator,
+    idempotency: Idempotency,
     body: Annotated[ReplayRequest | None, Body()] = None,
     missing: Annotated[
         bool,
@@ -172,11 +214,15 @@ async def replay(
     ] = False,
 ) -> ReplayResult:
     """Send again every event the subscription matches since a revision (`fromRevision`) or a time
-    (`since`), in per-entity order. With `missing=true` and no body: send exactly the deliveries
-    recorded as `skipped` while it was disabled, in per-entity order (409 `subscription_disabled`
-    while it still is). 410 `revision_pruned` when the range asked for starts before the oldest
-    event kept (retention)."""
-    return await service.replay(subscription_id, body, missing=missing)
+    (`since`), up to `toRevision` or the newest event, in per-entity order; 422 `replay_too_large`
+    (nothing queued) when that would be more than WEBHOOK_REPLAY_MAX deliveries. With
+    `missing=true` and no body: send exactly the deliveries recorded as `skipped` while it was
+    disabled, in per-entity order (409 `subscription_disabled` while it still is). 410
+    `revision_pruned` when the range asked for starts before the oldest event kept (retention)."""
+    replayed = await service.replay(
+        subscription_id, body, missing=missing, actor=actor, idempotency=idempotency
+    )
+    return _answer(replayed, response)
 
 
 @router.post(
@@ -187,14 +233,20 @@ async def replay(
 )
 async def rotate_secret(
     subscription_id: SubscriptionId,
+    response: Response,
     service: Service,
-    _: Administrator,
+    actor: Administrator,
+    idempotency: Idempotency,
     body: Annotated[RotateSecretRequest | None, Body()] = None,
 ) -> SecretRotated:
     """Give the subscription a new secret (`secret`, or a generated `whsec_…` one), shown only in
     this answer. For WEBHOOK_SECRET_GRACE (24 h) deliveries carry both signatures in
-    `webhook-signature` (`v1,<new> v1,<old>`); `X-Webhook-Signature` uses the new secret."""
-    return await service.rotate_secret(subscription_id, body or RotateSecretRequest())
+    `webhook-signature` (`v1,<new> v1,<old>`); `X-Webhook-Signature` uses the new secret. A retry
+    with the same `Idempotency-Key` rotates nothing and answers the same secret."""
+    rotated = await service.rotate_secret(
+        subscription_id, body or RotateSecretRequest(), actor=actor, idempotency=idempotency
+    )
+    return _answer(rotated, response)
 
 
 @router.post(
@@ -204,7 +256,13 @@ async def rotate_secret(
     responses=error_responses(SubscriptionNotFound),
 )
 async def send_test(
-    subscription_id: SubscriptionId, service: Service, _: Administrator
+    subscription_id: SubscriptionId,
+    response: Response,
+    service: Service,
+    actor: Administrator,
+    idempotency: Idempotency,
 ) -> TestResult:
-    """Send a signed `ping` event to the subscription's URL now; answers what the receiver said."""
-    return await service.send_test(subscription_id)
+    """Send a signed `ping` event to the subscription's URL now; answers what the receiver said. A
+    retry with the same `Idempotency-Key` is answered the first result without a second ping."""
+    tested = await service.send_test(subscription_id, actor=actor, idempotency=idempotency)
+    return _answer(tested, response)

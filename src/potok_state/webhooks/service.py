@@ -1,11 +1,18 @@
 """Subscriptions and the delivery log: validation, secrets and their rotation,
-re-enabling, retry, replay, ping (docs/webhooks.md)."""
+re-enabling, retry, replay, ping (docs/webhooks.md).
+
+Every write honours `Idempotency-Key` (idempotency.py): checks that depend on
+what is stored run after the key's stored answer is looked up, so a retry is
+replayed rather than judged again, and the answer is stored in the
+transaction of the write."""
 
 from __future__ import annotations
 
 import secrets
 import time
+from collections.abc import Awaitable, Callable
 from datetime import timedelta
+from typing import TypeVar
 
 import orjson
 
@@ -15,12 +22,20 @@ from potok_state.changes.model import (
 from potok_state.changes.payload import event_body
 from potok_state.clock import as_utc, utc_now
 from potok_state.events.service import RevisionPruned, check_kept
+from potok_state.idempotency import (
+    Applied,
+    IdempotencyKey,
+    ModelCodec,
+    OutcomeCodec,
+    idempotent,
+)
 from potok_state.kit.errors import Conflict, InvalidInput, NotFound
 from potok_state.settings import WebhookSettings
+from potok_state.storage.idempotency import IdempotencyWrite
 from potok_state.storage.sql import SqlStateStore
 from potok_state.webhooks.delivery import WebhookSender
 from potok_state.webhooks.notices import Notice, SubscriptionNotices
-from potok_state.webhooks.repository.delivery_log import DeliveryLog
+from potok_state.webhooks.repository.delivery_log import DeliveryLog, ReplayRange
 from potok_state.webhooks.repository.health import HEALTHY
 from potok_state.webhooks.repository.rows import FAILED, DeliveryRow, SubscriptionRow
 from potok_state.webhooks.repository.subscriptions import SubscriptionRepository
@@ -38,11 +53,13 @@ from potok_state.webhooks.schemas import (
     SubscriptionPatch,
     TestResult,
 )
-from potok_state.webhooks.sealing import SecretSeal
+from potok_state.webhooks.sealing import SecretKeyMismatch, SecretSeal
 from potok_state.webhooks.signing import generate_secret, signature_headers
 from potok_state.webhooks.targets import check_target_url
 
-MAX_REPLAY_EVENTS = 10_000
+OutcomeT = TypeVar("OutcomeT")
+ResultT = TypeVar("ResultT")
+ShowsSecret = TypeVar("ShowsSecret", SubscriptionCreated, SecretRotated)
 
 
 class SubscriptionNotFound(NotFound):
@@ -69,6 +86,58 @@ class ReplayNeedsOneSource(InvalidInput):
     code = "invalid_replay"
 
 
+class ReplayTooLarge(InvalidInput):
+    code = "replay_too_large"
+
+
+class AnswerUnavailable(Conflict):
+    code = "idempotent_answer_unavailable"
+
+
+class SecretSealingCodec(OutcomeCodec[ShowsSecret]):
+    """Keeps an answer that shows a secret (a new subscription, a rotation)
+    for its Idempotency-Key with the secret encrypted like the subscription's
+    own (docs/webhooks.md, "Secrets at rest"): a retry gets the secret the
+    first answer showed, a database dump does not."""
+
+    def __init__(self, model: type[ShowsSecret], seal: SecretSeal) -> None:
+        self.model: type[ShowsSecret] = model
+        self.seal = seal
+
+    def encode(self, outcome: ShowsSecret) -> bytes:
+        sealed = self.seal.seal(outcome.secret, outcome.id)
+        return outcome.model_copy(update={"secret": sealed}).model_dump_json().encode()
+
+    def decode(self, data: bytes) -> ShowsSecret:
+        stored = self.model.model_validate_json(data)
+        try:
+            secret = self.seal.open(stored.secret, stored.id)
+        except SecretKeyMismatch:
+            raise AnswerUnavailable(
+                "The first answer to this Idempotency-Key showed a secret encrypted with a "
+                "WEBHOOK_SECRET_KEY this service no longer has; rotate the secret for a new one.",
+                details={"subscriptionId": stored.id},
+            ) from None
+        return stored.model_copy(update={"secret": secret})
+
+
+class _NoBody:
+    """The answer of a route that answers with its status only (204)."""
+
+    def encode(self, outcome: None) -> bytes:
+        return b""
+
+    def decode(self, data: bytes) -> None:
+        return None
+
+
+SUBSCRIPTION_CODEC = ModelCodec(Subscription)
+DELIVERY_CODEC = ModelCodec(Delivery)
+REPLAY_CODEC = ModelCodec(ReplayResult)
+TEST_CODEC = ModelCodec(TestResult)
+NO_BODY = _NoBody()
+
+
 class WebhookService:
     def __init__(
         self,
@@ -77,6 +146,7 @@ class WebhookService:
         settings: WebhookSettings,
         *,
         allow_private: bool,
+        idempotency_ttl: int,
         notices: SubscriptionNotices | None = None,
     ) -> None:
         self.store = store
@@ -84,32 +154,67 @@ class WebhookService:
         self.delivery_log = DeliveryLog(store)
         self.settings = settings
         self.allow_private = allow_private
+        self.idempotency_ttl = idempotency_ttl
         self.notices = notices
         self.sender = WebhookSender(
             timeout_ms=settings.delivery_timeout, allow_private=allow_private, connections=8
         )
+        self._created_codec = SecretSealingCodec(SubscriptionCreated, seal)
+        self._rotated_codec = SecretSealingCodec(SecretRotated, seal)
 
     async def close(self) -> None:
         await self.sender.close()
 
-    async def create_subscription(self, request: SubscriptionCreate) -> SubscriptionCreated:
+    async def _once(
+        self,
+        actor: str,
+        key: IdempotencyKey | None,
+        codec: OutcomeCodec[OutcomeT],
+        perform: Callable[[IdempotencyWrite[ResultT] | None], Awaitable[ResultT]],
+        respond: Callable[[ResultT], OutcomeT],
+    ) -> Applied[OutcomeT]:
+        return await idempotent(
+            self.store,
+            key,
+            actor=actor,
+            ttl_seconds=self.idempotency_ttl,
+            codec=codec,
+            perform=perform,
+            respond=respond,
+        )
+
+    async def create_subscription(
+        self,
+        request: SubscriptionCreate,
+        *,
+        actor: str,
+        idempotency: IdempotencyKey | None = None,
+    ) -> Applied[SubscriptionCreated]:
         check_target_url(request.url, allow_private=self.allow_private)
         self._check_timeout(request.timeoutMs)
         secret = request.secret or generate_secret()
-        row = await self.subscriptions.create(
-            {
-                "id": "sub_" + secrets.token_hex(12),
-                "url": request.url,
-                "events": list(dict.fromkeys(request.events)),
-                "entity_types": request.entityTypes,
-                "secret": secret,
-                "description": request.description,
-                "rate_limit": request.rateLimit,
-                "timeout_ms": request.timeoutMs,
-                "max_attempts": request.maxAttempts,
-            }
+        values: dict[str, object] = {
+            "id": "sub_" + secrets.token_hex(12),
+            "url": request.url,
+            "events": list(dict.fromkeys(request.events)),
+            "entity_types": request.entityTypes,
+            "secret": secret,
+            "description": request.description,
+            "rate_limit": request.rateLimit,
+            "timeout_ms": request.timeoutMs,
+            "max_attempts": request.maxAttempts,
+        }
+
+        def respond(row: SubscriptionRow) -> SubscriptionCreated:
+            return SubscriptionCreated(**_subscription(row).model_dump(), secret=secret)
+
+        return await self._once(
+            actor,
+            idempotency,
+            self._created_codec,
+            lambda answer: self.subscriptions.create(values, answer),
+            respond,
         )
-        return SubscriptionCreated(**_subscription(row).model_dump(), secret=secret)
 
     async def list_subscriptions(self) -> list[Subscription]:
         return [_subscription(row) for row in await self.subscriptions.list_all()]
@@ -118,8 +223,13 @@ class WebhookService:
         return _subscription(await self._existing(subscription_id))
 
     async def update_subscription(
-        self, subscription_id: str, patch: SubscriptionPatch
-    ) -> Subscription:
+        self,
+        subscription_id: str,
+        patch: SubscriptionPatch,
+        *,
+        actor: str,
+        idempotency: IdempotencyKey | None = None,
+    ) -> Applied[Subscription]:
         values: dict[str, object] = {}
         changes = patch.model_dump(exclude_unset=True)
         if "url" in changes and patch.url is not None:
@@ -138,19 +248,31 @@ class WebhookService:
             values["timeout_ms"] = patch.timeoutMs
         if "maxAttempts" in changes:
             values["max_attempts"] = patch.maxAttempts
-        before = await self._existing(subscription_id) if patch.active is not None else None
         if patch.active is True:
             values.update(HEALTHY, active=True, disabled_reason=None)
         elif patch.active is False:
             values.update(active=False, disabled_reason="disabled through the API")
-        if not values:
-            return await self.get_subscription(subscription_id)
-        row = await self.subscriptions.update(subscription_id, values)
-        if row is None:
-            raise _missing(subscription_id)
-        if before is not None and before.active != row.active:
-            await self._announce(row, enabled=row.active)
-        return _subscription(row)
+        before: SubscriptionRow | None = None
+
+        async def perform(
+            answer: IdempotencyWrite[SubscriptionRow | None] | None,
+        ) -> SubscriptionRow | None:
+            nonlocal before
+            if patch.active is not None:
+                before = await self._existing(subscription_id)
+            return await self.subscriptions.update(subscription_id, values, answer)
+
+        applied = await self._once(
+            actor,
+            idempotency,
+            SUBSCRIPTION_CODEC,
+            perform,
+            lambda row: _subscription(_found(row, subscription_id)),
+        )
+        now_active = applied.outcome.status == "active"
+        if before is not None and before.active != now_active:
+            await self._announce(applied.outcome, enabled=now_active)
+        return applied
 
     def _check_timeout(self, timeout_ms: int | None) -> None:
         # A delivery's lease is sized for WEBHOOK_DELIVERY_TIMEOUT; a longer
@@ -162,30 +284,56 @@ class WebhookService:
                 details={"timeoutMs": timeout_ms, "limit": self.settings.delivery_timeout},
             )
 
-    async def _announce(self, row: SubscriptionRow, *, enabled: bool) -> None:
+    async def _announce(self, subscription: Subscription, *, enabled: bool) -> None:
         if self.notices is None:
             return
-        data: dict[str, object] = {"subscriptionId": row.id, "url": row.url}
+        data: dict[str, object] = {"subscriptionId": subscription.id, "url": subscription.url}
         if not enabled:
-            data["reason"] = row.disabled_reason
+            data["reason"] = subscription.disabledReason
         event = "subscription.enabled" if enabled else "subscription.disabled"
-        await self.notices.publish(Notice(event, row.id, data))
+        await self.notices.publish(Notice(event, subscription.id, data))
 
     async def rotate_secret(
-        self, subscription_id: str, request: RotateSecretRequest
-    ) -> SecretRotated:
+        self,
+        subscription_id: str,
+        request: RotateSecretRequest,
+        *,
+        actor: str,
+        idempotency: IdempotencyKey | None = None,
+    ) -> Applied[SecretRotated]:
         """A new secret signs from now on; the current one keeps signing too
-        for WEBHOOK_SECRET_GRACE, so receivers can switch without a gap."""
+        for WEBHOOK_SECRET_GRACE, so receivers can switch without a gap. A
+        retry with the same Idempotency-Key rotates nothing: the previous
+        secret stays the one that was current before the first request."""
         secret = request.secret or generate_secret()
         until = utc_now() + timedelta(milliseconds=self.settings.secret_grace)
-        row = await self.subscriptions.rotate_secret(subscription_id, secret, until)
-        if row is None:
-            raise _missing(subscription_id)
-        return SecretRotated(id=row.id, secret=secret, previousSecretExpiresAt=until)
 
-    async def delete_subscription(self, subscription_id: str) -> None:
-        if not await self.subscriptions.delete(subscription_id):
-            raise _missing(subscription_id)
+        def respond(row: SubscriptionRow | None) -> SecretRotated:
+            rotated = _found(row, subscription_id)
+            return SecretRotated(id=rotated.id, secret=secret, previousSecretExpiresAt=until)
+
+        return await self._once(
+            actor,
+            idempotency,
+            self._rotated_codec,
+            lambda answer: self.subscriptions.rotate_secret(subscription_id, secret, until, answer),
+            respond,
+        )
+
+    async def delete_subscription(
+        self, subscription_id: str, *, actor: str, idempotency: IdempotencyKey | None = None
+    ) -> Applied[None]:
+        def respond(deleted: bool) -> None:
+            if not deleted:
+                raise _missing(subscription_id)
+
+        return await self._once(
+            actor,
+            idempotency,
+            NO_BODY,
+            lambda answer: self.subscriptions.delete(subscription_id, answer),
+            respond,
+        )
 
     async def deliveries(
         self, subscription_id: str, *, before: int | None, limit: int
@@ -196,65 +344,121 @@ class WebhookService:
         next_cursor = items[-1].id if len(rows) > limit else None
         return DeliveryPage(items=[_delivery(row) for row in items], nextCursor=next_cursor)
 
-    async def retry_delivery(self, delivery_id: int) -> Delivery:
-        existing = await self.delivery_log.get(delivery_id)
-        if existing is None:
-            raise DeliveryNotFound(f"No delivery {delivery_id}.")
-        if existing.status != FAILED:
-            raise DeliveryNotFailed(
-                f"Delivery {delivery_id} is {existing.status}; only failed deliveries are retried.",
-                details={"status": existing.status},
-            )
-        owner = await self._existing(existing.subscription_id)
-        attempts = owner.attempt_limit(1 + self.settings.max_retries)
-        if not await self.delivery_log.retry(delivery_id, attempts):
-            now = await self.delivery_log.get(delivery_id)
-            if now is None or now.status != FAILED:
-                # Retried (or deleted) by someone else meanwhile.
-                return await self.retry_delivery(delivery_id)
+    async def retry_delivery(
+        self, delivery_id: int, *, actor: str, idempotency: IdempotencyKey | None = None
+    ) -> Applied[Delivery]:
+        async def perform(
+            answer: IdempotencyWrite[tuple[bool, DeliveryRow | None]] | None,
+        ) -> tuple[bool, DeliveryRow | None]:
+            existing = _retriable(await self.delivery_log.get(delivery_id), delivery_id)
+            owner = await self._existing(existing.subscription_id)
+            attempts = owner.attempt_limit(1 + self.settings.max_retries)
+            return await self.delivery_log.retry(delivery_id, attempts, answer)
+
+        def respond(retried: tuple[bool, DeliveryRow | None]) -> Delivery:
+            done, row = retried
+            if done and row is not None:
+                return _delivery(row)
+            # Deleted, or retried by another request meanwhile (404, 409); or
+            # still failed, because its event is no longer kept.
+            pruned = _retriable(row, delivery_id)
             raise RevisionPruned(
-                f"The event of delivery {delivery_id} (revision {existing.revision}) is no "
+                f"The event of delivery {delivery_id} (revision {pruned.revision}) is no "
                 "longer kept (retention); it cannot be sent again.",
-                details={"revision": existing.revision},
+                details={"revision": pruned.revision},
             )
-        updated = await self.delivery_log.get(delivery_id)
-        assert updated is not None
-        return _delivery(updated)
+
+        return await self._once(actor, idempotency, DELIVERY_CODEC, perform, respond)
 
     async def replay(
-        self, subscription_id: str, request: ReplayRequest | None, *, missing: bool
-    ) -> ReplayResult:
-        subscription = await self._existing(subscription_id)
-        if missing:
-            if request is not None:
-                raise ReplayNeedsOneSource(
-                    "Give either missing=true (no body) or a body with fromRevision or since."
-                )
-            if not subscription.active:
-                raise SubscriptionDisabled(
-                    f"Subscription {subscription_id!r} is disabled; re-enable it "
-                    '(PATCH {"active": true}) before sending what it missed.',
-                    details={"disabledReason": subscription.disabled_reason},
-                )
-            count, first, last = await self.delivery_log.resend_skipped(
-                subscription_id, subscription.attempt_limit(1 + self.settings.max_retries)
+        self,
+        subscription_id: str,
+        request: ReplayRequest | None,
+        *,
+        missing: bool,
+        actor: str,
+        idempotency: IdempotencyKey | None = None,
+    ) -> Applied[ReplayResult]:
+        if missing and request is not None:
+            raise ReplayNeedsOneSource(
+                "Give either missing=true (no body) or a body with fromRevision or since."
             )
-            return ReplayResult(scheduled=count, fromRevision=first, toRevision=last)
-        if request is None:
+        if not missing and request is None:
             raise ReplayNeedsOneSource(
                 "Give a body with fromRevision or since, or missing=true to send what was "
                 "skipped while the subscription was disabled."
             )
-        await self._check_kept(request)
-        scheduled, first, last = await self.delivery_log.replay(
-            subscription,
-            from_revision=request.fromRevision,
-            # UTC first: SQLite compares stored timestamps as text.
-            since=None if request.since is None else as_utc(request.since),
-            attempt_limit=1 + self.settings.max_retries,
-            max_events=MAX_REPLAY_EVENTS,
+        if request is None:
+            return await self._once(
+                actor,
+                idempotency,
+                REPLAY_CODEC,
+                lambda answer: self._resend_skipped(subscription_id, answer),
+                lambda resent: ReplayResult(
+                    scheduled=resent[0], fromRevision=resent[1], toRevision=resent[2]
+                ),
+            )
+        covered: ReplayRange | None = None
+
+        async def perform(answer: IdempotencyWrite[int] | None) -> int:
+            nonlocal covered
+            subscription = await self._existing(subscription_id)
+            await self._check_kept(request)
+            found = await self.delivery_log.replay_range(
+                subscription,
+                from_revision=request.fromRevision or 0,
+                to_revision=request.toRevision,
+                # UTC first: SQLite compares stored timestamps as text.
+                since=None if request.since is None else as_utc(request.since),
+                limit=self.settings.replay_max,
+            )
+            limit = self.settings.replay_max
+            if len(found.revisions) > limit:
+                count = len(found.revisions)
+                last_within = found.revisions[limit - 1]
+                raise ReplayTooLarge(
+                    f"This replay would queue {'at least ' if not found.complete else ''}{count} "
+                    f"deliveries, more than WEBHOOK_REPLAY_MAX ({limit}); nothing was queued. "
+                    f"The first {limit} end at revision {last_within}: replay up to toRevision "
+                    f"{last_within}, then on from {last_within + 1}.",
+                    details={
+                        "count": count,
+                        "countIsAtLeast": not found.complete,
+                        "limit": limit,
+                        "lastRevisionWithinLimit": last_within,
+                    },
+                )
+            covered = found
+            return await self.delivery_log.queue_replay(
+                subscription,
+                found.revisions,
+                attempt_limit=1 + self.settings.max_retries,
+                answer=answer,
+            )
+
+        def respond(queued: int) -> ReplayResult:
+            assert covered is not None
+            return ReplayResult(
+                scheduled=queued, fromRevision=covered.first, toRevision=covered.last
+            )
+
+        return await self._once(actor, idempotency, REPLAY_CODEC, perform, respond)
+
+    async def _resend_skipped(
+        self,
+        subscription_id: str,
+        answer: IdempotencyWrite[tuple[int, int | None, int | None]] | None,
+    ) -> tuple[int, int | None, int | None]:
+        subscription = await self._existing(subscription_id)
+        if not subscription.active:
+            raise SubscriptionDisabled(
+                f"Subscription {subscription_id!r} is disabled; re-enable it "
+                '(PATCH {"active": true}) before sending what it missed.',
+                details={"disabledReason": subscription.disabled_reason},
+            )
+        return await self.delivery_log.resend_skipped(
+            subscription_id, subscription.attempt_limit(1 + self.settings.max_retries), answer
         )
-        return ReplayResult(scheduled=scheduled, fromRevision=first, toRevision=last)
 
     async def _check_kept(self, request: ReplayRequest) -> None:
         """410 `revision_pruned` when part of what a replay asks for was pruned."""
@@ -271,9 +475,20 @@ class WebhookService:
         if as_utc(request.since) < oldest.created_at:
             await check_kept(store, 0)
 
-    async def send_test(self, subscription_id: str) -> TestResult:
+    async def send_test(
+        self, subscription_id: str, *, actor: str, idempotency: IdempotencyKey | None = None
+    ) -> Applied[TestResult]:
         """Send a `webhook.test` ping now and report what the receiver said."""
-        subscription = await self._existing(subscription_id)
+
+        async def perform(answer: IdempotencyWrite[TestResult] | None) -> TestResult:
+            result = await self._ping(await self._existing(subscription_id))
+            if answer is not None:
+                await self.store.remember(answer, result)
+            return result
+
+        return await self._once(actor, idempotency, TEST_CODEC, perform, lambda result: result)
+
+    async def _ping(self, subscription: SubscriptionRow) -> TestResult:
         event = EventRecord(
             revision=0,
             event_id="evt_" + secrets.token_hex(16),
@@ -312,6 +527,24 @@ class WebhookService:
 
 def _missing(subscription_id: str) -> SubscriptionNotFound:
     return SubscriptionNotFound(f"No webhook subscription {subscription_id!r}.")
+
+
+def _found(row: SubscriptionRow | None, subscription_id: str) -> SubscriptionRow:
+    if row is None:
+        raise _missing(subscription_id)
+    return row
+
+
+def _retriable(row: DeliveryRow | None, delivery_id: int) -> DeliveryRow:
+    """A delivery that exists and is failed (only those are retried)."""
+    if row is None:
+        raise DeliveryNotFound(f"No delivery {delivery_id}.")
+    if row.status != FAILED:
+        raise DeliveryNotFailed(
+            f"Delivery {delivery_id} is {row.status}; only failed deliveries are retried.",
+            details={"status": row.status},
+        )
+    return row
 
 
 def _previous_secret(row: SubscriptionRow) -> str | None:

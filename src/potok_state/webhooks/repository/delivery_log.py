@@ -2,16 +2,20 @@
 and what sends from it again: a failed delivery retried, a subscription's
 events replayed from a revision or a time, and what a disabled subscription
 missed (docs/webhooks.md, "What a disabled subscription misses"). A delivery
-whose event retention pruned cannot be sent again."""
+whose event retention pruned cannot be sent again. A replay is counted before
+it is queued, so one over WEBHOOK_REPLAY_MAX queues nothing (docs/webhooks.md,
+"Replay limit")."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import datetime
 
 from potok_state.clock import utc_now
 from potok_state.storage.database import Row, Tx
-from potok_state.storage.rows import OUTBOX_COLUMNS, event_record
+from potok_state.storage.idempotency import IdempotencyWrite, keyed
+from potok_state.storage.rows import event_record
 from potok_state.storage.sql import SqlStateStore
 from potok_state.webhooks.repository.dispatch import (
     announce_deliveries,
@@ -29,6 +33,20 @@ from potok_state.webhooks.repository.rows import (
     DeliveryRow,
     SubscriptionRow,
 )
+
+# Outbox rows a replay reads, and deliveries it writes, per statement.
+REPLAY_PAGE = 5000
+
+
+@dataclass(slots=True)
+class ReplayRange:
+    revisions: list[int]
+    """Of the events the subscription matches, oldest first."""
+    first: int | None
+    """The first and last revisions read (None: no event in the range)."""
+    last: int | None
+    complete: bool
+    """The whole range was read (otherwise reading stopped past the limit)."""
 
 
 class DeliveryLog:
@@ -105,11 +123,18 @@ class DeliveryLog:
             for row in rows
         ]
 
-    async def retry(self, delivery_id: int, extra_attempts: int) -> bool:
-        """Put a failed delivery back in the queue with a fresh retry budget."""
+    async def retry(
+        self,
+        delivery_id: int,
+        extra_attempts: int,
+        answer: IdempotencyWrite[tuple[bool, DeliveryRow | None]] | None = None,
+    ) -> tuple[bool, DeliveryRow | None]:
+        """Put a failed delivery back in the queue with a fresh retry budget
+        (not when its event is no longer kept): whether it was, and the
+        delivery as it is then (None: there is no such delivery)."""
         now = self.dialect.time(utc_now())
 
-        async def work(tx: Tx) -> bool:
+        async def work(tx: Tx) -> tuple[bool, DeliveryRow | None]:
             changed = await tx.execute(
                 "UPDATE webhook_deliveries SET status = $2, attempt_limit = attempts + $3, "
                 "next_attempt_at = $4, locked_until = NULL, updated_at = $4 "
@@ -120,62 +145,104 @@ class DeliveryLog:
                 now,
                 FAILED,
             )
-            await announce_deliveries(tx)
-            return bool(changed)
+            if changed:
+                await announce_deliveries(tx)
+            rows = await tx.fetch(
+                f"SELECT {DELIVERY_COLUMNS} FROM webhook_deliveries WHERE id = $1", delivery_id
+            )
+            found = await self._with_attempts(tx, rows)
+            return bool(changed), found[0] if found else None
 
-        retried = await self.db.write(work)
+        retried = await self.db.write(keyed(work, answer))
         self.deliveries_ready.notify()
         return retried
 
-    async def replay(
+    async def replay_range(
         self,
         subscription: SubscriptionRow,
         *,
-        from_revision: int | None,
+        from_revision: int,
+        to_revision: int | None,
         since: datetime | None,
-        attempt_limit: int,
-        max_events: int,
-    ) -> tuple[int, int | None, int | None]:
-        """Queue again what the subscription matched from a revision or a time."""
-        dialect = self.dialect
-        now = utc_now()
-        conditions = ["revision >= $1"]
-        args: list[object] = [from_revision or 0]
-        if since is not None:
-            args.append(dialect.time(since))
-            conditions.append(f"created_at >= ${len(args)}")
-        args.append(max_events)
-        sql = (
-            f"SELECT {OUTBOX_COLUMNS} FROM outbox WHERE {' AND '.join(conditions)} "
-            f"ORDER BY revision LIMIT ${len(args)}"
+        limit: int,
+    ) -> ReplayRange:
+        """The events of the outbox a replay covers, from `from_revision` (and
+        `since`) to `to_revision` or the head now, and the revisions of those
+        the subscription matches. Read in pages, without locks; the reading
+        stops at the page where the matches pass `limit` (a range over the
+        limit is known without reading all of it)."""
+        since_args = [] if since is None else [self.dialect.time(since)]
+        page = (
+            "SELECT revision, event, entity_type FROM outbox WHERE revision > $1 "
+            f"AND revision <= $2 {'AND created_at >= $3 ' if since_args else ''}"
+            f"ORDER BY revision LIMIT {REPLAY_PAGE}"
         )
 
-        async def work(tx: Tx) -> tuple[int, int | None, int | None]:
-            records = [event_record(dialect, row) for row in await tx.fetch(sql, *args)]
-            rows = [
-                delivery_values(
-                    dialect,
-                    subscription.id,
-                    record,
-                    subscription.attempt_limit(attempt_limit),
-                    now,
-                    PENDING,
+        async def work(tx: Tx) -> ReplayRange:
+            head = int(await tx.fetchval("SELECT value FROM revision_counter WHERE id = 1") or 0)
+            end = head if to_revision is None else min(to_revision, head)
+            found = ReplayRange(revisions=[], first=None, last=None, complete=False)
+            after = from_revision - 1
+            while not found.complete and len(found.revisions) <= limit:
+                rows = await tx.fetch(page, after, end, *since_args)
+                found.complete = len(rows) < REPLAY_PAGE
+                if not rows:
+                    break
+                if found.first is None:
+                    found.first = rows[0]["revision"]
+                found.last = after = rows[-1]["revision"]
+                found.revisions.extend(
+                    row["revision"]
+                    for row in rows
+                    if subscription.matches(row["event"], row["entity_type"])
                 )
-                for record in records
-                if subscription.matches(record.event, record.entity)
-            ]
-            if rows:
-                await queue_deliveries(tx, rows)
-            first = records[0].revision if records else None
-            last = records[-1].revision if records else None
-            return len(rows), first, last
+            return found
 
-        replayed = await self.db.write(work)
+        return await self.db.read(work)
+
+    async def queue_replay(
+        self,
+        subscription: SubscriptionRow,
+        revisions: Sequence[int],
+        *,
+        attempt_limit: int,
+        answer: IdempotencyWrite[int] | None = None,
+    ) -> int:
+        """Queue a delivery of each of these events (those still kept) in one
+        transaction; how many were queued."""
+        dialect = self.dialect
+        now = utc_now()
+        limit = subscription.attempt_limit(attempt_limit)
+        # The payload is not needed to queue a delivery: left out.
+        select = (
+            "SELECT revision, event_id, event, entity_type, entity_id, '' AS data, created_at "
+            f"FROM outbox WHERE revision {dialect.in_ints('$1')} ORDER BY revision"
+        )
+
+        async def work(tx: Tx) -> int:
+            queued = 0
+            for start in range(0, len(revisions), REPLAY_PAGE):
+                chunk = dialect.int_list(list(revisions[start : start + REPLAY_PAGE]))
+                rows = [
+                    delivery_values(
+                        dialect, subscription.id, event_record(dialect, row), limit, now, PENDING
+                    )
+                    for row in await tx.fetch(select, chunk)
+                ]
+                if rows:
+                    await queue_deliveries(tx, rows)
+                queued += len(rows)
+            return queued
+
+        queued = await self.db.write(keyed(work, answer))
         self.deliveries_ready.notify()
-        return replayed
+        return queued
 
     async def resend_skipped(
-        self, subscription_id: str, attempt_limit: int
+        self,
+        subscription_id: str,
+        attempt_limit: int,
+        answer: IdempotencyWrite[tuple[int, int | None, int | None]] | None = None,
     ) -> tuple[int, int | None, int | None]:
         """Queue again exactly the deliveries skipped while the subscription was
         disabled. They keep their ids, so each entity's go in revision order."""
@@ -214,6 +281,6 @@ class DeliveryLog:
             await announce_deliveries(tx)
             return int(found["skipped"]), found["first"], found["last"]
 
-        resent = await self.db.write(work)
+        resent = await self.db.write(keyed(work, answer))
         self.deliveries_ready.notify()
         return resent

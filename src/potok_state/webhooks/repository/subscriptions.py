@@ -9,7 +9,8 @@ from datetime import datetime
 import orjson
 
 from potok_state.clock import utc_now
-from potok_state.storage.database import Row, Tx
+from potok_state.storage.database import Tx
+from potok_state.storage.idempotency import IdempotencyWrite, keyed
 from potok_state.storage.sql import SqlStateStore
 from potok_state.webhooks.repository.rows import (
     SELECT_SUBSCRIPTION,
@@ -45,11 +46,13 @@ class SubscriptionRepository:
         self.db = store.db
         self.dialect = store.dialect
 
-    async def create(self, values: dict[str, object]) -> SubscriptionRow:
+    async def create(
+        self, values: dict[str, object], answer: IdempotencyWrite[SubscriptionRow] | None = None
+    ) -> SubscriptionRow:
         dialect = self.dialect
         now = dialect.time(utc_now())
 
-        async def work(tx: Tx) -> Row:
+        async def work(tx: Tx) -> SubscriptionRow:
             head = await tx.fetchval("SELECT value FROM revision_counter WHERE id = 1")
             await tx.execute(
                 "INSERT INTO webhook_subscriptions (id, url, events, entity_types, secret, "
@@ -73,9 +76,9 @@ class SubscriptionRepository:
             )
             row = await tx.fetchrow(SELECT_SUBSCRIPTION, values["id"])
             assert row is not None
-            return row
+            return read_subscription(dialect, row, self.seal)
 
-        return read_subscription(dialect, await self.db.write(work), self.seal)
+        return await self.db.write(keyed(work, answer))
 
     async def seal_stored_secrets(self) -> int:
         """At startup: seal secrets stored in the clear (rows from before
@@ -123,8 +126,12 @@ class SubscriptionRepository:
         return None if row is None else read_subscription(self.dialect, row, self.seal)
 
     async def update(
-        self, subscription_id: str, values: dict[str, object]
+        self,
+        subscription_id: str,
+        values: dict[str, object],
+        answer: IdempotencyWrite[SubscriptionRow | None] | None = None,
     ) -> SubscriptionRow | None:
+        """Set `values` (none: read it as it is); None when there is no such subscription."""
         dialect = self.dialect
         assignments: list[str] = []
         args: list[object] = [subscription_id]
@@ -140,15 +147,17 @@ class SubscriptionRepository:
         assignments.append(f"updated_at = ${len(args)}")
         sql = f"UPDATE webhook_subscriptions SET {', '.join(assignments)} WHERE id = $1"
 
-        async def work(tx: Tx) -> Row | None:
-            if not await tx.execute(sql, *args):
+        async def work(tx: Tx) -> SubscriptionRow | None:
+            if values and not await tx.execute(sql, *args):
                 return None
-            return await tx.fetchrow(SELECT_SUBSCRIPTION, subscription_id)
+            row = await tx.fetchrow(SELECT_SUBSCRIPTION, subscription_id)
+            return None if row is None else read_subscription(dialect, row, self.seal)
 
-        row = await self.db.write(work)
-        return None if row is None else read_subscription(dialect, row, self.seal)
+        return await self.db.write(keyed(work, answer))
 
-    async def delete(self, subscription_id: str) -> bool:
+    async def delete(
+        self, subscription_id: str, answer: IdempotencyWrite[bool] | None = None
+    ) -> bool:
         async def work(tx: Tx) -> bool:
             await tx.execute(
                 "DELETE FROM webhook_attempts WHERE delivery_id IN "
@@ -162,15 +171,19 @@ class SubscriptionRepository:
                 await tx.execute("DELETE FROM webhook_subscriptions WHERE id = $1", subscription_id)
             )
 
-        return await self.db.write(work)
+        return await self.db.write(keyed(work, answer))
 
     async def rotate_secret(
-        self, subscription_id: str, secret: str, previous_until: datetime
+        self,
+        subscription_id: str,
+        secret: str,
+        previous_until: datetime,
+        answer: IdempotencyWrite[SubscriptionRow | None] | None = None,
     ) -> SubscriptionRow | None:
         """The current secret becomes the previous one, signing until `previous_until`."""
         dialect = self.dialect
 
-        async def work(tx: Tx) -> Row | None:
+        async def work(tx: Tx) -> SubscriptionRow | None:
             changed = await tx.execute(
                 "UPDATE webhook_subscriptions SET previous_secret = secret, "
                 "previous_secret_until = $3, secret = $2, updated_at = $4 WHERE id = $1",
@@ -181,7 +194,7 @@ class SubscriptionRepository:
             )
             if not changed:
                 return None
-            return await tx.fetchrow(SELECT_SUBSCRIPTION, subscription_id)
+            row = await tx.fetchrow(SELECT_SUBSCRIPTION, subscription_id)
+            return None if row is None else read_subscription(dialect, row, self.seal)
 
-        row = await self.db.write(work)
-        return None if row is None else read_subscription(dialect, row, self.seal)
+        return await self.db.write(keyed(work, answer))
