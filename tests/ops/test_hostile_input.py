@@ -53,6 +53,12 @@ LOOPBACK_SPELLINGS = [
     "http://[::ffff:127.0.0.1]:{port}/hook",
     "http://[64:ff9b::7f00:1]:{port}/hook",
     "http://[2002:7f00:1::]:{port}/hook",
+    # IPv4-compatible (::a.b.c.d), IPv4-translated and local-use NAT64 forms
+    "http://[::127.0.0.1]:{port}/hook",
+    "http://[::7f00:1]:{port}/hook",
+    "http://[::10.0.0.1]:{port}/hook",
+    "http://[::ffff:0:127.0.0.1]:{port}/hook",
+    "http://[64:ff9b:1::7f00:1]:{port}/hook",
 ]
 
 

@@ -44,7 +44,12 @@ from potok_state.webhooks.repository.dispatch import DISPATCH_BATCH, OutboxDispa
 from potok_state.webhooks.repository.rows import PENDING, SKIPPED, SUCCEEDED
 from potok_state.webhooks.sealing import SecretSeal
 from potok_state.webhooks.signing import signature_headers
-from potok_state.webhooks.targets import InvalidWebhookUrl, PublicOnlyResolver, check_target_url
+from potok_state.webhooks.targets import (
+    InvalidWebhookUrl,
+    PublicOnlyResolver,
+    RefusedTarget,
+    check_target_url,
+)
 
 log = structlog.get_logger("potok_state.webhooks")
 
@@ -139,6 +144,14 @@ class WebhookSender:
                     retry_after = parse_retry_after(response.headers.get("Retry-After"))
         except TimeoutError:
             error = f"timed out after {timeout.total:g} s"
+        except aiohttp.ClientConnectorError as exc:
+            # A name that resolves only to refused addresses: say that, not
+            # the connector's "Cannot connect to host … [None]".
+            cause = exc.os_error
+            if isinstance(cause, RefusedTarget):
+                error = str(cause)[:ERROR_TEXT_LIMIT]
+            else:
+                error = f"{type(exc).__name__}: {exc}"[:ERROR_TEXT_LIMIT]
         except (aiohttp.ClientError, OSError) as exc:
             error = f"{type(exc).__name__}: {exc}"[:ERROR_TEXT_LIMIT]
         duration_ms = round((time.perf_counter() - started) * 1000)
