@@ -417,11 +417,12 @@ async def test_if_match_is_strict(client: httpx.AsyncClient) -> None:
         f"{STATES}/task/t1", json={"status": "in_progress"}, headers=[(b"If-Match", b'"\xb2"')]
     )
     assert_error_body(superscript, 400, "bad_request")
-    # If-Match compares strongly: a weak tag never matches (RFC 9110, 13.1.1).
+    # If-Match compares strongly: a weak tag never matches (RFC 9110, 13.1.1),
+    # and is refused naming it.
     weak = await client.put(
         f"{STATES}/task/t1", json={"status": "in_progress"}, headers={"If-Match": 'W/"1"'}
     )
-    assert_error_body(weak, 412, "version_mismatch")
+    assert_error_body(weak, 400, "bad_request")
     strong = await client.put(
         f"{STATES}/task/t1", json={"status": "in_progress"}, headers={"If-Match": '"1"'}
     )

@@ -62,18 +62,26 @@ async def write_conditions(
 
 
 def expected_version(if_match: str | None) -> int | None:
+    """The version an If-Match header asks for (None: any). A weak tag is
+    refused rather than compared: If-Match compares strongly (RFC 9110,
+    13.1.1), so it could never match, and a 412 would send the client to read
+    the state again only to send the same tag."""
     if if_match is None or if_match.strip() == "*":
         return None
     value = if_match.strip()
-    weak = value.startswith("W/")
-    tag = value.removeprefix("W/").strip('"')
+    if value.startswith("W/"):
+        raise BadRequest(
+            f"If-Match {value} is a weak tag, which never matches (If-Match compares strongly, "
+            f"RFC 9110 13.1.1); send the ETag as the service gave it, e.g. {value[2:]}.",
+            details={"ifMatch": if_match},
+        )
+    tag = value.strip('"')
     if not (tag.isascii() and tag.isdigit()) or len(tag) > 10:
         raise BadRequest(
-            'If-Match must be a version ETag such as "3".', details={"ifMatch": if_match}
+            f'If-Match must be a version ETag such as "3", not {value}.',
+            details={"ifMatch": if_match},
         )
-    # If-Match compares strongly (RFC 9110, 13.1.1): a weak tag never matches,
-    # and no state has version 0.
-    return 0 if weak else int(tag)
+    return int(tag)
 
 
 Idempotency = Annotated[IdempotencyKey | None, Depends(idempotency_key)]

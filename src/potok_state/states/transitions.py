@@ -107,8 +107,8 @@ def transition(
 def check_version(existing: StoredState, expected: int | None) -> None:
     if expected is not None and existing.version != expected:
         raise VersionMismatch(
-            f"{existing.entity} {existing.entity_id!r} is at version {existing.version}, "
-            f"not {expected}.",
+            f"{existing.entity} {existing.entity_id!r} is at version {existing.version}; "
+            f"the request expected version {expected}.",
             details={"currentVersion": existing.version, "expectedVersion": expected},
         )
 
