@@ -13,16 +13,20 @@ from potok_state.receiver import verify
 from tests.support.database import fetch_all
 from tests.support.hub import (
     deliveries,
+    in_process,
     publish,
     record,
     settled_deliveries,
     subscribe,
     subscription,
+    webhook_settings,
 )
 from tests.support.receivers import Receiver, Reply
 
 SUBSCRIPTIONS = "/api/v1/webhooks/subscriptions"
 OLD = "the-secret-before-rotation"
+SERVICE_KEY = "the-first-service-key-0123"
+NEW_SERVICE_KEY = "the-second-service-key-456"
 
 
 def key(value: str) -> dict[str, str]:
@@ -187,3 +191,25 @@ async def test_refusals_are_not_remembered(hub: httpx.AsyncClient, receiver: Rec
     )
     assert good.status_code == 200, good.text
     assert good.json()["timeoutMs"] == 500
+
+
+async def test_a_replayed_secret_opens_only_with_a_key_the_service_still_has(
+    database_url: str, receiver: Receiver
+) -> None:
+    body = {"url": receiver.url(), "events": ["custom.*"]}
+    async with in_process(webhook_settings(database_url, secret_key=SERVICE_KEY)) as hub:
+        created = await hub.post(SUBSCRIPTIONS, json=body, headers=key("before-the-change"))
+        assert created.status_code == 201, created.text
+    changed = webhook_settings(
+        database_url, secret_key=NEW_SERVICE_KEY, previous_secret_key=SERVICE_KEY
+    )
+    async with in_process(changed) as hub:
+        again = await hub.post(SUBSCRIPTIONS, json=body, headers=key("before-the-change"))
+        assert again.status_code == 201, again.text
+        assert replayed(again)
+        assert again.json() == created.json()
+    async with in_process(webhook_settings(database_url, secret_key=NEW_SERVICE_KEY)) as hub:
+        gone = await hub.post(SUBSCRIPTIONS, json=body, headers=key("before-the-change"))
+        assert gone.status_code == 409, gone.text
+        assert gone.json()["code"] == "idempotent_answer_unavailable"
+        assert len((await hub.get(SUBSCRIPTIONS)).json()) == 1

@@ -12,6 +12,7 @@ from potok_state.kit.auth import Administrator
 from potok_state.kit.errors import error_responses
 from potok_state.kit.headers import Idempotency
 from potok_state.kit.json_body import JsonBodyRoute
+from potok_state.webhooks.answers import AnswerUnavailable
 from potok_state.webhooks.schemas import (
     Delivery,
     DeliveryPage,
@@ -62,7 +63,7 @@ def _answer(applied: Applied[OutcomeT], response: Response) -> OutcomeT:
     response_model=SubscriptionCreated,
     status_code=status.HTTP_201_CREATED,
     summary="Subscribe a URL to events; the secret is shown only here",
-    responses=error_responses(InvalidWebhookUrl, InvalidSubscriptionLimit),
+    responses=error_responses(InvalidWebhookUrl, InvalidSubscriptionLimit, AnswerUnavailable),
 )
 async def create_subscription(
     body: SubscriptionCreate,
@@ -229,7 +230,7 @@ async def replay(
     "/subscriptions/{subscription_id}/rotate-secret",
     response_model=SecretRotated,
     summary="Replace the signing secret; the old one keeps signing for a grace period",
-    responses=error_responses(SubscriptionNotFound),
+    responses=error_responses(SubscriptionNotFound, AnswerUnavailable),
 )
 async def rotate_secret(
     subscription_id: SubscriptionId,

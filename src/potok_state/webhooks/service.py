@@ -25,7 +25,6 @@ from potok_state.events.service import RevisionPruned, check_kept
 from potok_state.idempotency import (
     Applied,
     IdempotencyKey,
-    ModelCodec,
     OutcomeCodec,
     idempotent,
 )
@@ -33,6 +32,14 @@ from potok_state.kit.errors import Conflict, InvalidInput, NotFound
 from potok_state.settings import WebhookSettings
 from potok_state.storage.idempotency import IdempotencyWrite
 from potok_state.storage.sql import SqlStateStore
+from potok_state.webhooks.answers import (
+    DELIVERY_CODEC,
+    NO_BODY,
+    REPLAY_CODEC,
+    SUBSCRIPTION_CODEC,
+    TEST_CODEC,
+    SecretSealingCodec,
+)
 from potok_state.webhooks.delivery import WebhookSender
 from potok_state.webhooks.notices import Notice, SubscriptionNotices
 from potok_state.webhooks.repository.delivery_log import DeliveryLog, ReplayRange
@@ -53,13 +60,12 @@ from potok_state.webhooks.schemas import (
     SubscriptionPatch,
     TestResult,
 )
-from potok_state.webhooks.sealing import SecretKeyMismatch, SecretSeal
+from potok_state.webhooks.sealing import SecretSeal
 from potok_state.webhooks.signing import generate_secret, signature_headers
 from potok_state.webhooks.targets import check_target_url
 
 OutcomeT = TypeVar("OutcomeT")
 ResultT = TypeVar("ResultT")
-ShowsSecret = TypeVar("ShowsSecret", SubscriptionCreated, SecretRotated)
 
 
 class SubscriptionNotFound(NotFound):
@@ -88,54 +94,6 @@ class ReplayNeedsOneSource(InvalidInput):
 
 class ReplayTooLarge(InvalidInput):
     code = "replay_too_large"
-
-
-class AnswerUnavailable(Conflict):
-    code = "idempotent_answer_unavailable"
-
-
-class SecretSealingCodec(OutcomeCodec[ShowsSecret]):
-    """Keeps an answer that shows a secret (a new subscription, a rotation)
-    for its Idempotency-Key with the secret encrypted like the subscription's
-    own (docs/webhooks.md, "Secrets at rest"): a retry gets the secret the
-    first answer showed, a database dump does not."""
-
-    def __init__(self, model: type[ShowsSecret], seal: SecretSeal) -> None:
-        self.model: type[ShowsSecret] = model
-        self.seal = seal
-
-    def encode(self, outcome: ShowsSecret) -> bytes:
-        sealed = self.seal.seal(outcome.secret, outcome.id)
-        return outcome.model_copy(update={"secret": sealed}).model_dump_json().encode()
-
-    def decode(self, data: bytes) -> ShowsSecret:
-        stored = self.model.model_validate_json(data)
-        try:
-            secret = self.seal.open(stored.secret, stored.id)
-        except SecretKeyMismatch:
-            raise AnswerUnavailable(
-                "The first answer to this Idempotency-Key showed a secret encrypted with a "
-                "WEBHOOK_SECRET_KEY this service no longer has; rotate the secret for a new one.",
-                details={"subscriptionId": stored.id},
-            ) from None
-        return stored.model_copy(update={"secret": secret})
-
-
-class _NoBody:
-    """The answer of a route that answers with its status only (204)."""
-
-    def encode(self, outcome: None) -> bytes:
-        return b""
-
-    def decode(self, data: bytes) -> None:
-        return None
-
-
-SUBSCRIPTION_CODEC = ModelCodec(Subscription)
-DELIVERY_CODEC = ModelCodec(Delivery)
-REPLAY_CODEC = ModelCodec(ReplayResult)
-TEST_CODEC = ModelCodec(TestResult)
-NO_BODY = _NoBody()
 
 
 class WebhookService:
