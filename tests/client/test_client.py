@@ -158,6 +158,10 @@ async def test_subscriptions_deliveries_retry_and_replay(client: AsyncPotokClien
         replayed = await client.replay(created.id, from_revision=first.revision - 1)
         assert replayed.scheduled == 2
         await receiver.wait_for(5)
+        only_first = await client.replay(
+            created.id, from_revision=first.revision - 1, to_revision=first.revision
+        )
+        assert (only_first.scheduled, only_first.toRevision) == (1, first.revision)
 
         paused = await client.update_subscription(created.id, active=False, events=["*"])
         assert (paused.status, paused.events) == ("disabled", ["*"])

@@ -411,8 +411,16 @@ def retry_delivery(delivery_id: int) -> Call:
     return Call("POST", f"{PREFIX}/webhooks/deliveries/{delivery_id}/retry")
 
 
-def replay(subscription_id: str, *, from_revision: int | None, since: datetime | None) -> Call:
-    body = ReplayRequest.model_construct(fromRevision=from_revision, since=since)
+def replay(
+    subscription_id: str,
+    *,
+    from_revision: int | None,
+    since: datetime | None,
+    to_revision: int | None,
+) -> Call:
+    body = ReplayRequest.model_construct(
+        fromRevision=from_revision, since=since, toRevision=to_revision
+    )
     return Call("POST", f"{SUBSCRIPTIONS}/{_segment(subscription_id)}/replay", content=_json(body))
 
 

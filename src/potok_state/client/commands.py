@@ -124,6 +124,7 @@ def add_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) 
     since = replay.add_mutually_exclusive_group(required=True)
     since.add_argument("--from-revision", type=int)
     since.add_argument("--since", type=datetime.fromisoformat, help="an ISO 8601 time")
+    replay.add_argument("--to-revision", type=int, help="up to this revision (inclusive)")
     replay.set_defaults(handler=_run(_webhooks_replay))
 
 
@@ -322,5 +323,10 @@ def _webhooks_deliveries(client: PotokClient, args: argparse.Namespace, out: Tex
 
 
 def _webhooks_replay(client: PotokClient, args: argparse.Namespace, out: TextIO) -> None:
-    result = client.replay(args.subscription_id, from_revision=args.from_revision, since=args.since)
+    result = client.replay(
+        args.subscription_id,
+        from_revision=args.from_revision,
+        since=args.since,
+        to_revision=args.to_revision,
+    )
     _emit_one(result, args, out)

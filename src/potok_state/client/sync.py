@@ -471,9 +471,14 @@ class PotokClient:
         *,
         from_revision: int | None = None,
         since: datetime | None = None,
+        to_revision: int | None = None,
     ) -> ReplayResult:
-        """Send again what the subscription matched from a revision or a time (one of them)."""
-        call = calls.replay(subscription_id, from_revision=from_revision, since=since)
+        """Send again what the subscription matched from a revision or a time (one of
+        them), up to `to_revision` or the newest event; more than WEBHOOK_REPLAY_MAX
+        deliveries is refused whole (`ValidationFailed`, code `replay_too_large`)."""
+        call = calls.replay(
+            subscription_id, from_revision=from_revision, since=since, to_revision=to_revision
+        )
         return ReplayResult.model_validate_json((self._send(call)).content)
 
     def ping_subscription(self, subscription_id: str) -> TestResult:
