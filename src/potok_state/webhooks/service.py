@@ -362,30 +362,17 @@ class WebhookService:
             nonlocal covered
             subscription = await self._existing(subscription_id)
             await self._check_kept(request)
+            limit = self.settings.replay_max
             found = await self.delivery_log.replay_range(
                 subscription,
                 from_revision=request.fromRevision or 0,
                 to_revision=request.toRevision,
                 # UTC first: SQLite compares stored timestamps as text.
                 since=None if request.since is None else as_utc(request.since),
-                limit=self.settings.replay_max,
+                limit=limit,
             )
-            limit = self.settings.replay_max
             if len(found.revisions) > limit:
-                count = len(found.revisions)
-                last_within = found.revisions[limit - 1]
-                raise ReplayTooLarge(
-                    f"This replay would queue {'at least ' if not found.complete else ''}{count} "
-                    f"deliveries, more than WEBHOOK_REPLAY_MAX ({limit}); nothing was queued. "
-                    f"The first {limit} end at revision {last_within}: replay up to toRevision "
-                    f"{last_within}, then on from {last_within + 1}.",
-                    details={
-                        "count": count,
-                        "countIsAtLeast": not found.complete,
-                        "limit": limit,
-                        "lastRevisionWithinLimit": last_within,
-                    },
-                )
+                raise _too_large(found, limit)
             covered = found
             return await self.delivery_log.queue_replay(
                 subscription,
@@ -485,6 +472,23 @@ class WebhookService:
 
 def _missing(subscription_id: str) -> SubscriptionNotFound:
     return SubscriptionNotFound(f"No webhook subscription {subscription_id!r}.")
+
+
+def _too_large(found: ReplayRange, limit: int) -> ReplayTooLarge:
+    count = len(found.revisions)
+    last_within = found.revisions[limit - 1]
+    return ReplayTooLarge(
+        f"This replay would queue {'' if found.complete else 'at least '}{count} deliveries, "
+        f"more than WEBHOOK_REPLAY_MAX ({limit}); nothing was queued. The first {limit} end "
+        f"at revision {last_within}: replay up to toRevision {last_within}, then on from "
+        f"{last_within + 1}.",
+        details={
+            "count": count,
+            "countIsAtLeast": not found.complete,
+            "limit": limit,
+            "lastRevisionWithinLimit": last_within,
+        },
+    )
 
 
 def _found(row: SubscriptionRow | None, subscription_id: str) -> SubscriptionRow:
