@@ -112,7 +112,8 @@ class Metrics:
         )
         self.auth_failures = Counter(
             "potok_auth_failures_total",
-            "Requests refused for their key: missing_key, unknown_key.",
+            "Requests refused for their key: missing_key, unknown_key, unknown_session (a console "
+            "session ended or unknown), console_sign_in (a console sign-in with an unknown key).",
             ["reason"],
             registry=self.registry,
         )

@@ -193,6 +193,22 @@ class WatchSettings(BaseSettings):
     )
 
 
+class ConsoleSettings(BaseSettings):
+    """The operator console at /console (docs/console.md)."""
+
+    model_config = _config("CONSOLE_")
+
+    enabled: bool = Field(
+        True, description="Serve the operator console at /console; false answers 404 there."
+    )
+    session_ttl: int = Field(
+        28_800,
+        ge=60,
+        le=30 * 86_400,
+        description="How long a console sign-in lasts, s; then the operator signs in again.",
+    )
+
+
 class RedisTierSettings(BaseSettings):
     host: str = Field("localhost", description="Redis host.")
     port: int = Field(6379, ge=1, le=65535, description="Redis port.")
@@ -404,6 +420,7 @@ class Settings(BaseSettings):
     retention: RetentionSettings = Field(default_factory=RetentionSettings)
     cache: CacheSettings = Field(default_factory=CacheSettings)
     watch: WatchSettings = Field(default_factory=WatchSettings)
+    console: ConsoleSettings = Field(default_factory=ConsoleSettings)
     redis_local: RedisLocalSettings = Field(default_factory=RedisLocalSettings)
     redis_global: RedisGlobalSettings = Field(default_factory=RedisGlobalSettings)
     throttle: ThrottleSettings = Field(default_factory=ThrottleSettings)

@@ -7,13 +7,17 @@ subject of rate limiting (`throttle.py`) and the `key` of log lines and metrics.
 A route under `/states/{entity}` checks the scope on that type; a route without
 a type needs the scope on every type, except the change feed, the watch stream
 and the machine list, which take any read scope and show only what it covers.
+
+A request without `x-api-key` may instead carry the operator console's session
+cookie (console/sessions.py, docs/console.md): the session stands for the key
+it was opened with, with that key's scopes, on the API routes as on the console.
 """
 
 from __future__ import annotations
 
 import hmac
 from dataclasses import dataclass
-from typing import Annotated
+from typing import Annotated, Protocol
 
 from fastapi import Request, Security
 from fastapi.security import APIKeyHeader
@@ -38,11 +42,30 @@ class Caller:
         return self.grants.types(Scope.READ)
 
 
+class CookieSessions(Protocol):
+    """Sessions carried by a cookie instead of `x-api-key` (the console's)."""
+
+    def carried_by(self, request: Request) -> bool:
+        """Does the request present a session cookie at all?"""
+        ...
+
+    async def caller(self, request: Request) -> Caller | None:
+        """The key of the request's session; None when the session is unknown,
+        expired or its key is gone. Forbidden when the request changes
+        something without proof that it comes from the console."""
+        ...
+
+
 class ApiKeyRing:
     def __init__(self, keys: tuple[ApiKey, ...]) -> None:
         self._keys = [
             (key.key.get_secret_value().encode(), Caller(key.name, key.grants)) for key in keys
         ]
+        self._by_name = {caller.name: (key, caller) for key, caller in self._keys}
+
+    def named(self, name: str) -> tuple[bytes, Caller] | None:
+        """The key called `name` as configured now: its value and its caller."""
+        return self._by_name.get(name)
 
     def caller_for(self, presented: str) -> Caller | None:
         """The matching key. Every key is compared, each in constant time, so
@@ -65,20 +88,44 @@ async def authenticate(request: Request) -> Caller:
     if known is not None:
         return known
     throttle: Throttle = request.app.state.throttle
-    metrics: Metrics = request.app.state.metrics
     ring: ApiKeyRing = request.app.state.api_keys
+    sessions: CookieSessions | None = getattr(request.app.state, "cookie_sessions", None)
     presented = request.headers.get("x-api-key")
-    caller = ring.caller_for(presented) if presented else None
-    if caller is None:
-        reason = "missing_key" if not presented else "unknown_key"
-        metrics.auth_failures.labels(reason).inc()
-        address = request.client.host if request.client is not None else "unknown"
-        await throttle.count_failure(address)
-        raise Unauthorized("Missing x-api-key header." if not presented else "Unknown API key.")
+    if presented is None and sessions is not None and sessions.carried_by(request):
+        caller = await sessions.caller(request)
+        if caller is None:
+            raise await failed_authentication(
+                request, "unknown_session", "The console session has ended; sign in again."
+            )
+    else:
+        caller = ring.caller_for(presented) if presented else None
+        if caller is None:
+            raise await failed_authentication(
+                request,
+                "missing_key" if not presented else "unknown_key",
+                "Missing x-api-key header." if not presented else "Unknown API key.",
+            )
     request.state.caller = caller
     request.state.actor = caller.name
     await throttle.admit(caller.name)
     return caller
+
+
+async def failed_authentication(request: Request, reason: str, message: str) -> Unauthorized:
+    """Count a failed authentication (metric, and the client address's
+    failures: RateLimited past the limit); the 401 to raise otherwise."""
+    metrics: Metrics = request.app.state.metrics
+    throttle: Throttle = request.app.state.throttle
+    metrics.auth_failures.labels(reason).inc()
+    address = request.client.host if request.client is not None else "unknown"
+    await throttle.count_failure(address)
+    return Unauthorized(message)
+
+
+def check_scope(request: Request, caller: Caller, scope: Scope, entity: str | None) -> None:
+    """Forbidden unless the caller may use `scope` on `entity` (None: every type)."""
+    if not caller.grants.allows(scope, entity):
+        raise _refuse(request, caller, scope, entity)
 
 
 def _refuse(request: Request, caller: Caller, scope: Scope, entity: str | None) -> Forbidden:

@@ -1,8 +1,9 @@
 """Security headers on every response, as helmet sets them for the original service.
 
 The API answers JSON, so its Content-Security-Policy forbids everything. A
-response that needs more (the Swagger UI page, see `docs.py`) sets its own
-policy, and this middleware leaves that one in place.
+response that needs more (the Swagger UI page, see `docs.py`; the console's
+pages, which also send their own Referrer-Policy) sets its own header, and this
+middleware leaves that one in place.
 """
 
 from __future__ import annotations
@@ -37,9 +38,10 @@ class SecurityHeadersMiddleware:
         async def send_with_headers(message: Message) -> None:
             if message["type"] == "http.response.start":
                 headers = list(message.get("headers", ()))
-                if not any(name.lower() == _CSP for name, _ in headers):
+                own = {name.lower() for name, _ in headers}
+                if _CSP not in own:
                     headers.append(self.csp)
-                headers.extend(SECURITY_HEADERS)
+                headers.extend(header for header in SECURITY_HEADERS if header[0] not in own)
                 message["headers"] = headers
             await send(message)
 

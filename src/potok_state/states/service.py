@@ -82,6 +82,7 @@ from potok_state.storage.port import (
     DueLeases,
     Renewal,
     StateStore,
+    StatusCount,
 )
 
 # Lapsed leases of one type expired per change set (one transaction).
@@ -596,6 +597,14 @@ class StateService:
         items = records[:limit]
         next_cursor = encode_revision_cursor(items[-1].revision) if len(records) > limit else None
         return history_page_json(items, next_cursor)
+
+    async def status_counts(self, entity: str | None = None) -> list[StatusCount]:
+        """How many states sit in each status now, per type (or of one type)."""
+        return await self.store.status_counts(entity)
+
+    async def change_counts(self, since: datetime) -> dict[str, int]:
+        """Changes per entity type committed since `since`."""
+        return await self.store.change_counts(since)
 
     def state_machines(self) -> list[StateMachineView]:
         return [_machine_view(machine) for machine in self.machines.all()]

@@ -110,6 +110,15 @@ class RevisionBounds:
     head: int
 
 
+@dataclass(frozen=True, slots=True)
+class StatusCount:
+    """How many states of one type are in one status now."""
+
+    entity: str
+    status: str
+    count: int
+
+
 @dataclass(slots=True)
 class WriteTicket:
     """One admitted change: the store sets the last revision it committed
@@ -151,6 +160,16 @@ class StateStore(Protocol):
     async def changes(self, after_revision: int, limit: int) -> list[EventRecord]: ...
 
     async def revision_bounds(self) -> RevisionBounds: ...
+
+    async def status_counts(self, entity: str | None = None) -> list[StatusCount]:
+        """The states per type and status (of one type when `entity` is given),
+        by type, then status."""
+        ...
+
+    async def change_counts(self, since: datetime) -> dict[str, int]:
+        """The changes per entity type committed at or after `since` (custom
+        events have no type and are not counted)."""
+        ...
 
     async def renew_leases(
         self, entity: str, entity_ids: Sequence[str], ttl: int | None

@@ -55,6 +55,7 @@ from potok_state.storage.port import (
     RevisionBounds,
     SortField,
     StateQuery,
+    StatusCount,
     WriteTicket,
 )
 from potok_state.storage.rows import (
@@ -286,6 +287,17 @@ class SqlStateStore:
         value = await self.db.read_point(lambda tx: tx.fetchval(_HEAD))
         return int(value or 0)
 
+    async def status_counts(self, entity: str | None = None) -> list[StatusCount]:
+        if entity is None:
+            rows = await self.db.read(lambda tx: tx.fetch(_STATUS_COUNTS))
+        else:
+            rows = await self.db.read(lambda tx: tx.fetch(_STATUS_COUNTS_OF_TYPE, entity))
+        return [StatusCount(row[0], row[1], int(row[2])) for row in rows]
+
+    async def change_counts(self, since: datetime) -> dict[str, int]:
+        rows = await self.db.read(lambda tx: tx.fetch(_CHANGE_COUNTS, self.dialect.time(since)))
+        return {row[0]: int(row[1]) for row in rows}
+
     # -- leases (docs/leases.md) ---------------------------------------------------
 
     async def renew_leases(
@@ -353,6 +365,20 @@ _HISTORY = (
 )
 _CHANGES = f"SELECT {OUTBOX_COLUMNS} FROM outbox WHERE revision > $1 ORDER BY revision LIMIT $2"
 _HEAD = "SELECT value FROM revision_counter WHERE id = 1"
+# Both walk ix_states_type_status (an index-only count on PostgreSQL once the
+# table is vacuumed); the operator console asks, never the hot path.
+_STATUS_COUNTS = (
+    "SELECT entity_type, status, count(*) FROM states "
+    "GROUP BY entity_type, status ORDER BY entity_type, status"
+)
+_STATUS_COUNTS_OF_TYPE = (
+    "SELECT entity_type, status, count(*) FROM states WHERE entity_type = $1 "
+    "GROUP BY entity_type, status ORDER BY status"
+)
+_CHANGE_COUNTS = (
+    "SELECT entity_type, count(*) FROM outbox WHERE created_at >= $1 "
+    "AND entity_type IS NOT NULL GROUP BY entity_type"
+)
 # One statement for a batch of heartbeats. The final SELECT sees the states as
 # they were before the UPDATE (one snapshot), which is all it asks: whether
 # each one exists. Times are the database's clock, as for every write.

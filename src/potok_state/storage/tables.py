@@ -234,3 +234,18 @@ stream_publisher = Table(
     Column("holder", String(64)),
     Column("held_until", Timestamp),
 )
+
+# The operator console's sessions (docs/console.md). The cookie holds a random
+# token; only its SHA-256 is stored. `key_check` ties the session to the API
+# key's current value (an HMAC keyed by the token), so a key removed from
+# API_KEYS, or given a new value, ends the sessions opened with it.
+console_sessions = Table(
+    "console_sessions",
+    metadata,
+    Column("token_hash", String(64), primary_key=True),
+    Column("key_name", String(128), nullable=False),
+    Column("key_check", String(64), nullable=False),
+    Column("created_at", Timestamp, nullable=False),
+    Column("expires_at", Timestamp, nullable=False),
+    Index("ix_console_sessions_expires", "expires_at"),
+)
