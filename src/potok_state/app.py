@@ -17,6 +17,9 @@ from potok_state.cache import TieredCache
 from potok_state.cache.floors import RevisionFloors
 from potok_state.cache.near import NearCache, NearCacheFollower
 from potok_state.clock import utc_now
+from potok_state.console.api import install_console
+from potok_state.console.pages import ConsolePages
+from potok_state.console.sessions import ConsoleSessions
 from potok_state.events.api import router as events_router
 from potok_state.events.retention import Pruner
 from potok_state.events.service import ChangeFeed, EventPublisher
@@ -38,7 +41,7 @@ from potok_state.leases.reaper import LeaseReaper
 from potok_state.logging import configure_logging
 from potok_state.metrics import Metrics
 from potok_state.metrics import router as metrics_router
-from potok_state.settings import ExternalDbSettings, Settings, StorageBackend
+from potok_state.settings import AppEnv, ExternalDbSettings, Settings, StorageBackend
 from potok_state.states.api import machines_router
 from potok_state.states.api import router as states_router
 from potok_state.states.machines import load_machines
@@ -360,6 +363,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(machines_router)
     app.include_router(events_router)
     app.include_router(webhooks_router)
+    if settings.console.enabled:
+        install_console(
+            app,
+            ConsoleSessions(store.db, app.state.api_keys, ttl_seconds=settings.console.session_ttl),
+            ConsolePages(state_service, webhook_service, app.state.change_feed),
+            secure_cookie=settings.app_env is not AppEnv.DEVELOPMENT,
+        )
     docs.install_api_docs(app)
     return app
 
