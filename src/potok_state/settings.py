@@ -203,7 +203,7 @@ class ConsoleSettings(BaseSettings):
     )
     session_ttl: int = Field(
         28_800,
-        ge=60,
+        ge=1,
         le=30 * 86_400,
         description="How long a console sign-in lasts, s; then the operator signs in again.",
     )
