@@ -20,7 +20,9 @@ run: install
 install-dev: $(UV)
 	$(UV) sync --frozen
 
+# The console's browser tests need Chromium: installed from Debian when missing.
 test: install-dev
+	scripts/install-chromium
 	$(MAKE) lint typecheck pytest
 
 lint:

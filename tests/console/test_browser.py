@@ -47,7 +47,10 @@ AUDIT = """(() => {
     const parts = text.match(/rgba?\\(([^)]+)\\)/)[1].split(/[ ,\\/]+/).filter(Boolean).map(Number);
     return { r: parts[0], g: parts[1], b: parts[2], a: parts.length > 3 ? parts[3] : 1 };
   };
-  const channel = (v) => { v /= 255; return v <= 0.03928 ? v / 12.92 : ((v + 0.055) / 1.055) ** 2.4; };
+  const channel = (v) => {
+    v /= 255;
+    return v <= 0.03928 ? v / 12.92 : ((v + 0.055) / 1.055) ** 2.4;
+  };
   const luminance = (c) => 0.2126 * channel(c.r) + 0.7152 * channel(c.g) + 0.0722 * channel(c.b);
   const dark = matchMedia('(prefers-color-scheme: dark)').matches;
   const behind = (element) => {
@@ -66,7 +69,8 @@ AUDIT = """(() => {
     seen.add(element);
     const style = getComputedStyle(element);
     if (element.closest('[hidden]') || !element.getClientRects().length) continue;
-    const [high, low] = [luminance(parse(style.color)), luminance(behind(element))].sort((a, b) => b - a);
+    const pair = [luminance(parse(style.color)), luminance(behind(element))];
+    const [high, low] = pair.sort((a, b) => b - a);
     const ratio = (high + 0.05) / (low + 0.05);
     const size = parseFloat(style.fontSize);
     const large = size >= 24 || (Number(style.fontWeight) >= 700 && size >= 18.66);
@@ -187,8 +191,9 @@ async def test_the_overview_lists_types_and_counts_and_follows_changes(
         await record(api, "ticket", f"k{n}", "open")
     await record(api, "ticket", "k0", "closed")
     await page.open(f"{service}/console")
-    counts = """(() => Object.fromEntries([...document.querySelectorAll(
-        'tr[data-entity="ticket"] [data-status]')].map(e => [e.dataset.status, +e.dataset.count])))()"""
+    counts = """(() => Object.fromEntries(
+        [...document.querySelectorAll('tr[data-entity="ticket"] [data-status]')]
+        .map(e => [e.dataset.status, +e.dataset.count])))()"""
     assert await page.evaluate(counts) == {"closed": 1, "open": 2}
     types = await page.evaluate(
         "[...document.querySelectorAll('#types tr[data-entity]')].map(r => r.dataset.entity)"
@@ -257,7 +262,8 @@ async def test_a_failing_delivery_shows_its_attempts_and_retry_sends_it_again(
 
         receiver.answer(then=Reply(status=204))
         await page.click("tr[data-delivery] button[data-action$='/retry']")
-        assert page.dialogs and page.dialogs[0].startswith("Send delivery #")
+        assert page.dialogs
+        assert page.dialogs[0].startswith("Send delivery #")
         await receiver.wait_for(2)
         await page.wait_for(
             f"{row}.dataset.status === 'succeeded'"
@@ -265,9 +271,11 @@ async def test_a_failing_delivery_shows_its_attempts_and_retry_sends_it_again(
             what="the retried delivery to succeed on the page",
         )
         log = await page.evaluate(f"{row}.querySelector('.attempts').innerText")
-        assert "HTTP 500" in log and "HTTP 204" in log
-        assert "queued again" in await page.evaluate(
-            "document.getElementById('announce').textContent"
+        assert "HTTP 500" in log
+        assert "HTTP 204" in log
+        await page.wait_for(
+            "document.getElementById('announce').textContent.includes('queued again')",
+            what="the retry to be announced",
         )
 
 
@@ -309,7 +317,8 @@ async def test_the_services_page_counts_leases_down(
     await record(api, "service", "mail-2b1c", "starting", metadata={"name": "mail"}, ttl=120)
     await page.open(f"{service}/console/services")
     first = await page.wait_for(
-        "document.querySelector('tr[data-entity-id=\"billing-7f3a\"] .countdown')?.textContent.match(/^(\\d+) s$/)?.[1]",
+        "document.querySelector('tr[data-entity-id=\"billing-7f3a\"] .countdown')"
+        "?.textContent.match(/^(\\d+) s$/)?.[1]",
         what="a countdown",
     )
     assert 100 < int(first) <= 120

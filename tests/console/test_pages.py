@@ -7,6 +7,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import re
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 from xml.etree import ElementTree
@@ -20,7 +21,7 @@ from tests.conftest import API_KEY, TEST_API_KEYS, make_settings
 from tests.support.apps import running_app
 from tests.support.console import console_client, sign_in
 from tests.support.polling import eventually
-from tests.support.receivers import Receiver, Reply, running_receiver
+from tests.support.receivers import Reply, running_receiver
 
 Json = dict[str, Any]
 SVG = "{http://www.w3.org/2000/svg}"
@@ -42,13 +43,13 @@ async def record(
 
 
 @pytest.fixture
-async def browser(app: FastAPI) -> Any:
+async def browser(app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
     async with console_client(app) as signed_in:
         await sign_in(signed_in, API_KEY)
         yield signed_in
 
 
-async def page_json(browser: httpx.AsyncClient, path: str, **params: object) -> Json:
+async def page_json(browser: httpx.AsyncClient, path: str, **params: str | int) -> Json:
     response = await browser.get(path, params={**params, "format": "json"})
     assert response.status_code == 200, response.text
     data: Json = response.json()
@@ -177,7 +178,8 @@ async def test_the_entity_page_shows_the_state_and_its_timeline(
     assert deleted["history"][-1]["newStatus"] is None
     missing = await browser.get("/console/types/task/never")
     assert missing.status_code == 404
-    assert "never" in missing.text and "<html" in missing.text
+    assert "never" in missing.text
+    assert "<html" in missing.text
     assert (await browser.get("/console/types/task/never?format=json")).json()["code"] == (
         "state_not_found"
     )
@@ -263,7 +265,8 @@ async def test_every_page_and_fragment_renders_with_nothing_from_another_host(
         response = await browser.get(path)
         assert response.status_code == 200, path
         policy = response.headers["content-security-policy"]
-        assert "default-src 'none'" in policy and "script-src 'self'" in policy
+        assert "default-src 'none'" in policy
+        assert "script-src 'self'" in policy
         assert "unsafe" not in policy
         assert response.headers["referrer-policy"] == "same-origin"
         assert response.headers["cache-control"] == "no-store"

@@ -189,6 +189,19 @@ async def test_sessions_are_shared_by_replicas_and_end_with_their_key(database_u
                 assert "sign in again" in api.json()["message"]
 
 
+async def test_a_session_keeps_the_scopes_of_its_key_while_another_shares_its_name(
+    database_url: str,
+) -> None:
+    """Two entries may share a name while a key is rotated: each session has
+    the scopes of the key it was opened with."""
+    keys = f"{TEST_API_KEYS},ops:old-ops-key:read,ops:new-ops-key:read+admin"
+    async with running_app(make_settings(database_url, api_keys=keys)) as app:
+        for key, webhooks_status in (("old-ops-key", 403), ("new-ops-key", 200)):
+            async with console_client(app) as browser:
+                await sign_in(browser, key)
+                assert (await browser.get("/console/webhooks")).status_code == webhooks_status
+
+
 async def test_sign_out_ends_the_session_everywhere(app: FastAPI) -> None:
     async with console_client(app) as browser:
         session = await sign_in(browser, API_KEY)

@@ -145,8 +145,7 @@ class Page:
         height = min(int(metrics["cssContentSize"]["height"]) + 1, 8000)
         await self.viewport(width, height, mobile=width < 600)
         shot = await self.call("Page.captureScreenshot", format="png")
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_bytes(base64.b64decode(shot["data"]))
+        await asyncio.to_thread(_write, path, base64.b64decode(shot["data"]))
         await self.viewport(1280, 900)
 
     async def cookies(self) -> list[JsonObject]:
@@ -173,6 +172,11 @@ class Page:
             elif event.get("method") == "Runtime.consoleAPICalled" and params["type"] == "error":
                 found.append(" ".join(str(a.get("value", a)) for a in params.get("args", [])))
         return found
+
+
+def _write(path: Path, content: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(content)
 
 
 def _js(value: str) -> str:

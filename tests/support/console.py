@@ -37,7 +37,8 @@ async def sign_in(client: httpx.AsyncClient, api_key: str) -> SignedIn:
     page = await client.get("/console")
     assert page.status_code == 200, page.text
     found = CSRF_META.search(page.text)
-    assert found is not None and found.group(1), page.text
+    assert found is not None, page.text
+    assert found.group(1), page.text
     return SignedIn(token, found.group(1))
 
 

@@ -128,13 +128,10 @@ class ConsoleSessions:
         row = await self.db.read_point(lambda tx: tx.fetchrow(_FIND, _token_hash(token), now))
         if row is None:
             return None
-        configured = self.keys.named(row["key_name"])
-        if configured is None:
-            return None
-        key, caller = configured
-        if not hmac.compare_digest(_key_check(token, key), row["key_check"]):
-            return None
-        return ConsoleSession(token, caller, self.db.dialect.read_time(row["expires_at"]))
+        for key, caller in self.keys.named(row["key_name"]):
+            if hmac.compare_digest(_key_check(token, key), row["key_check"]):
+                return ConsoleSession(token, caller, self.db.dialect.read_time(row["expires_at"]))
+        return None
 
     async def close(self, token: str) -> None:
         await self.db.write(lambda tx: tx.execute(_DELETE, _token_hash(token)))

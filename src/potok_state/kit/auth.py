@@ -61,11 +61,11 @@ class ApiKeyRing:
         self._keys = [
             (key.key.get_secret_value().encode(), Caller(key.name, key.grants)) for key in keys
         ]
-        self._by_name = {caller.name: (key, caller) for key, caller in self._keys}
 
-    def named(self, name: str) -> tuple[bytes, Caller] | None:
-        """The key called `name` as configured now: its value and its caller."""
-        return self._by_name.get(name)
+    def named(self, name: str) -> list[tuple[bytes, Caller]]:
+        """The keys called `name` as configured now (two while one is rotated):
+        each one's value and caller."""
+        return [(key, caller) for key, caller in self._keys if caller.name == name]
 
     def caller_for(self, presented: str) -> Caller | None:
         """The matching key. Every key is compared, each in constant time, so
