@@ -1,0 +1,1 @@
+"""The operator console at /console (docs/console.md)."""
