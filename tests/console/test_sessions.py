@@ -90,6 +90,20 @@ async def test_signing_in_goes_back_to_the_page_asked_for_and_only_there(app: Fa
             assert response.headers["location"] == "/console", elsewhere
 
 
+async def test_a_malformed_sign_in_form_is_a_400(app: FastAPI) -> None:
+    async with console_client(app) as browser:
+        many = "&".join(f"f{n}=x" for n in range(20))
+        too_many = await browser.post(
+            "/console/login",
+            content=many,
+            headers={"content-type": "application/x-www-form-urlencoded"},
+        )
+        assert too_many.status_code == 400
+        assert "at most" in too_many.text
+        too_large = await browser.post("/console/login", data={"apiKey": "k" * 5000})
+        assert too_large.status_code == 400
+
+
 async def test_a_sign_in_posted_from_another_site_is_refused(app: FastAPI) -> None:
     async with console_client(app) as browser:
         response = await browser.post(

@@ -44,7 +44,8 @@ from potok_state.states.schemas import STATUS_PATTERN, SortSpec
 
 CONSOLE_PATH = "/console"
 STATIC_PATH = "/console/static"
-LOGIN_FORM_MAX_BYTES = 4096
+FORM_MAX_BYTES = 4096
+FORM_MAX_FIELDS = 8
 
 router = APIRouter(prefix=CONSOLE_PATH, include_in_schema=False, route_class=ConsoleRoute)
 
@@ -78,6 +79,17 @@ def _next_page(value: str | None) -> str:
     return CONSOLE_PATH
 
 
+async def _form(request: Request) -> dict[str, str]:
+    """The fields of a console form (`application/x-www-form-urlencoded`)."""
+    body = await request.body()
+    if len(body) > FORM_MAX_BYTES:
+        raise BadRequest("The form is too large.")
+    try:
+        return dict(parse_qsl(body.decode("utf-8", "replace"), max_num_fields=FORM_MAX_FIELDS))
+    except ValueError:
+        raise BadRequest(f"A console form has at most {FORM_MAX_FIELDS} fields.") from None
+
+
 @router.get("/login")
 async def login_page(
     request: Request, next_page: Annotated[str | None, Query(alias="next")] = None
@@ -91,10 +103,7 @@ async def login(request: Request) -> Response:
     cookie, or the form again with 401 (429 after too many failures)."""
     if request.headers.get("origin") is not None and not same_site(request):
         raise Forbidden("Sign in from the console's own page.")
-    body = await request.body()
-    if len(body) > LOGIN_FORM_MAX_BYTES:
-        raise BadRequest("The sign-in form is too large.")
-    fields = dict(parse_qsl(body.decode("utf-8", "replace"), max_num_fields=8))
+    fields = await _form(request)
     next_page = _next_page(fields.get("next"))
     session = await sessions(request).open(fields.get("apiKey", "").strip())
     if session is None:
@@ -122,9 +131,7 @@ async def logout(request: Request) -> Response:
     token = request.cookies.get(SESSION_COOKIE)
     session = await sessions(request).find(token) if token else None
     if session is not None:
-        body = await request.body()
-        fields = dict(parse_qsl(body.decode("utf-8", "replace"), max_num_fields=8))
-        presented = request.headers.get(CSRF_HEADER) or fields.get(CSRF_FIELD)
+        presented = request.headers.get(CSRF_HEADER) or (await _form(request)).get(CSRF_FIELD)
         check_console_write(request, session, presented)
         await sessions(request).close(session.token)
     response = RedirectResponse(f"{CONSOLE_PATH}/login", status_code=303)
