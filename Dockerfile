@@ -12,6 +12,9 @@ WORKDIR /app
 COPY pyproject.toml uv.lock README.md ./
 RUN uv sync --frozen --no-dev --no-install-project
 COPY src ./src
+# The build writes client/sync.py, generated from client/aio.py.
+COPY hatch_build.py ./
+COPY scripts/generate_sync_client.py ./scripts/
 RUN uv sync --frozen --no-dev --no-editable
 
 FROM python:3.11-slim

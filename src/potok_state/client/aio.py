@@ -1,4 +1,8 @@
-"""`AsyncPotokClient`: the service's API as typed async methods (docs/client.md)."""
+"""`AsyncPotokClient`: the service's API as typed async methods (docs/client.md).
+
+The blocking `PotokClient` (client/sync.py) is generated from this file when the
+package is installed (scripts/generate_sync_client.py).
+"""
 
 from __future__ import annotations
 
