@@ -281,22 +281,24 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
-        await prepare_schema(store)
-        await webhook_service.subscriptions.seal_stored_secrets()
-        await store.commits.start()
-        if replicator is not None:
-            await replicator.start()
-        if stream_publisher is not None:
-            await stream_publisher.start()
-        on_exit_signal(watch_hub.close)
-        if cache is not None:
-            await cache.start()
-        if worker is not None:
-            await worker.start()
-        await reaper.start()
-        await pruner.start()
-        log.info("service.started", app=settings.app_name, env=settings.app_env.value)
+        # A start that fails (SchemaNotCurrent, SecretKeyMismatch, a tier down)
+        # releases what it opened too: every stop below is safe before its start.
         try:
+            await prepare_schema(store)
+            await webhook_service.subscriptions.seal_stored_secrets()
+            await store.commits.start()
+            if replicator is not None:
+                await replicator.start()
+            if stream_publisher is not None:
+                await stream_publisher.start()
+            on_exit_signal(watch_hub.close)
+            if cache is not None:
+                await cache.start()
+            if worker is not None:
+                await worker.start()
+            await reaper.start()
+            await pruner.start()
+            log.info("service.started", app=settings.app_name, env=settings.app_env.value)
             yield
         finally:
             watch_hub.close()

@@ -135,11 +135,17 @@ async def test_server_refuses_an_unmigrated_postgres_database(empty_postgres_url
         async with app.router.lifespan_context(app):
             pytest.fail("the app started on an unmigrated database")
 
-    # Nothing was created behind the operator's back.
+    # Nothing was created behind the operator's back, and the refused start
+    # left no connection open.
     engine = create_engine(empty_postgres_url, pool_size=1)
     try:
         async with engine.connect() as connection:
             assert await connection.run_sync(table_names) == set()
+            others = await connection.exec_driver_sql(
+                "SELECT count(*) FROM pg_stat_activity "
+                "WHERE datname = current_database() AND pid <> pg_backend_pid()"
+            )
+            assert others.scalar_one() == 0
     finally:
         await engine.dispose()
 
