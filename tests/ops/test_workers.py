@@ -7,7 +7,9 @@ share one table of revision floors, cache/floors.py).
 Which process answers a connection is found out from /proc: the worker that
 holds the server end of that TCP connection. A connection kept open is pinned
 to its worker, so a write on one worker can be read back on the other on
-purpose; fresh connections per request spread over both by chance."""
+purpose; fresh connections per request spread over both by chance. uvicorn
+closes a connection idle for 5 s (`timeout_keep_alive`), so a pinned one is
+kept busy while the test uses other connections."""
 
 from __future__ import annotations
 
@@ -39,6 +41,9 @@ READS_PER_WRITE = 3
 CROSS_ITERATIONS = 60
 DELETIONS = 10
 PIN_ATTEMPTS = 200
+# How often an otherwise idle pinned connection is used: well inside uvicorn's
+# keep-alive timeout (5 s).
+KEEP_OPEN_SECONDS = 1.0
 # Concurrent PATCHes of one entity, per writer.
 PATCHES = 20
 
@@ -162,12 +167,24 @@ class Pinned:
         return response
 
 
+async def keep_open(pin: Pinned, stop: asyncio.Event) -> None:
+    """Use the pinned connection at least every KEEP_OPEN_SECONDS, so the server
+    never closes it as idle (its one-connection pool queues this behind the
+    test's own requests, on the same connection)."""
+    while not stop.is_set():
+        body(await pin.request("GET", "/health/liveness"), 200)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), KEEP_OPEN_SECONDS)
+
+
 @asynccontextmanager
 async def pinned_connections(served: Served) -> AsyncIterator[dict[int, Pinned]]:
-    """One open connection to each worker: new connections until every worker
-    has accepted one."""
+    """One open connection to each worker, kept open: new connections until
+    every worker has accepted one."""
     pinned: dict[int, Pinned] = {}
     opened: list[httpx.AsyncClient] = []
+    stop = asyncio.Event()
+    keepers: list[asyncio.Task[None]] = []
     try:
         for _ in range(PIN_ATTEMPTS):
             client = httpx.AsyncClient(
@@ -184,6 +201,7 @@ async def pinned_connections(served: Served) -> AsyncIterator[dict[int, Pinned]]
             owner = None if inode is None else socket_owner(served.workers, inode)
             if owner is not None and owner not in pinned:
                 pinned[owner] = Pinned(owner, client, address)
+                keepers.append(asyncio.create_task(keep_open(pinned[owner], stop)))
                 if len(pinned) == WORKERS:
                     break
             else:
@@ -193,8 +211,14 @@ async def pinned_connections(served: Served) -> AsyncIterator[dict[int, Pinned]]
         )
         yield pinned
     finally:
+        stop.set()
+        # A keeper that failed (its connection was replaced) fails the test.
+        kept = await asyncio.gather(*keepers, return_exceptions=True)
         for client in opened:
             await client.aclose()
+    for outcome in kept:
+        if isinstance(outcome, BaseException):
+            raise outcome
 
 
 @asynccontextmanager
