@@ -17,7 +17,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from potok_state.client.commands import add_commands
+from potok_state.client.commands import add_commands, join_dashed_values
 
 if TYPE_CHECKING:
     from potok_state.settings import Settings
@@ -275,7 +275,7 @@ def main(argv: list[str] | None = None) -> None:
     )
     config_cmd.set_defaults(handler=show_config)
     add_commands(commands)
-    args = parser.parse_args(argv)
+    args = parser.parse_args(join_dashed_values(sys.argv[1:] if argv is None else argv))
     args.handler(args)
 
 

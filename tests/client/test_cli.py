@@ -78,6 +78,14 @@ async def test_states_set_get_history_query(service: Service) -> None:
         await potok(service, "states", "query", entity, "--sort", "entityId", "--json")
     )
     assert [s["entityId"] for s in everything] == ["a", "b"]
+    # A descending sort as docs/client.md writes it, and in the `=` form.
+    for sort, expected in (
+        (["--sort", "-entityId"], ["b", "a"]),
+        (["--sort=-entityId"], ["b", "a"]),
+        (["--sort", "-updatedAt"], ["a", "b"]),  # `a` changed last
+    ):
+        descending = parsed(await potok(service, "states", "query", entity, *sort, "--json"))
+        assert [s["entityId"] for s in descending] == expected, sort
     eu = parsed(await potok(service, "states", "query", entity, "--where", "zone=eu", "--json"))
     assert [s["entityId"] for s in eu] == ["a"]
     one = parsed(await potok(service, "states", "query", entity, "--limit", "1", "--json"))

@@ -43,6 +43,29 @@ class UsageError(Exception):
     pass
 
 
+# Options whose value may start with "-": argparse would read `--sort -updatedAt`
+# as two options ("expected one argument"), so such a pair is joined first.
+_DASHED_VALUES = ("--sort",)
+
+
+def join_dashed_values(argv: Sequence[str]) -> list[str]:
+    """`--sort -updatedAt` as `--sort=-updatedAt`, which argparse understands."""
+    joined: list[str] = []
+    arguments = iter(argv)
+    for argument in arguments:
+        if argument in _DASHED_VALUES:
+            value = next(arguments, None)
+            if value is not None and value.startswith("-") and not value.startswith("--"):
+                joined.append(f"{argument}={value}")
+                continue
+            joined.append(argument)
+            if value is not None:
+                joined.append(value)
+            continue
+        joined.append(argument)
+    return joined
+
+
 def add_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--url", help="the service (default: POTOK_URL or http://localhost:3002)")
@@ -85,7 +108,7 @@ def add_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) 
     query.add_argument(
         "--where", action="append", default=[], metavar="KEY=VALUE", help="metadata equality"
     )
-    query.add_argument("--sort", default="-updatedAt")
+    query.add_argument("--sort", default="-updatedAt", help="a field, `-` before it for descending")
     query.add_argument("--limit", type=int, help="at most this many states (all pages)")
     query.set_defaults(handler=_run(_states_query))
 
