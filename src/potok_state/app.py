@@ -91,6 +91,19 @@ async def prepare_schema(store: SqlStateStore) -> None:
         )
 
 
+async def check_startup(settings: Settings) -> None:
+    """What would keep the service from starting, found before the server
+    starts (the command line prints it as one line, not a server traceback):
+    SchemaNotCurrent, or SecretKeyMismatch after a changed WEBHOOK_SECRET_KEY.
+    An embedded SQLite file is migrated here, once for every worker process."""
+    store = SqlStateStore(settings.database_url, pool_size=1)
+    try:
+        await prepare_schema(store)
+        await SubscriptionRepository(store, create_secret_seal(settings)).seal_stored_secrets()
+    finally:
+        await store.close()
+
+
 def create_delivery_worker(
     settings: Settings,
     store: SqlStateStore,

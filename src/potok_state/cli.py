@@ -46,11 +46,11 @@ def serve(args: argparse.Namespace) -> None:
     import uvicorn
 
     from potok_state.states.machines import MachineDefinitionError
-    from potok_state.storage.migrate import upgrade_to_head
 
     settings = _load_settings()
     from potok_state.app import SHARED_FLOORS_ENV, create_app
 
+    _check_startup(settings)
     try:
         app = create_app(settings)
     except MachineDefinitionError as exc:
@@ -83,9 +83,6 @@ def serve(args: argparse.Namespace) -> None:
             # has logged why. uvicorn.run exits with this code too.
             sys.exit(STARTUP_FAILURE)
         return
-    if settings.is_sqlite:
-        # Once, here, rather than racing in every worker.
-        upgrade_to_head(settings.database_url)
     # The workers share one table of revision floors (cache/floors.py), so a
     # write in one is never followed by a stale read in another.
     with tempfile.TemporaryDirectory(prefix="potok-state-") as shared:
@@ -98,16 +95,32 @@ def serve(args: argparse.Namespace) -> None:
         )
 
 
+def _check_startup(settings: Settings) -> None:
+    """Refuse to start with one line for the operator (an unmigrated schema, a
+    changed WEBHOOK_SECRET_KEY) rather than a traceback from the server; an
+    embedded SQLite file is migrated here, once, not in every worker."""
+    from potok_state.app import SchemaNotCurrent, check_startup
+    from potok_state.webhooks.sealing import SecretKeyMismatch
+
+    try:
+        asyncio.run(check_startup(settings))
+    except (SchemaNotCurrent, SecretKeyMismatch) as exc:
+        print(f"potok-state: {exc}", file=sys.stderr)
+        sys.exit(STARTUP_FAILURE)
+
+
 def worker(_: argparse.Namespace) -> None:
     """Run only the webhook delivery worker until SIGTERM/SIGINT."""
     settings = _load_settings()
     from potok_state.app import SchemaNotCurrent, run_worker
+    from potok_state.webhooks.sealing import SecretKeyMismatch
 
+    _check_startup(settings)
     try:
         # The event loop `serve` runs on too (uvicorn picks uvloop when installed).
         with asyncio.Runner(loop_factory=_loop_factory()) as runner:
             runner.run(run_worker(settings))
-    except SchemaNotCurrent as exc:
+    except (SchemaNotCurrent, SecretKeyMismatch) as exc:
         sys.exit(f"potok-state: {exc}")
 
 

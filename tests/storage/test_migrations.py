@@ -151,9 +151,12 @@ async def test_server_refuses_an_unmigrated_postgres_database(empty_postgres_url
 
 
 def test_serve_command_exits_with_the_migrate_hint(empty_postgres_url: str, tmp_path: Path) -> None:
-    result = run_cli(
-        ["serve", "--host", "127.0.0.1", "--port", str(free_port())], empty_postgres_url, tmp_path
-    )
+    for command in (["serve", "--host", "127.0.0.1", "--port", str(free_port())], ["worker"]):
+        result = run_cli(command, empty_postgres_url, tmp_path)
 
-    assert result.returncode != 0
-    assert "potok-state migrate" in result.stdout + result.stderr
+        assert result.returncode != 0
+        # One line for the operator, no traceback around it.
+        assert result.stdout == ""
+        [line] = result.stderr.splitlines()
+        assert line.startswith("potok-state: the database schema is at revision None")
+        assert line.endswith("run `potok-state migrate` first")

@@ -3,9 +3,12 @@ WEBHOOK_SECRET_KEY (docs/webhooks.md, "Secrets at rest")."""
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import hmac
+import os
 import sqlite3
+import subprocess
 from pathlib import Path
 
 import asyncpg
@@ -13,7 +16,8 @@ import pytest
 
 from potok_state.webhooks.sealing import SecretKeyMismatch
 from tests.conftest import asyncpg_dsn
-from tests.support.hub import in_process, record, subscribe, webhook_settings
+from tests.support.hub import POTOK_STATE, in_process, record, subscribe, webhook_settings
+from tests.support.ports import free_port
 from tests.support.receivers import Receiver
 
 SECRET = "a-plain-secret-nobody-may-read"
@@ -114,3 +118,38 @@ async def test_a_changed_service_key_needs_the_previous_one(
     # From now on the new key alone opens them.
     async with in_process(webhook_settings(database_url, secret_key=NEW_SERVICE_KEY)):
         pass
+
+
+@pytest.mark.parametrize("command", ["serve", "worker"])
+async def test_the_commands_refuse_a_changed_key_in_one_line_naming_the_old_default(
+    tmp_path: Path, receiver: Receiver, command: str
+) -> None:
+    database_url = f"sqlite+aiosqlite:///{tmp_path}/potok-state.db"
+    # Subscribed under the default WEBHOOK_SECRET_KEY, then the operator sets one.
+    async with in_process(webhook_settings(database_url)) as hub:
+        await subscribe(hub, receiver.url(), secret=SECRET)
+    environment = {
+        key: value
+        for key, value in os.environ.items()
+        if not key.startswith(("DATABASE_", "WEBHOOK_", "APP_", "NODE_ENV"))
+    }
+    environment.update(DATABASE_URL=database_url, WEBHOOK_SECRET_KEY=NEW_SERVICE_KEY)
+    arguments = ["--host", "127.0.0.1", "--port", str(free_port())] if command == "serve" else []
+
+    result = await asyncio.to_thread(
+        subprocess.run,
+        [str(POTOK_STATE), command, *arguments],
+        env=environment,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+    assert result.returncode != 0
+    assert result.stdout == ""
+    [line] = result.stderr.splitlines()
+    assert line.startswith("potok-state: the webhook secret of subscription sub_")
+    assert "that of the example value 'development-secret'" in line
+    assert "set WEBHOOK_PREVIOUS_SECRET_KEY to 'development-secret'" in line

@@ -20,6 +20,8 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
+from potok_state.settings import EXAMPLE_SECRETS
+
 SEALED_PREFIX = "enc:v1:"
 NONCE_BYTES = 12
 _HKDF_SALT = b"potok-state"
@@ -37,6 +39,15 @@ def _derive(service_secret: str) -> bytes:
 
 def _key_id(key: bytes) -> str:
     return hashlib.sha256(b"key id:" + key).hexdigest()[:12]
+
+
+def _example_secret(key_id: str) -> str | None:
+    """The example WEBHOOK_SECRET_KEY (the default, the seed's) with this key
+    id: an operator who replaced it need not guess what it was."""
+    for example in sorted(EXAMPLE_SECRETS):
+        if example and _key_id(_derive(example)) == key_id:
+            return example
+    return None
 
 
 class SecretSeal:
@@ -66,11 +77,15 @@ class SecretSeal:
         key_id, _, encoded = stored.removeprefix(SEALED_PREFIX).partition(":")
         aead = self._keys.get(key_id)
         if aead is None:
+            example = _example_secret(key_id)
+            old = "the old key" if example is None else repr(example)
             raise SecretKeyMismatch(
                 f"the webhook secret of subscription {subscription_id} was encrypted with "
-                f"another WEBHOOK_SECRET_KEY (key id {key_id}; this one is {self.key_id}): "
-                "set WEBHOOK_SECRET_KEY back, or set WEBHOOK_PREVIOUS_SECRET_KEY to the old "
-                "key so the secrets are re-encrypted with the new one"
+                f"another WEBHOOK_SECRET_KEY (key id {key_id}"
+                + ("" if example is None else f", that of the example value {example!r}")
+                + f"; this one is {self.key_id}): set WEBHOOK_SECRET_KEY back, or set "
+                f"WEBHOOK_PREVIOUS_SECRET_KEY to {old} so the secrets are re-encrypted "
+                "with the new one"
             )
         raw = base64.b64decode(encoded)
         try:
