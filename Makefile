@@ -11,8 +11,9 @@ $(UV):
 	python3 -m venv .tools
 	.tools/bin/pip install --quiet uv==$(UV_VERSION)
 
+# --inexact: what `make test` added (the dev tools) stays installed.
 install: $(UV)
-	$(UV) sync --frozen --no-dev
+	$(UV) sync --frozen --no-dev --inexact
 
 run: install
 	.venv/bin/potok-state serve
