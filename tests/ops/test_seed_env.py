@@ -1,15 +1,24 @@
 """The original service's example `.env`, verbatim: the service starts with it,
 every setting in it does what it meant (the local Redis tier is on because its
-host is set), and the ones that do nothing here are named once in the log."""
+host is set), and the ones that do nothing here are named once in the log. And
+this repository's `.env.example`, copied to `.env` as README.md says: the
+service starts with it as shipped, and every name in it is a setting."""
 
 from __future__ import annotations
 
+import asyncio
+import json
+import re
+import subprocess
 from pathlib import Path
 
 import httpx
 
-from tests.support.hub import ServiceProcess, wait_ready
+from tests.support.hub import POTOK_STATE, ServiceProcess, wait_ready
 from tests.support.ports import free_port
+from tests.support.settings import setting_names
+
+ENV_EXAMPLE = Path(__file__).resolve().parents[2] / ".env.example"
 
 SEED_ENV = """\
 NODE_ENV=development
@@ -51,11 +60,7 @@ async def test_the_seed_env_starts_the_service_and_names_what_it_ignores(
     server = ServiceProcess(
         ["serve", "--host", "127.0.0.1", "--port", str(port)], {}, tmp_path, "seed"
     )
-    for name in list(server.env):
-        if name.startswith(
-            ("REDIS_", "EXTERNAL_DB", "WEBHOOK_", "LOG_", "APP_", "DATABASE_", "API_")
-        ):
-            del server.env[name]
+    _only_dotenv(server)
     await server.start()
     try:
         await wait_ready(server, port)
@@ -74,3 +79,53 @@ async def test_the_seed_env_starts_the_service_and_names_what_it_ignores(
     log = server.log
     assert log.count("EXTERNAL_DB_URL/EXTERNAL_DB_API_KEY are set") == 1, log[-3000:]
     assert log.count("WEBHOOK_SECRET_KEY is an example value") == 1
+
+
+async def test_the_env_example_starts_the_service_as_shipped(tmp_path: Path) -> None:
+    (tmp_path / ".env").write_text(ENV_EXAMPLE.read_text(encoding="utf-8"), encoding="utf-8")
+    port = free_port()
+    server = ServiceProcess(
+        ["serve", "--host", "127.0.0.1", "--port", str(port)], {}, tmp_path, "example"
+    )
+    _only_dotenv(server)
+    await server.start()
+    try:
+        await wait_ready(server, port)
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as client:
+            assert (await client.get("/health")).json()["status"] == "ok"
+            recorded = await client.post(
+                "/api/v1/states/task",
+                json={"entityId": "example-1", "status": "created"},
+                headers={"x-api-key": "gateway-service-key"},
+            )
+            assert recorded.status_code == 201, recorded.text
+    finally:
+        await server.stop()
+    assert (tmp_path / "data" / "potok-state.db").is_file()  # its DATABASE_URL
+
+    shown = await asyncio.to_thread(
+        subprocess.run,
+        [str(POTOK_STATE), "config"],
+        cwd=tmp_path,
+        env=server.env,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    effective = json.loads(shown.stdout)
+    assert effective["APP_NAME"] == {"value": "potok-state-management-service", "source": ".env"}
+
+
+def test_every_name_in_the_env_example_is_a_setting() -> None:
+    named = set(re.findall(r"^#? ?([A-Z][A-Z0-9_]+)=", ENV_EXAMPLE.read_text(), re.MULTILINE))
+    assert len(named) > 20
+    assert named <= setting_names(), named - setting_names()
+
+
+def _only_dotenv(server: ServiceProcess) -> None:
+    """The settings come from the .env file alone, not from the test's environment."""
+    for name in list(server.env):
+        if name.startswith(
+            ("REDIS_", "EXTERNAL_DB", "WEBHOOK_", "LOG_", "APP_", "DATABASE_", "API_", "NODE_ENV")
+        ):
+            del server.env[name]
