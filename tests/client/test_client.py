@@ -71,6 +71,10 @@ async def test_query_follows_cursors_across_pages(client: AsyncPotokClient) -> N
     assert seen == ids
     on = [s.entityId async for s in client.query(entity, status=["on"], sort="-entityId")]
     assert on == [i for i in reversed(ids) if i != "e03"]
+    # One status as a plain string is that status, not its letters.
+    just_on = [s.entityId async for s in client.query(entity, status="on", sort="-entityId")]
+    assert just_on == on
+    assert [s.entityId for s in (await client.query_page(entity, status="off")).items] == ["e03"]
     zoned = [s.entityId async for s in client.query(entity, metadata={"zone": "eu"})]
     assert zoned == ["e05"]
 
@@ -205,12 +209,20 @@ async def test_the_sync_client_calls_the_same_api(service: Service) -> None:
             ]
             client.delete(entity, "b")
             assert [h.newStatus for h in client.history(entity, "b")] == ["on", None]
+            client.record(entity, "c", "off")
+            assert [s.entityId for s in client.query(entity, status="off")] == ["c"]
+            both = client.query(entity, status=("on", "off"), sort="entityId")
+            assert [s.entityId for s in both] == ["a", "c"]
             instance = unique("svc")
             client.record("service", instance, "up")
             assert client.heartbeat_many("service", [instance]).renewed == 1
+            assert client.heartbeat_many("service", instance).renewed == 1
             assert client.state_machine("service").lease is not None
-            created = client.create_subscription("http://127.0.0.1:9/nobody", ["custom.*"])
+            created = client.create_subscription("http://127.0.0.1:9/nobody", "custom.*")
+            assert created.events == ["custom.*"]
             assert created.id in {s.id for s in client.subscriptions()}
+            updated = client.update_subscription(created.id, entity_types="task")
+            assert updated.entityTypes == ["task"]
             assert list(client.deliveries(created.id)) == []
             client.delete_subscription(created.id)
 

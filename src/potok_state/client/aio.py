@@ -16,7 +16,7 @@ import httpx
 from pydantic import JsonValue, TypeAdapter
 
 from potok_state.client import calls
-from potok_state.client.calls import REVISION_HEADER, Call, RetryPolicy, retry_delay
+from potok_state.client.calls import REVISION_HEADER, Call, OneOrMany, RetryPolicy, retry_delay
 from potok_state.client.errors import ApiError, ServerError, TransportError, error_for
 from potok_state.client.models import (
     BatchHeartbeatResult,
@@ -234,7 +234,7 @@ class AsyncPotokClient:
         self,
         entity: str,
         *,
-        status: Sequence[str] = (),
+        status: OneOrMany = (),
         metadata: Mapping[str, str] | None = None,
         updated_after: datetime | None = None,
         updated_before: datetime | None = None,
@@ -262,7 +262,7 @@ class AsyncPotokClient:
         self,
         entity: str,
         *,
-        status: Sequence[str] = (),
+        status: OneOrMany = (),
         metadata: Mapping[str, str] | None = None,
         updated_after: datetime | None = None,
         updated_before: datetime | None = None,
@@ -307,7 +307,7 @@ class AsyncPotokClient:
         return LeaseView.model_validate_json((await self._send(call)).content)
 
     async def heartbeat_many(
-        self, entity: str, entity_ids: Sequence[str], *, ttl: int | None = None
+        self, entity: str, entity_ids: OneOrMany, *, ttl: int | None = None
     ) -> BatchHeartbeatResult:
         call = calls.heartbeat_many(entity, entity_ids, ttl=ttl)
         return BatchHeartbeatResult.model_validate_json((await self._send(call)).content)
@@ -354,8 +354,8 @@ class AsyncPotokClient:
         entity: str | None = None,
         *,
         after: int | None = None,
-        status: Sequence[str] = (),
-        event: Sequence[str] = (),
+        status: OneOrMany = (),
+        event: OneOrMany = (),
         entity_id_prefix: str | None = None,
         max_reconnects: int | None = None,
         idle_timeout: float = 45.0,
@@ -417,11 +417,11 @@ class AsyncPotokClient:
     async def create_subscription(
         self,
         url: str,
-        events: Sequence[str] = ("*",),
+        events: OneOrMany = ("*",),
         *,
         secret: str | None = None,
         description: str | None = None,
-        entity_types: Sequence[str] | None = None,
+        entity_types: OneOrMany | None = None,
     ) -> SubscriptionCreated:
         """Subscribe `url`; the answer holds the signing secret, shown only here."""
         call = calls.create_subscription(
@@ -441,9 +441,9 @@ class AsyncPotokClient:
         subscription_id: str,
         *,
         url: str | None = None,
-        events: Sequence[str] | None = None,
+        events: OneOrMany | None = None,
         description: str | None = None,
-        entity_types: Sequence[str] | None = None,
+        entity_types: OneOrMany | None = None,
         active: bool | None = None,
     ) -> Subscription:
         call = calls.update_subscription(

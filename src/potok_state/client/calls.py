@@ -36,6 +36,13 @@ PREFIX = "/api/v1"
 # On a list: the revision the page was read at (the server's kit.headers.REVISION_HEADER).
 REVISION_HEADER = "X-Potok-Revision"
 
+OneOrMany = str | Sequence[str]
+"""One value or several: a lone `str` is one value (not its characters)."""
+
+
+def many(values: OneOrMany) -> list[str]:
+    return [values] if isinstance(values, str) else list(values)
+
 
 def base_url_from(value: str | None) -> str:
     return value or os.environ.get(URL_ENV) or DEFAULT_URL
@@ -242,7 +249,7 @@ def history(entity: str, entity_id: str, *, limit: int, cursor: str | None) -> C
 def query(
     entity: str,
     *,
-    status: Sequence[str],
+    status: OneOrMany,
     metadata: Mapping[str, str],
     updated_after: datetime | None,
     updated_before: datetime | None,
@@ -250,7 +257,7 @@ def query(
     limit: int,
     cursor: str | None,
 ) -> Call:
-    params = [("status", value) for value in status]
+    params = [("status", value) for value in many(status)]
     params.extend((f"metadata.{key}", value) for key, value in metadata.items())
     if updated_after is not None:
         params.append(("updatedAfter", updated_after.isoformat()))
@@ -283,8 +290,8 @@ def heartbeat(entity: str, entity_id: str, *, ttl: int | None) -> Call:
     )
 
 
-def heartbeat_many(entity: str, entity_ids: Sequence[str], *, ttl: int | None) -> Call:
-    body = BatchHeartbeatRequest.model_construct(ids=list(entity_ids), ttl=ttl)
+def heartbeat_many(entity: str, entity_ids: OneOrMany, *, ttl: int | None) -> Call:
+    body = BatchHeartbeatRequest.model_construct(ids=many(entity_ids), ttl=ttl)
     return Call("POST", f"{state_path(entity)}/heartbeat", content=_json(body), repeatable=True)
 
 
@@ -320,13 +327,13 @@ def watch(
     entity: str | None,
     *,
     after: int,
-    status: Sequence[str],
-    event: Sequence[str],
+    status: OneOrMany,
+    event: OneOrMany,
     entity_id_prefix: str | None,
 ) -> Call:
     path = f"{state_path(entity)}/watch" if entity is not None else f"{PREFIX}/watch"
-    params = [("status", value) for value in status]
-    params.extend(("event", value) for value in event)
+    params = [("status", value) for value in many(status)]
+    params.extend(("event", value) for value in many(event))
     if entity_id_prefix is not None:
         params.append(("entityId", entity_id_prefix))
     return Call(
@@ -345,18 +352,18 @@ SUBSCRIPTIONS = f"{PREFIX}/webhooks/subscriptions"
 
 def create_subscription(
     url: str,
-    events: Sequence[str],
+    events: OneOrMany,
     *,
     secret: str | None,
     description: str | None,
-    entity_types: Sequence[str] | None,
+    entity_types: OneOrMany | None,
 ) -> Call:
     body = SubscriptionCreate.model_construct(
         url=url,
-        events=list(events),
+        events=many(events),
         secret=secret,
         description=description,
-        entityTypes=list(entity_types) if entity_types is not None else None,
+        entityTypes=many(entity_types) if entity_types is not None else None,
     )
     return Call("POST", SUBSCRIPTIONS, content=_json(body))
 
@@ -373,16 +380,16 @@ def update_subscription(
     subscription_id: str,
     *,
     url: str | None,
-    events: Sequence[str] | None,
+    events: OneOrMany | None,
     description: str | None,
-    entity_types: Sequence[str] | None,
+    entity_types: OneOrMany | None,
     active: bool | None,
 ) -> Call:
     body = SubscriptionPatch.model_construct(
         url=url,
-        events=list(events) if events is not None else None,
+        events=many(events) if events is not None else None,
         description=description,
-        entityTypes=list(entity_types) if entity_types is not None else None,
+        entityTypes=many(entity_types) if entity_types is not None else None,
         active=active,
     )
     # Setting the same fields twice leaves them as once: repeatable.
