@@ -1,6 +1,8 @@
-"""The README's curl examples, run in order against a real server started the
-way a new user starts it (SQLite, default settings): each answers with the
-status and the fragments the README shows after `# →`."""
+"""The README's examples, run in order against a real server started the way a
+new user starts it (SQLite, default settings): each curl command answers with
+the status and the fragments the README shows after `# →`, each
+`.venv/bin/potok-state` command (with the `export`s of its block) and each
+Python block that shows its output print those fragments."""
 
 from __future__ import annotations
 
@@ -10,6 +12,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
@@ -19,30 +22,60 @@ from tests.support.ports import free_port
 from tests.support.settings import setting_names
 
 ROOT = Path(__file__).resolve().parent.parent
-EXPECTATION = re.compile(r"^# → (\d{3})\s*(.*)$")
+EXPECTATION = re.compile(r"^# → (.*)$")
+STATUS = re.compile(r"^(\d{3})\s*(.*)$")
 HEADER = re.compile(r"^[A-Za-z-]+: ")
+EXPORT = re.compile(r"^export ([A-Z_]+)=(\S+)")
+CLI = ".venv/bin/potok-state "
 
 
-def readme_examples() -> list[tuple[str, int, str]]:
-    """(curl command, expected status, expected text) in README order."""
-    examples: list[tuple[str, int, str]] = []
-    in_bash = False
-    pending: str | None = None
-    for line in (ROOT / "README.md").read_text(encoding="utf-8").splitlines():
+@dataclass(frozen=True, slots=True)
+class Example:
+    kind: str
+    """`curl`, `cli` (a .venv/bin/potok-state command) or `python` (a whole block)."""
+    code: str
+    expected: str
+    environment: dict[str, str] = field(default_factory=dict)
+    """The `export`s above it in its block."""
+
+
+def readme_examples(path: Path = ROOT / "README.md") -> list[Example]:
+    """The examples that show what they answer (`# → …`), in order."""
+    examples: list[Example] = []
+    language: str | None = None
+    block: list[str] = []
+    exports: dict[str, str] = {}
+    pending: tuple[str, str] | None = None
+    for line in path.read_text(encoding="utf-8").splitlines():
         if line.startswith("```"):
-            in_bash = line.strip() == "```bash"
-            pending = None
+            language = None if language is not None else line.strip().removeprefix("```")
+            block, exports, pending = [], {}, None
             continue
-        if not in_bash:
-            continue
-        if line.startswith("curl "):
-            pending = line
-            continue
-        match = EXPECTATION.match(line)
-        if match and pending is not None:
-            examples.append((pending, int(match.group(1)), match.group(2)))
-            pending = None
+        expectation = EXPECTATION.match(line)
+        if language == "python":
+            if expectation:
+                examples.append(Example("python", "\n".join(block), expectation.group(1)))
+            block.append(line)
+        elif language == "bash":
+            if export := EXPORT.match(line):
+                exports[export.group(1)] = export.group(2)
+            elif line.startswith("curl "):
+                pending = ("curl", line)
+            elif line.startswith(CLI):
+                pending = ("cli", line)
+            elif expectation and pending is not None:
+                kind, command = pending
+                examples.append(Example(kind, command, expectation.group(1), dict(exports)))
+                pending = None
     return examples
+
+
+def in_order(text: str, expected: str, context: str) -> None:
+    position = 0
+    for fragment in (part.strip() for part in expected.split("…")):
+        found = text.find(fragment, position)
+        assert found >= 0, f"expected {fragment!r} in order\n{context}"
+        position = found + len(fragment)
 
 
 @pytest.fixture
@@ -87,32 +120,68 @@ def server(tmp_path: Path) -> Iterator[str]:
 
 
 def test_readme_has_examples() -> None:
-    assert len(readme_examples()) >= 10
+    kinds = [example.kind for example in readme_examples()]
+    assert kinds.count("curl") >= 10
+    assert "cli" in kinds
+    assert "python" in kinds
 
 
-def test_every_readme_curl_example_answers_as_shown(server: str, tmp_path: Path) -> None:
-    for command, status, expected in readme_examples():
-        command = command.replace("localhost:3002", server)
-        headers_file, body_file = tmp_path / "headers", tmp_path / "body"
-        capture = f" -s -o {body_file} -D {headers_file} -w '%{{http_code}}'"
+def test_every_readme_example_answers_as_shown(server: str, tmp_path: Path) -> None:
+    for example in readme_examples():
+        run_example(example, server, tmp_path)
+
+
+def run_example(example: Example, server: str, tmp_path: Path) -> None:
+    environment = {k: v for k, v in os.environ.items() if not k.startswith("POTOK_")}
+    environment.update(example.environment, POTOK_URL=f"http://{server}")
+    if example.kind == "python":
+        code = example.code.replace("http://localhost:3002", f"http://{server}")
         result = subprocess.run(
-            ["bash", "-c", command + capture],
+            [sys.executable, "-c", code],
+            env=environment,
             capture_output=True,
             text=True,
             timeout=30,
             check=False,
         )
-        headers, body = headers_file.read_text().lower(), body_file.read_text()
-        context = f"{command}\n→ {result.stdout}\n{headers}\n{body}"
-        assert result.stdout == str(status), context
-        if HEADER.match(expected):
-            assert expected.lower() in headers, context
-            continue
-        position = 0
-        for fragment in (part.strip() for part in expected.split("…")):
-            found = body.find(fragment, position)
-            assert found >= 0, f"expected {fragment!r} in order\n{context}"
-            position = found + len(fragment)
+        context = f"{code}\n→ {result.stdout}{result.stderr}"
+        assert result.returncode == 0, context
+        in_order(result.stdout, example.expected, context)
+        return
+    if example.kind == "cli":
+        result = subprocess.run(
+            ["bash", "-c", example.code],
+            cwd=ROOT,
+            env=environment,
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=False,
+        )
+        context = f"{example.code}\n→ {result.stdout}{result.stderr}"
+        assert result.returncode == 0, context
+        in_order(result.stdout, example.expected, context)
+        return
+    command = example.code.replace("localhost:3002", server)
+    headers_file, body_file = tmp_path / "headers", tmp_path / "body"
+    capture = f" -s -o {body_file} -D {headers_file} -w '%{{http_code}}'"
+    result = subprocess.run(
+        ["bash", "-c", command + capture],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    headers, body = headers_file.read_text().lower(), body_file.read_text()
+    context = f"{command}\n→ {result.stdout}\n{headers}\n{body}"
+    status = STATUS.match(example.expected)
+    assert status is not None, f"a curl example shows its status: {example.expected!r}"
+    assert result.stdout == status.group(1), context
+    expected = status.group(2)
+    if HEADER.match(expected):
+        assert expected.lower() in headers, context
+        return
+    in_order(body, expected, context)
 
 
 def test_readme_documents_every_setting() -> None:

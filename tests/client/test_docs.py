@@ -35,7 +35,7 @@ async def test_the_readme_example_runs(service: Service) -> None:
     assert len(code.strip().splitlines()) <= 6
     result = await run_python(service, "-c", code.replace("http://localhost:3002", service.url))
     assert result.returncode == 0, result.stderr
-    assert "'task_123'" in result.stdout
+    assert "['task_124']" in result.stdout
 
 
 async def test_the_example_program_runs(service: Service) -> None:
