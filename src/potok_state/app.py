@@ -225,6 +225,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     configure_logging(settings.log_level, settings.log_format)
     for note in settings.unused_settings():
         log.warning("config.unused", note=note)
+    for note in settings.example_values():
+        log.warning("config.example_value", note=note)
     machines = load_machines(settings.state_machines_file, strict=settings.state_machines_strict)
     floors = RevisionFloors(shared_path=os.environ.get(SHARED_FLOORS_ENV))
     store = SqlStateStore(

@@ -197,7 +197,7 @@ def show_config(args: argparse.Namespace) -> None:
     `--check` prints what is wrong instead and exits 1 when anything is: the
     settings that do nothing here, and what production would refuse."""
     from potok_state.kit.scopes import FULL_ACCESS
-    from potok_state.settings import by_environment_name
+    from potok_state.settings import Settings, aliases_by_environment_name, by_environment_name
 
     settings = _load_settings()
     if args.check:
@@ -208,18 +208,20 @@ def show_config(args: argparse.Namespace) -> None:
         f"{key.name}:********" + ("" if key.grants == FULL_ACCESS else f":{key.grants.describe()}")
         for key in settings.parsed_api_keys
     )
+    # The value in force, not the "unset" that means "decided by APP_ENV".
+    values["WEBHOOK_ALLOW_PRIVATE_TARGETS"] = settings.webhooks_allow_private_targets
+    aliases = aliases_by_environment_name(Settings)
     in_file = _names_in_dotenv(Path(".env"))
     in_environment = {name.upper() for name in os.environ}
+
+    def source(name: str) -> str:
+        names = set(aliases.get(name, (name,)))
+        if names & in_environment:
+            return "environment"
+        return ".env" if names & in_file else "default"
+
     effective = {
-        name: {
-            "value": _masked(value),
-            "source": "environment"
-            if name in in_environment
-            else ".env"
-            if name in in_file
-            else "default",
-        }
-        for name, value in values.items()
+        name: {"value": _masked(value), "source": source(name)} for name, value in values.items()
     }
     print(json.dumps(effective, indent=2, default=str))
 

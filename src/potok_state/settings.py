@@ -483,21 +483,36 @@ class Settings(BaseSettings):
 
     def unused_settings(self) -> list[str]:
         """Settings that are set but do nothing in this configuration, each with
-        what to do instead (logged once at startup)."""
+        what to do instead (logged once at startup, listed by `config --check`)."""
         notes: list[str] = []
-        if self.storage_backend is StorageBackend.SQL and (
-            self.external_db.url or self.external_db.api_key
-        ):
+        external = list(by_environment_name(self.external_db, only_set=True))
+        if self.storage_backend is StorageBackend.SQL and external:
             notes.append(
-                "EXTERNAL_DB_URL/EXTERNAL_DB_API_KEY are set but STORAGE_BACKEND=sql keeps "
-                "states in DATABASE_URL: the Admin Service is not used"
+                f"{', '.join(external)} {'is' if len(external) == 1 else 'are'} set but "
+                "STORAGE_BACKEND=sql keeps states in DATABASE_URL: the Admin Service is not used"
             )
+        for tier, switch in ((self.redis_local, "LOCAL"), (self.redis_global, "GLOBAL")):
+            pointed = [
+                name
+                for name in by_environment_name(tier, only_set=True)
+                if name != f"REDIS_{switch}_ENABLED"
+            ]
+            if pointed and not tier.enabled:
+                notes.append(
+                    f"{', '.join(pointed)} {'is' if len(pointed) == 1 else 'are'} set but "
+                    f"REDIS_{switch}_ENABLED=false: the {switch.lower()} Redis tier is off"
+                )
+        return notes
+
+    def example_values(self) -> list[str]:
+        """Settings in use with a value from an example, which production refuses
+        (logged once at startup)."""
         if self.webhooks.secret_key.get_secret_value() in EXAMPLE_SECRETS:
-            notes.append(
+            return [
                 "WEBHOOK_SECRET_KEY is an example value: set a real secret (production "
                 "refuses to start with it)"
-            )
-        return notes
+            ]
+        return []
 
     @property
     def is_production(self) -> bool:
@@ -518,25 +533,47 @@ class Settings(BaseSettings):
         return (not self.is_production) if allowed is None else allowed
 
 
-def environment_name(prefix: str, name: str, field: FieldInfo) -> str:
-    """The environment variable a setting is read from (the first of its aliases)."""
+def environment_names(prefix: str, name: str, field: FieldInfo) -> tuple[str, ...]:
+    """The environment variables a setting is read from (`APP_ENV`, `NODE_ENV`);
+    the first is the one it is shown under."""
     alias = field.validation_alias
     if isinstance(alias, str):
-        return alias
+        return (alias,)
     if isinstance(alias, AliasChoices):
-        return next(str(choice) for choice in alias.choices if str(choice).isupper())
-    return (prefix + name).upper()
+        return tuple(str(choice) for choice in alias.choices if str(choice).isupper())
+    return ((prefix + name).upper(),)
 
 
-def by_environment_name(settings: BaseSettings) -> dict[str, object]:
+def environment_name(prefix: str, name: str, field: FieldInfo) -> str:
+    """The environment variable a setting is shown under (the first of its aliases)."""
+    return environment_names(prefix, name, field)[0]
+
+
+def by_environment_name(settings: BaseSettings, *, only_set: bool = False) -> dict[str, object]:
     """Every setting under the environment variable that sets it, nested groups
-    flattened (`WEBHOOK_DELIVERY_TIMEOUT`, not webhooks.delivery_timeout)."""
+    flattened (`WEBHOOK_DELIVERY_TIMEOUT`, not webhooks.delivery_timeout);
+    `only_set`: those given explicitly (environment, `.env`, arguments)."""
     values: dict[str, object] = {}
     prefix = str(settings.model_config.get("env_prefix", ""))
     for name, field in type(settings).model_fields.items():
         value = getattr(settings, name)
         if isinstance(value, BaseSettings):
-            values.update(by_environment_name(value))
-        else:
+            values.update(by_environment_name(value, only_set=only_set))
+        elif not only_set or name in settings.model_fields_set:
             values[environment_name(prefix, name, field)] = value
     return values
+
+
+def aliases_by_environment_name(model: type[BaseSettings]) -> dict[str, tuple[str, ...]]:
+    """Each setting's name (as `by_environment_name` shows it) and every
+    environment variable that sets it."""
+    aliases: dict[str, tuple[str, ...]] = {}
+    prefix = str(model.model_config.get("env_prefix", ""))
+    for name, field in model.model_fields.items():
+        annotation = field.annotation
+        if isinstance(annotation, type) and issubclass(annotation, BaseSettings):
+            aliases.update(aliases_by_environment_name(annotation))
+        else:
+            names = environment_names(prefix, name, field)
+            aliases[names[0]] = names
+    return aliases

@@ -199,7 +199,9 @@ async def test_no_secret_in_the_logs_of_a_running_service(
 
 
 def test_config_says_where_each_value_came_from(tmp_path: Path) -> None:
-    (tmp_path / ".env").write_text("PORT=4111\n# a comment\nexport LOG_LEVEL=warning\n")
+    (tmp_path / ".env").write_text(
+        "PORT=4111\n# a comment\nexport LOG_LEVEL=warning\nNODE_ENV=test\n"
+    )
     result = run_cli("config", env={"THROTTLE_LIMIT": "7"}, cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     effective = json.loads(result.stdout)
@@ -207,16 +209,55 @@ def test_config_says_where_each_value_came_from(tmp_path: Path) -> None:
     assert effective["THROTTLE_LIMIT"] == {"value": 7, "source": "environment"}
     assert effective["WEBHOOK_MAX_RETRIES"] == {"value": 3, "source": "default"}
     assert effective["API_KEYS"] == {"value": "gateway:********", "source": "default"}
+    # Set by its other name.
+    assert effective["APP_ENV"] == {"value": "test", "source": ".env"}
+    # The value in force: allowed outside production, when not set.
+    assert effective["WEBHOOK_ALLOW_PRIVATE_TARGETS"] == {"value": True, "source": "default"}
+    production = run_cli("config", env={"NODE_ENV": "production", **SECRETS}, cwd=tmp_path)
+    assert json.loads(production.stdout)["APP_ENV"] == {
+        "value": "production",
+        "source": "environment",
+    }
+    allowed = json.loads(production.stdout)["WEBHOOK_ALLOW_PRIVATE_TARGETS"]
+    assert allowed == {"value": False, "source": "default"}
 
 
 def test_config_check_names_what_is_wrong(tmp_path: Path) -> None:
     loose = run_cli("config", "--check", env={"EXTERNAL_DB_URL": "http://admin:3000"}, cwd=tmp_path)
     assert loose.returncode == 1
-    assert "unused: EXTERNAL_DB_URL" in loose.stdout
+    assert "unused: EXTERNAL_DB_URL is set" in loose.stdout
     assert "production would refuse: API_KEYS must be set" in loose.stdout
+    # The example secret is in use: production refuses it, but it is not unused.
+    assert "WEBHOOK_SECRET_KEY must be set to a real secret" in loose.stdout
+    assert "unused: WEBHOOK_SECRET_KEY" not in loose.stdout
+    idle = run_cli(
+        "config",
+        "--check",
+        env={
+            "DB_CONNECTION_TIMEOUT": "5000",
+            "DB_RETRY_ATTEMPTS": "1",
+            "REDIS_GLOBAL_ENABLED": "false",
+            "REDIS_GLOBAL_HOST": "redis.example.com",
+        },
+        cwd=tmp_path,
+    )
+    assert idle.returncode == 1
+    assert (
+        "unused: DB_CONNECTION_TIMEOUT, DB_RETRY_ATTEMPTS are set but STORAGE_BACKEND=sql"
+        in idle.stdout
+    )
+    assert "unused: REDIS_GLOBAL_HOST is set but REDIS_GLOBAL_ENABLED=false" in idle.stdout
     ready = run_cli("config", "--check", env={"APP_ENV": "production", **SECRETS}, cwd=tmp_path)
-    assert ready.returncode == 1  # EXTERNAL_DB_API_KEY is among SECRETS: unused under SQL
-    clean = {k: v for k, v in SECRETS.items() if k != "EXTERNAL_DB_API_KEY"}
+    # Among SECRETS, EXTERNAL_DB_API_KEY does nothing under SQL storage, and the
+    # Redis passwords nothing while their tiers are off.
+    assert ready.returncode == 1
+    assert "unused: EXTERNAL_DB_API_KEY is set" in ready.stdout
+    assert "unused: REDIS_LOCAL_PASSWORD is set but REDIS_LOCAL_ENABLED=false" in ready.stdout
+    clean = {
+        k: v
+        for k, v in SECRETS.items()
+        if k not in {"EXTERNAL_DB_API_KEY", "REDIS_LOCAL_PASSWORD", "REDIS_GLOBAL_PASSWORD"}
+    }
     valid = run_cli("config", "--check", env={"APP_ENV": "production", **clean}, cwd=tmp_path)
     assert valid.returncode == 0, valid.stdout + valid.stderr
     assert "the configuration is valid" in valid.stdout

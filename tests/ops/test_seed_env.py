@@ -77,8 +77,19 @@ async def test_the_seed_env_starts_the_service_and_names_what_it_ignores(
     finally:
         await server.stop()
     log = server.log
-    assert log.count("EXTERNAL_DB_URL/EXTERNAL_DB_API_KEY are set") == 1, log[-3000:]
+    unused_external = (
+        "EXTERNAL_DB_URL, EXTERNAL_DB_API_KEY, DB_CONNECTION_TIMEOUT, DB_RETRY_ATTEMPTS are set "
+        "but STORAGE_BACKEND=sql"
+    )
+    assert log.count(unused_external) == 1, log[-3000:]
+    unused_global = (
+        "REDIS_GLOBAL_HOST, REDIS_GLOBAL_PORT, REDIS_GLOBAL_DB, REDIS_GLOBAL_PASSWORD are set "
+        "but REDIS_GLOBAL_ENABLED=false"
+    )
+    assert log.count(unused_global) == 1, log[-3000:]
+    # In use, with an example value: said so, not called unused.
     assert log.count("WEBHOOK_SECRET_KEY is an example value") == 1
+    assert "config.example_value" in log
 
 
 async def test_the_env_example_starts_the_service_as_shipped(tmp_path: Path) -> None:
