@@ -1,7 +1,10 @@
 """The docs page as a tool: every operation says what it does, every request
 body has a hand-written example, and each example is accepted by the service
 (run here, in the order a user would try them); every response the spec
-documents has an example that its own model reads back unchanged."""
+documents has an example that its own model reads back unchanged; every
+schema property and every response says what it means, and the statuses a
+route can answer besides its own are listed (408/413 for a body, 503 for a
+change that the external backend's full backlog refuses, /health's 503)."""
 
 from __future__ import annotations
 
@@ -149,3 +152,56 @@ def test_every_response_has_an_example_its_model_reads_back(tmp_path: Path) -> N
             read = models[name].model_validate(example).model_dump(mode="json", exclude_unset=True)
             assert json.dumps(read) == json.dumps(example), name
     assert {"StateView", "Subscription", "ErrorBody", "Health"} <= checked
+
+
+# FastAPI's words when a route says nothing of its answer.
+DEFAULT_DESCRIPTIONS = {"", "Successful Response", "Validation Error"}
+# The writes that go through the change pipeline: with the external backend and
+# its backlog full, they get 503 external_backlog_full.
+CHANGE_WRITES = {
+    ("post", "/api/v1/states/{entity}"),
+    ("put", ONE_STATE),
+    ("patch", ONE_STATE),
+    ("delete", ONE_STATE),
+    ("post", "/api/v1/states/{entity}/batch"),
+    ("post", "/api/v1/events"),
+}
+
+
+def _properties(name: str, schema: dict[str, Any]) -> Iterator[tuple[str, dict[str, Any]]]:
+    for prop, found in schema.get("properties", {}).items():
+        yield f"{name}.{prop}", found
+        yield from _properties(f"{name}.{prop}", found)
+
+
+def test_every_property_and_every_response_is_described(tmp_path: Path) -> None:
+    spec = create_app(make_settings(f"sqlite+aiosqlite:///{tmp_path}/potok-state.db")).openapi()
+    inline = [
+        (label, schema)
+        for label, _, schema in _response_schemas(spec)
+        if "$ref" not in schema and "items" not in schema
+    ]
+    named = list(spec["components"]["schemas"].items())
+    undescribed = [
+        label
+        for name, schema in [*named, *inline]
+        for label, prop in _properties(name, schema)
+        if not prop.get("description")
+    ]
+    assert not undescribed, f"properties without a description: {undescribed}"
+    assert len([label for name, schema in named for label, _ in _properties(name, schema)]) > 150
+
+    writes_with_503 = set()
+    for path, item in spec["paths"].items():
+        for method, operation in item.items():
+            label = f"{method.upper()} {path}"
+            responses = operation["responses"]
+            for status, response in responses.items():
+                assert response.get("description") not in DEFAULT_DESCRIPTIONS, (label, status)
+            if "requestBody" in operation:
+                assert {"408", "413"} <= set(responses), label
+            if "503" in responses and method != "get":
+                writes_with_503.add((method, path))
+    assert writes_with_503 == CHANGE_WRITES
+    health = spec["paths"]["/health"]["get"]["responses"]
+    assert health["503"]["content"]["application/json"]["schema"]["$ref"].endswith("/Health")

@@ -12,7 +12,7 @@ from potok_state.events.service import (
     RevisionPruned,
 )
 from potok_state.kit.auth import PartialReader, Writer
-from potok_state.kit.errors import error_responses
+from potok_state.kit.errors import Unavailable, error_responses
 from potok_state.kit.headers import Idempotency
 from potok_state.kit.json_body import JsonBodyRoute
 
@@ -33,6 +33,7 @@ async def event_publisher(request: Request) -> EventPublisher:
     "/changes",
     response_model=ChangePage,
     summary="The global change feed, oldest first, after a revision",
+    response_description="A page of changes and events after `after`",
     responses=error_responses(RevisionPruned),
 )
 async def list_changes(
@@ -53,7 +54,8 @@ async def list_changes(
     response_model=Event,
     status_code=status.HTTP_201_CREATED,
     summary="Publish a custom event to subscribers and the change feed",
-    responses=error_responses(EventDataTooLarge),
+    response_description="The event as published, with its revision",
+    responses=error_responses(EventDataTooLarge, Unavailable),
 )
 async def publish_event(
     body: PublishEvent,

@@ -25,11 +25,22 @@ class Event(BaseModel):
         }
     )
 
-    id: str
-    event: str
-    revision: int
-    timestamp: Timestamp
-    data: dict[str, JsonValue]
+    id: str = Field(
+        description="The event id (evt_…): the same in the feed, watch streams and every "
+        "webhook delivery of it."
+    )
+    event: str = Field(
+        description="entity.created, entity.updated, entity.deleted, custom.<name> or "
+        "subscription.<what>."
+    )
+    revision: int = Field(
+        description="Store-wide revision: events are in this order, and `after=` resumes from it."
+    )
+    timestamp: Timestamp = Field(description="Commit time.")
+    data: dict[str, JsonValue] = Field(
+        description="For entity events: entity, id, version, previousStatus, newStatus, "
+        "metadata, reason, actor; for custom events, the published data."
+    )
 
 
 class ChangePage(BaseModel):
@@ -67,8 +78,10 @@ class ChangePage(BaseModel):
         }
     )
 
-    items: list[Event]
-    nextAfter: int
+    items: list[Event] = Field(description="Changes and custom events, in revision order.")
+    nextAfter: int = Field(
+        description="Pass as `after` for the next page: the last revision of this one."
+    )
 
 
 class PublishEvent(RequestModel):
@@ -83,4 +96,7 @@ class PublishEvent(RequestModel):
     type: Annotated[str, StringConstraints(pattern=r"^custom\.[a-z0-9][a-z0-9_.-]{0,99}$")] = Field(
         description='"custom.event" or "custom.<name>".'
     )
-    data: dict[str, JsonValue] = Field(default_factory=dict)
+    data: dict[str, JsonValue] = Field(
+        default_factory=dict,
+        description="Any JSON object, delivered as the event's data (at most METADATA_MAX_BYTES).",
+    )

@@ -12,9 +12,11 @@ router = APIRouter(tags=["health"])
 
 
 class DependencyHealth(BaseModel):
-    status: Literal["up", "down"]
-    latencyMs: float
-    error: str | None = None
+    status: Literal["up", "down"] = Field(
+        description="up, or down (the check failed or timed out)."
+    )
+    latencyMs: float = Field(description="How long the check took, ms.")
+    error: str | None = Field(None, description="Why it is down; absent while up.")
     backlog: int | None = Field(
         None, description="externalDb only: accepted changes not yet in the Admin Service."
     )
@@ -73,10 +75,15 @@ class Health(BaseModel):
         }
     )
 
-    status: Literal["ok", "degraded", "down"]
-    version: str
-    uptimeSeconds: float
-    checks: dict[str, DependencyHealth]
+    status: Literal["ok", "degraded", "down"] = Field(
+        description="ok; degraded while a cache tier or the Admin Service is down; down while "
+        "storage is."
+    )
+    version: str = Field(description="The service's version.")
+    uptimeSeconds: float = Field(description="Seconds since this process started.")
+    checks: dict[str, DependencyHealth] = Field(
+        description="Each configured dependency: storage, redisLocal, redisGlobal, externalDb."
+    )
     stream: StreamHealth = Field(
         default_factory=lambda: StreamHealth(status="disabled"),
         description="The event stream in NATS JetStream; never makes the service unready.",
@@ -86,7 +93,7 @@ class Health(BaseModel):
 class Liveness(BaseModel):
     model_config = ConfigDict(json_schema_extra={"examples": [{"status": "ok"}]})
 
-    status: Literal["ok"]
+    status: Literal["ok"] = Field(description="Always ok: the process answers.")
 
 
 class Readiness(BaseModel):
@@ -99,9 +106,11 @@ class Readiness(BaseModel):
         }
     )
 
-    ready: bool
-    storage: bool
-    redis: bool | Literal["disabled"]
+    ready: bool = Field(description="Whether this process should get traffic: its storage answers.")
+    storage: bool = Field(description="The database answers.")
+    redis: bool | Literal["disabled"] = Field(
+        description='Every configured cache tier answers; "disabled" when none is configured.'
+    )
     externalDb: bool | Literal["disabled"] = Field(
         description='The Admin Service answers its health check; "disabled" while states are '
         "stored in SQL (STORAGE_BACKEND=sql)."
@@ -116,7 +125,18 @@ async def health_service(request: Request) -> HealthService:
 Service = Annotated[HealthService, Depends(health_service)]
 
 
-@router.get("/health", response_model=Health, summary="Every dependency, with latency")
+@router.get(
+    "/health",
+    response_model=Health,
+    summary="Every dependency, with latency",
+    response_description="Storage is up (status ok or degraded)",
+    responses={
+        503: {
+            "model": Health,
+            "description": "Down: storage, or the Admin Service with the backlog full",
+        }
+    },
+)
 async def health(service: Service, response: Response) -> Health:
     """Every configured dependency with its state and latency; `status` is `ok`, `degraded` (a
     cache tier or the Admin Service down) or `down` (storage down, or the Admin Service down
@@ -173,7 +193,12 @@ async def health(service: Service, response: Response) -> Health:
     )
 
 
-@router.get("/health/liveness", response_model=Liveness, summary="The process is up")
+@router.get(
+    "/health/liveness",
+    response_model=Liveness,
+    summary="The process is up",
+    response_description="The process answers",
+)
 async def liveness() -> Liveness:
     """The process answers. For container liveness probes."""
     return Liveness(status="ok")
@@ -183,6 +208,7 @@ async def liveness() -> Liveness:
     "/health/readiness",
     response_model=Readiness,
     summary="Ready to serve (503 when not)",
+    response_description="Ready",
     responses={503: {"model": Readiness, "description": "Not ready"}},
 )
 async def readiness(service: Service, response: Response) -> Readiness:

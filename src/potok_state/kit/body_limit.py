@@ -14,6 +14,7 @@ long.
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -83,3 +84,22 @@ def _content_length(scope: Scope) -> int | None:
             except ValueError:
                 return None
     return None
+
+
+def document_body_limits(spec: dict[str, Any]) -> None:
+    """Every operation that takes a body may answer the 408 and 413 of this
+    middleware: say so in the OpenAPI document."""
+    error = {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorBody"}}}
+    limits = {
+        "408": "The request body stopped arriving for REQUEST_BODY_TIMEOUT; the connection "
+        "is closed",
+        "413": "The request body is larger than REQUEST_BODY_MAX_BYTES",
+    }
+    for item in spec.get("paths", {}).values():
+        for operation in item.values():
+            if "requestBody" not in operation:
+                continue
+            responses = operation["responses"]
+            for status, description in limits.items():
+                responses.setdefault(status, {"description": description, "content": error})
+            operation["responses"] = dict(sorted(responses.items()))

@@ -19,6 +19,8 @@ from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.responses import HTMLResponse
 from fastapi.staticfiles import StaticFiles
 
+from potok_state.kit.body_limit import document_body_limits
+
 DOCS_PATH = "/api-docs"
 OPENAPI_PATH = "/api-docs/openapi.json"
 ASSETS_PATH = "/api-docs/assets"
@@ -45,7 +47,9 @@ def install_api_docs(app: FastAPI) -> None:
 
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:
-            restore_examples(generate_openapi())  # which FastAPI keeps, as openapi_schema
+            spec = generate_openapi()  # which FastAPI keeps, as openapi_schema
+            restore_examples(spec)
+            document_body_limits(spec)
         return generate_openapi()
 
     app.openapi = openapi  # type: ignore[method-assign]

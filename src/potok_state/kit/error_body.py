@@ -3,7 +3,7 @@ pydantic only, so the Python client shares it without importing the server."""
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, JsonValue
+from pydantic import BaseModel, ConfigDict, Field, JsonValue
 
 
 class ErrorBody(BaseModel):
@@ -30,9 +30,15 @@ class ErrorBody(BaseModel):
         }
     )
 
-    statusCode: int
-    error: str
-    code: str
-    message: str
-    details: dict[str, JsonValue] = {}
-    requestId: str | None = None
+    statusCode: int = Field(description="The HTTP status.")
+    error: str = Field(description="The status's reason phrase.")
+    code: str = Field(
+        description="Machine-readable error code (invalid_transition, version_mismatch, …)."
+    )
+    message: str = Field(description="What went wrong, for people.")
+    details: dict[str, JsonValue] = Field(
+        {},
+        description="Facts about the error, by code (allowed next statuses, the current "
+        "version, …).",
+    )
+    requestId: str | None = Field(None, description="The request's X-Request-Id, also in the logs.")

@@ -35,6 +35,7 @@ class NoLease(Conflict):
     "/states/{entity}/{entity_id}/heartbeat",
     response_model=LeaseView,
     summary="Renew a state's lease (no revision, history or event)",
+    response_description="The renewed lease",
     responses=error_responses(StateNotFound, NoLease),
 )
 async def heartbeat(
@@ -65,6 +66,7 @@ async def heartbeat(
     "/states/{entity}/heartbeat",
     response_model=BatchHeartbeatResult,
     summary="Renew the leases of many states in one call",
+    response_description="One result per id",
     responses=error_responses(),
 )
 async def heartbeat_many(

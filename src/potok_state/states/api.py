@@ -11,7 +11,7 @@ from potok_state.clock import InputTime
 from potok_state.idempotency import Applied
 from potok_state.kit.auth import PartialReader, Reader, Writer
 from potok_state.kit.compiled_route import CompiledRoute
-from potok_state.kit.errors import BadRequest, InvalidInput, error_responses
+from potok_state.kit.errors import BadRequest, InvalidInput, Unavailable, error_responses
 from potok_state.kit.headers import (
     REVISION_HEADER,
     Conditions,
@@ -68,9 +68,10 @@ def _state_response(applied: Applied[EncodedState], status_code: int = 200) -> R
     "/states/{entity}",
     response_model=StateView,
     summary="Record a state: create it, or apply a validated transition",
+    response_description="The state after the transition (it existed already)",
     responses={
         201: {"model": StateView, "description": "Created"},
-        **error_responses(InvalidTransition, BadRequest),
+        **error_responses(InvalidTransition, BadRequest, Unavailable),
     },
 )
 async def record_state(
@@ -147,7 +148,8 @@ async def query_states(
     "/states/{entity}/batch",
     response_model=BatchResult,
     summary="Record up to 1000 states in one transaction",
-    responses=error_responses(InvalidTransition, BadRequest),
+    response_description="One result per item (with atomic: true, all of them written)",
+    responses=error_responses(InvalidTransition, BadRequest, Unavailable),
 )
 async def apply_batch(
     entity: EntityPath,
@@ -170,6 +172,7 @@ async def apply_batch(
     "/states/{entity}/{entity_id}",
     response_model=StateView,
     summary="One state, with its version as ETag",
+    response_description="The state; ETag: its version",
     responses=error_responses(StateNotFound),
 )
 async def get_state(
@@ -207,7 +210,10 @@ async def _update(
     "/states/{entity}/{entity_id}",
     response_model=StateView,
     summary="Update a state; metadata, when given, replaces",
-    responses=error_responses(StateNotFound, InvalidTransition, VersionMismatch, BadRequest),
+    response_description="The state after the update; ETag: its version",
+    responses=error_responses(
+        StateNotFound, InvalidTransition, VersionMismatch, BadRequest, Unavailable
+    ),
 )
 async def replace_state(
     entity: EntityPath,
@@ -229,7 +235,10 @@ async def replace_state(
     "/states/{entity}/{entity_id}",
     response_model=StateView,
     summary="Update a state; metadata merges (JSON merge patch)",
-    responses=error_responses(StateNotFound, InvalidTransition, VersionMismatch, BadRequest),
+    response_description="The state after the update; ETag: its version",
+    responses=error_responses(
+        StateNotFound, InvalidTransition, VersionMismatch, BadRequest, Unavailable
+    ),
 )
 async def patch_state(
     entity: EntityPath,
@@ -250,7 +259,8 @@ async def patch_state(
     status_code=status.HTTP_204_NO_CONTENT,
     response_class=Response,
     summary="Delete a state; its history is kept",
-    responses=error_responses(StateNotFound, VersionMismatch, BadRequest),
+    response_description="Deleted; its history is kept",
+    responses=error_responses(StateNotFound, VersionMismatch, BadRequest, Unavailable),
 )
 async def delete_state(
     entity: EntityPath,
@@ -276,6 +286,7 @@ async def delete_state(
     "/states/{entity}/{entity_id}/history",
     response_model=HistoryPage,
     summary="Every change of one entity, oldest first",
+    response_description="A page of its history, oldest first",
     responses=error_responses(StateNotFound, InvalidInput),
 )
 async def state_history(
@@ -302,6 +313,7 @@ machines_router = APIRouter(prefix="/api/v1", tags=["state machines"], route_cla
     "/state-machines",
     response_model=list[StateMachineView],
     summary="All transition tables",
+    response_description="Every transition table",
     responses=error_responses(),
 )
 async def list_state_machines(request: Request, caller: PartialReader) -> list[StateMachineView]:
@@ -316,6 +328,7 @@ async def list_state_machines(request: Request, caller: PartialReader) -> list[S
     "/state-machines/{entity}",
     response_model=StateMachineView,
     summary="The transition table of one entity type",
+    response_description="The type's transition table",
     responses=error_responses(MachineNotFound),
 )
 async def get_state_machine(request: Request, entity: EntityPath, _: Reader) -> StateMachineView:

@@ -36,16 +36,12 @@ SortSpec = Literal[
 ]
 Metadata = dict[str, JsonValue]
 Reason = Annotated[str, StringConstraints(max_length=1000)]
-LeaseTtl = Annotated[
-    int,
-    Field(
-        ge=0,
-        le=MAX_LEASE_TTL,
-        description="Hold a lease of this many seconds (renewed by heartbeats and writes; when it "
-        "lapses the state changes by itself); 0 drops the lease. Omitted: a leased state keeps "
-        "its lease, a new one gets its type's default.",
-    ),
-]
+LEASE_TTL = (
+    "Hold a lease of this many seconds (renewed by heartbeats and writes; when it lapses the "
+    "state changes by itself); 0 drops the lease. Omitted: a leased state keeps its lease, a new "
+    "one gets its type's default."
+)
+LeaseTtl = Annotated[int, Field(ge=0, le=MAX_LEASE_TTL, description=LEASE_TTL)]
 
 
 class RecordStateRequest(RequestModel):
@@ -62,13 +58,18 @@ class RecordStateRequest(RequestModel):
         }
     )
 
-    entityId: EntityId
-    status: Status
+    entityId: EntityId = Field(description="Entity id: 1-128 of A-Z a-z 0-9 . _ : @ -.")
+    status: Status = Field(
+        description="The status to record: a new state's first, or the next of an existing one "
+        "(checked against the type's transition table)."
+    )
     metadata: Metadata | None = Field(
         None, description="Replaces the metadata when given; kept when omitted."
     )
-    reason: Reason | None = None
-    ttl: LeaseTtl | None = None
+    reason: Reason | None = Field(
+        None, description="Why, kept in the history and sent with the event."
+    )
+    ttl: LeaseTtl | None = Field(None, description=LEASE_TTL)
 
 
 class UpdateStateRequest(RequestModel):
@@ -84,10 +85,16 @@ class UpdateStateRequest(RequestModel):
         }
     )
 
-    status: Status | None = None
-    metadata: Metadata | None = None
-    reason: Reason | None = None
-    ttl: LeaseTtl | None = None
+    status: Status | None = Field(None, description="The next status; omitted: unchanged.")
+    metadata: Metadata | None = Field(
+        None,
+        description="PUT: replaces the metadata; PATCH: merged into it (JSON merge patch, null "
+        "removes a key). Omitted: unchanged.",
+    )
+    reason: Reason | None = Field(
+        None, description="Why, kept in the history and sent with the event."
+    )
+    ttl: LeaseTtl | None = Field(None, description=LEASE_TTL)
 
 
 class LeaseView(BaseModel):
@@ -95,8 +102,10 @@ class LeaseView(BaseModel):
         json_schema_extra={"examples": [{"ttl": 30, "expiresAt": "2026-11-27T10:00:30.000Z"}]}
     )
 
-    ttl: int
-    expiresAt: Timestamp
+    ttl: int = Field(description="Lease length, s.")
+    expiresAt: Timestamp = Field(
+        description="When the lease lapses unless a heartbeat or a write renews it."
+    )
 
 
 class HeartbeatRequest(RequestModel):
@@ -112,13 +121,15 @@ class BatchHeartbeatRequest(HeartbeatRequest):
         json_schema_extra={"examples": [{"ids": ["billing-7f3a"], "ttl": 15}]}
     )
 
-    ids: list[EntityId] = Field(min_length=1, max_length=1000)
+    ids: list[EntityId] = Field(
+        min_length=1, max_length=1000, description="Entity ids whose leases to renew (1-1000)."
+    )
 
 
 class HeartbeatResult(BaseModel):
-    entityId: str
-    ok: bool
-    lease: LeaseView | None = None
+    entityId: str = Field(description="The entity id.")
+    ok: bool = Field(description="Whether its lease was renewed.")
+    lease: LeaseView | None = Field(None, description="The renewed lease (when ok).")
     error: str | None = Field(
         None, description="`state_not_found`, `no_lease` (none, or it has lapsed)."
     )
@@ -144,9 +155,9 @@ class BatchHeartbeatResult(BaseModel):
         }
     )
 
-    renewed: int
-    failed: int
-    items: list[HeartbeatResult]
+    renewed: int = Field(description="Leases renewed.")
+    failed: int = Field(description="Ids whose lease was not renewed.")
+    items: list[HeartbeatResult] = Field(description="One result per id, in request order.")
 
 
 class StateView(BaseModel):
@@ -167,14 +178,19 @@ class StateView(BaseModel):
         }
     )
 
-    entity: str
-    entityId: str
-    status: str
-    metadata: Metadata
-    version: int
-    revision: int
-    createdAt: Timestamp
-    updatedAt: Timestamp
+    entity: str = Field(description="Entity type.")
+    entityId: str = Field(description="Entity id, unique within its type.")
+    status: str = Field(description="The current status.")
+    metadata: Metadata = Field(description="Free-form JSON object kept with the state.")
+    version: int = Field(
+        description="Changes of this state so far (1 when created); the ETag, and what If-Match "
+        "and expectedVersion compare."
+    )
+    revision: int = Field(
+        description="Store-wide revision of its last change (the change feed's order)."
+    )
+    createdAt: Timestamp = Field(description="When this state was created.")
+    updatedAt: Timestamp = Field(description="When it last changed.")
     lease: LeaseView | None = Field(None, description="Present while the state holds a lease.")
 
     @classmethod
@@ -214,20 +230,22 @@ class StatePage(BaseModel):
         }
     )
 
-    items: list[StateView]
+    items: list[StateView] = Field(
+        description="The states of this page, in the query's sort order."
+    )
     nextCursor: str | None = Field(None, description="Pass as `cursor` for the next page.")
 
 
 class HistoryEntry(BaseModel):
-    revision: int
-    version: int
-    event: str
-    previousStatus: str | None
-    newStatus: str | None
-    metadata: Metadata
-    reason: str | None
-    actor: str
-    changedAt: Timestamp
+    revision: int = Field(description="Store-wide revision of this change.")
+    version: int = Field(description="The state's version after this change.")
+    event: str = Field(description="entity.created, entity.updated or entity.deleted.")
+    previousStatus: str | None = Field(description="The status before (null for a creation).")
+    newStatus: str | None = Field(description="The status after (null for a deletion).")
+    metadata: Metadata = Field(description="The metadata after this change.")
+    reason: str | None = Field(description="The reason given with the change.")
+    actor: str = Field(description="Who changed it: the API key's name, or system:lease.")
+    changedAt: Timestamp = Field(description="Commit time of the change.")
 
     @classmethod
     def of(cls, record: HistoryRecord) -> HistoryEntry:
@@ -279,17 +297,29 @@ class HistoryPage(BaseModel):
         }
     )
 
-    items: list[HistoryEntry]
-    nextCursor: str | None = None
+    items: list[HistoryEntry] = Field(description="Changes, oldest first.")
+    nextCursor: str | None = Field(
+        None, description="Pass as `cursor` for the next page; null on the last."
+    )
 
 
 class BatchItem(RequestModel):
-    entityId: EntityId
-    status: Status
-    metadata: Metadata | None = None
-    reason: Reason | None = None
-    expectedVersion: int | None = Field(None, ge=1, le=2_147_483_647)
-    ttl: LeaseTtl | None = None
+    entityId: EntityId = Field(description="Entity id: 1-128 of A-Z a-z 0-9 . _ : @ -.")
+    status: Status = Field(description="The status to record (as POST /states/{entity}).")
+    metadata: Metadata | None = Field(
+        None, description="Replaces the metadata when given; kept when omitted."
+    )
+    reason: Reason | None = Field(
+        None, description="Why, kept in the history and sent with the event."
+    )
+    expectedVersion: int | None = Field(
+        None,
+        ge=1,
+        le=2_147_483_647,
+        description="Apply only if the state is at this version (else 412 version_mismatch for "
+        "this item).",
+    )
+    ttl: LeaseTtl | None = Field(None, description=LEASE_TTL)
 
 
 class BatchRequest(RequestModel):
@@ -307,23 +337,29 @@ class BatchRequest(RequestModel):
         }
     )
 
-    items: list[BatchItem] = Field(min_length=1, max_length=1000)
+    items: list[BatchItem] = Field(
+        min_length=1,
+        max_length=1000,
+        description="1-1000 records, applied in order in one transaction.",
+    )
     atomic: bool = Field(True, description="All-or-nothing when true; per-item results when false.")
 
 
 class ItemError(BaseModel):
-    statusCode: int
-    code: str
-    message: str
-    details: dict[str, JsonValue] = {}
+    statusCode: int = Field(description="The HTTP status this item alone would have got.")
+    code: str = Field(description="Machine-readable error code (as in the error body).")
+    message: str = Field(description="What went wrong.")
+    details: dict[str, JsonValue] = Field(
+        {}, description="Facts about the error (as in the error body)."
+    )
 
 
 class BatchItemResult(BaseModel):
-    index: int
-    entityId: str
-    ok: bool
-    state: StateView | None = None
-    error: ItemError | None = None
+    index: int = Field(description="Position of the item in the request.")
+    entityId: str = Field(description="The item's entity id.")
+    ok: bool = Field(description="Whether the item was written.")
+    state: StateView | None = Field(None, description="The state it wrote (when ok).")
+    error: ItemError | None = Field(None, description="Why it was not written (when not ok).")
 
 
 class BatchResult(BaseModel):
@@ -371,14 +407,14 @@ class BatchResult(BaseModel):
         }
     )
 
-    atomic: bool
-    succeeded: int
-    failed: int
-    items: list[BatchItemResult]
+    atomic: bool = Field(description="As requested: all-or-nothing, or per item.")
+    succeeded: int = Field(description="Items written.")
+    failed: int = Field(description="Items refused.")
+    items: list[BatchItemResult] = Field(description="One result per item, in request order.")
 
 
 class LeasePolicyView(BaseModel):
-    ttl: int
+    ttl: int = Field(description="Lease length new states of this type get, s.")
     onExpire: str = Field(description='The status a lapsed lease moves to, or "delete".')
 
 
@@ -401,9 +437,11 @@ class StateMachineView(BaseModel):
         }
     )
 
-    entity: str
-    statuses: list[str]
-    initial: list[str]
-    final: list[str]
-    transitions: dict[str, list[str]]
+    entity: str = Field(description="Entity type.")
+    statuses: list[str] = Field(description="Every status of the type.")
+    initial: list[str] = Field(description="Statuses a new state may start in.")
+    final: list[str] = Field(description="Statuses with no way out.")
+    transitions: dict[str, list[str]] = Field(
+        description="For each status, the statuses it may move to."
+    )
     lease: LeasePolicyView | None = Field(None, description="The lease new states get.")

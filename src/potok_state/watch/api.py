@@ -39,7 +39,10 @@ _STREAM_DOC: dict[int | str, dict[str, Any]] = {
                         "id": {"type": "string", "description": "The revision."},
                         "event": {"type": "string", "description": "The event type, or reset."},
                         "data": {"type": "string", "description": "The event JSON."},
-                        "retry": {"type": "integer"},
+                        "retry": {
+                            "type": "integer",
+                            "description": "How long to wait before reconnecting, ms.",
+                        },
                     },
                     "examples": [
                         {

@@ -63,6 +63,7 @@ def _answer(applied: Applied[OutcomeT], response: Response) -> OutcomeT:
     response_model=SubscriptionCreated,
     status_code=status.HTTP_201_CREATED,
     summary="Subscribe a URL to events; the secret is shown only here",
+    response_description="The subscription, with its secret (shown only here)",
     responses=error_responses(InvalidWebhookUrl, InvalidSubscriptionLimit, AnswerUnavailable),
 )
 async def create_subscription(
@@ -84,6 +85,7 @@ async def create_subscription(
     "/subscriptions",
     response_model=list[Subscription],
     summary="All subscriptions (secrets are never shown again)",
+    response_description="Every subscription, oldest first",
     responses=error_responses(),
 )
 async def list_subscriptions(service: Service, _: Administrator) -> list[Subscription]:
@@ -95,6 +97,7 @@ async def list_subscriptions(service: Service, _: Administrator) -> list[Subscri
     "/subscriptions/{subscription_id}",
     response_model=Subscription,
     summary="One subscription with its delivery status",
+    response_description="The subscription",
     responses=error_responses(SubscriptionNotFound),
 )
 async def get_subscription(
@@ -109,6 +112,7 @@ async def get_subscription(
     "/subscriptions/{subscription_id}",
     response_model=Subscription,
     summary="Change url, events, description or entity types; re-enable with active: true",
+    response_description="The subscription after the change",
     responses=error_responses(SubscriptionNotFound, InvalidWebhookUrl, InvalidSubscriptionLimit),
 )
 async def update_subscription(
@@ -132,6 +136,7 @@ async def update_subscription(
     status_code=status.HTTP_204_NO_CONTENT,
     response_class=Response,
     summary="Delete a subscription and its delivery log",
+    response_description="Deleted, with its delivery log",
     responses=error_responses(SubscriptionNotFound),
 )
 async def delete_subscription(
@@ -153,6 +158,7 @@ async def delete_subscription(
     "/subscriptions/{subscription_id}/deliveries",
     response_model=DeliveryPage,
     summary="The delivery log, newest first, with every attempt",
+    response_description="A page of deliveries, newest first",
     responses=error_responses(SubscriptionNotFound),
 )
 async def list_deliveries(
@@ -171,6 +177,7 @@ async def list_deliveries(
     "/deliveries/{delivery_id}/retry",
     response_model=Delivery,
     summary="Send a failed delivery again",
+    response_description="The delivery, pending again",
     responses=error_responses(DeliveryNotFound, DeliveryNotFailed, RevisionPruned),
 )
 async def retry_delivery(
@@ -191,6 +198,7 @@ async def retry_delivery(
     response_model=ReplayResult,
     status_code=status.HTTP_202_ACCEPTED,
     summary="Send again what the subscription matched from a revision or a time, or what it missed",
+    response_description="Queued: what is sent again",
     responses=error_responses(
         SubscriptionNotFound,
         SubscriptionDisabled,
@@ -230,6 +238,7 @@ async def replay(
     "/subscriptions/{subscription_id}/rotate-secret",
     response_model=SecretRotated,
     summary="Replace the signing secret; the old one keeps signing for a grace period",
+    response_description="The new secret (shown only here) and until when the old one signs too",
     responses=error_responses(SubscriptionNotFound, AnswerUnavailable),
 )
 async def rotate_secret(
@@ -254,6 +263,7 @@ async def rotate_secret(
     "/subscriptions/{subscription_id}/test",
     response_model=TestResult,
     summary="Send a webhook.test ping now and report the receiver's answer",
+    response_description="What the receiver answered (a failed ping is not an error of this call)",
     responses=error_responses(SubscriptionNotFound),
 )
 async def send_test(

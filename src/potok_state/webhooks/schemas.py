@@ -43,18 +43,36 @@ class SubscriptionCreate(RequestModel):
         }
     )
 
-    url: WebhookUrl
-    events: list[EventFilter] = Field(min_length=1, max_length=50)
+    url: WebhookUrl = Field(
+        description="Where deliveries are POSTed: http(s); private, loopback and link-local "
+        "addresses only with WEBHOOK_ALLOW_PRIVATE_TARGETS."
+    )
+    events: list[EventFilter] = Field(
+        min_length=1,
+        max_length=50,
+        description="Event patterns: *, entity.*, entity.created, entity.updated, "
+        "entity.deleted, custom.*, custom.<name>, subscription.*.",
+    )
     secret: Secret | None = Field(
         None, description="Signing secret; generated (whsec_…) when omitted and shown once."
     )
-    description: Description | None = None
+    description: Description | None = Field(
+        None, description="What it is for (up to 500 characters)."
+    )
     entityTypes: list[EntityType] | None = Field(
         None, max_length=100, description="Only entity events of these types."
     )
-    rateLimit: RateLimit | None = None
-    timeoutMs: TimeoutMs | None = None
-    maxAttempts: MaxAttempts | None = None
+    rateLimit: RateLimit | None = Field(
+        None, description="Deliveries per second at most; omitted: no limit."
+    )
+    timeoutMs: TimeoutMs | None = Field(
+        None,
+        description="Per-attempt timeout, ms, at most WEBHOOK_DELIVERY_TIMEOUT; omitted: that "
+        "setting.",
+    )
+    maxAttempts: MaxAttempts | None = Field(
+        None, description="Attempts per delivery (1 + retries); omitted: 1 + WEBHOOK_MAX_RETRIES."
+    )
 
 
 class SubscriptionPatch(RequestModel):
@@ -69,10 +87,24 @@ class SubscriptionPatch(RequestModel):
         }
     )
 
-    url: WebhookUrl | None = None
-    events: list[EventFilter] | None = Field(None, min_length=1, max_length=50)
-    description: Description | None = None
-    entityTypes: list[EntityType] | None = Field(None, max_length=100)
+    url: WebhookUrl | None = Field(
+        None,
+        description="Where deliveries are POSTed: http(s); private, loopback and link-local "
+        "addresses only with WEBHOOK_ALLOW_PRIVATE_TARGETS.",
+    )
+    events: list[EventFilter] | None = Field(
+        None,
+        min_length=1,
+        max_length=50,
+        description="Event patterns: *, entity.*, entity.created, entity.updated, "
+        "entity.deleted, custom.*, custom.<name>, subscription.*.",
+    )
+    description: Description | None = Field(
+        None, description="What it is for (up to 500 characters)."
+    )
+    entityTypes: list[EntityType] | None = Field(
+        None, max_length=100, description="Only entity events of these types; null: every type."
+    )
     rateLimit: RateLimit | None = Field(None, description="null: no limit.")
     timeoutMs: TimeoutMs | None = Field(None, description="null: WEBHOOK_DELIVERY_TIMEOUT.")
     maxAttempts: MaxAttempts | None = Field(None, description="null: 1 + WEBHOOK_MAX_RETRIES.")
@@ -100,20 +132,27 @@ SUBSCRIPTION_EXAMPLE: JsonDict = {
 class Subscription(BaseModel):
     model_config = ConfigDict(json_schema_extra={"examples": [SUBSCRIPTION_EXAMPLE]})
 
-    id: str
-    url: str
-    events: list[str]
-    entityTypes: list[str] | None
-    description: str | None
-    status: Literal["active", "disabled"]
+    id: str = Field(description="The subscription id (sub_…).")
+    url: str = Field(description="Where deliveries are POSTed.")
+    events: list[str] = Field(description="The event patterns it receives.")
+    entityTypes: list[str] | None = Field(
+        description="Only entity events of these types; null: every type."
+    )
+    description: str | None = Field(description="What it is for.")
+    status: Literal["active", "disabled"] = Field(
+        description="active, or disabled (by the disable policy, a 410 answer, or PATCH "
+        "active=false)."
+    )
     consecutiveFailures: int = Field(
         description="Deliveries in a row that failed after every retry (docs/webhooks.md)."
     )
-    disabledReason: str | None
-    lastDeliveryAt: Timestamp | None
-    lastError: str | None
-    createdAt: Timestamp
-    updatedAt: Timestamp
+    disabledReason: str | None = Field(description="Why it was disabled; null while active.")
+    lastDeliveryAt: Timestamp | None = Field(description="When an attempt last finished.")
+    lastError: str | None = Field(
+        description="The last failed attempt's error; null after a success."
+    )
+    createdAt: Timestamp = Field(description="When it was created.")
+    updatedAt: Timestamp = Field(description="When it last changed.")
     failingSince: Timestamp | None = Field(
         None, description="First failed attempt since the last success."
     )
@@ -152,12 +191,14 @@ class SubscriptionCreated(Subscription):
 
 
 class Attempt(BaseModel):
-    attempt: int
-    startedAt: Timestamp
-    durationMs: int
-    statusCode: int | None
-    error: str | None
-    succeeded: bool
+    attempt: int = Field(description="1 for the first attempt, then one more per retry.")
+    startedAt: Timestamp = Field(description="When the request was sent.")
+    durationMs: int = Field(description="How long the receiver took to answer, ms.")
+    statusCode: int | None = Field(
+        description="The receiver's HTTP status; null when it did not answer."
+    )
+    error: str | None = Field(description="What went wrong; null on success.")
+    succeeded: bool = Field(description="Whether the receiver answered 2xx.")
 
 
 class Delivery(BaseModel):
@@ -216,22 +257,24 @@ class Delivery(BaseModel):
         }
     )
 
-    id: int
-    subscriptionId: str
-    revision: int
-    eventId: str
-    event: str
+    id: int = Field(description="The delivery id (for /webhooks/deliveries/{id}/retry).")
+    subscriptionId: str = Field(description="The subscription it is for.")
+    revision: int = Field(description="The revision of its event.")
+    eventId: str = Field(
+        description="The event id, sent as webhook-id and X-Webhook-Id (the same on every attempt)."
+    )
+    event: str = Field(description="The event type.")
     status: Literal["pending", "succeeded", "failed", "skipped"] = Field(
         description="skipped: not sent because the subscription was disabled; "
         "`replay?missing=true` sends it."
     )
-    attempts: int
-    nextAttemptAt: Timestamp | None
-    lastStatusCode: int | None
-    lastError: str | None
-    createdAt: Timestamp
-    updatedAt: Timestamp
-    attemptLog: list[Attempt]
+    attempts: int = Field(description="Attempts made so far.")
+    nextAttemptAt: Timestamp | None = Field(description="When the next attempt is due (pending).")
+    lastStatusCode: int | None = Field(description="The last attempt's HTTP status.")
+    lastError: str | None = Field(description="The last attempt's error.")
+    createdAt: Timestamp = Field(description="When it was queued.")
+    updatedAt: Timestamp = Field(description="When it last changed.")
+    attemptLog: list[Attempt] = Field(description="Every attempt, oldest first.")
 
 
 class DeliveryPage(BaseModel):
@@ -271,7 +314,7 @@ class DeliveryPage(BaseModel):
         }
     )
 
-    items: list[Delivery]
+    items: list[Delivery] = Field(description="Deliveries, newest first.")
     nextCursor: int | None = Field(None, description="Pass as `before` for older deliveries.")
 
 
@@ -303,9 +346,13 @@ class ReplayResult(BaseModel):
         json_schema_extra={"examples": [{"scheduled": 2, "fromRevision": 1, "toRevision": 6}]}
     )
 
-    scheduled: int
-    fromRevision: int | None
-    toRevision: int | None
+    scheduled: int = Field(description="Deliveries queued.")
+    fromRevision: int | None = Field(
+        description="The first revision looked at; null when there was none."
+    )
+    toRevision: int | None = Field(
+        description="The last revision looked at; null when there was none."
+    )
 
 
 class RotateSecretRequest(RequestModel):
@@ -331,7 +378,7 @@ class SecretRotated(BaseModel):
         }
     )
 
-    id: str
+    id: str = Field(description="The subscription id.")
     secret: str = Field(description="The new secret, shown only in this response.")
     previousSecretExpiresAt: Timestamp = Field(
         description="Until then deliveries are signed with the old secret too."
@@ -345,7 +392,9 @@ class TestResult(BaseModel):
         }
     )
 
-    succeeded: bool
-    statusCode: int | None
-    durationMs: int
-    error: str | None
+    succeeded: bool = Field(description="Whether the receiver answered 2xx.")
+    statusCode: int | None = Field(
+        description="The receiver's HTTP status; null when it did not answer."
+    )
+    durationMs: int = Field(description="How long it took, ms.")
+    error: str | None = Field(description="What went wrong; null on success.")
