@@ -5,7 +5,7 @@ from typing import Annotated, Literal
 from fastapi import APIRouter, Depends, Request, Response
 from pydantic import BaseModel, ConfigDict, Field
 
-from potok_state.health.service import HealthService
+from potok_state.health.service import Check, HealthService
 from potok_state.stream.publisher import StreamState
 
 router = APIRouter(tags=["health"])
@@ -130,6 +130,9 @@ Service = Annotated[HealthService, Depends(health_service)]
     response_model=Health,
     summary="Every dependency, with latency",
     response_description="Storage is up (status ok or degraded)",
+    # A check shows only what means something for it (no error while up, the
+    # backlog only for externalDb).
+    response_model_exclude_unset=True,
     responses={
         503: {
             "model": Health,
@@ -147,17 +150,10 @@ async def health(service: Service, response: Response) -> Health:
     caches = await service.check_cache()
     external = await service.check_external()
     stream = await service.check_stream()
-    checks = {
-        check.name: DependencyHealth(
-            status="up" if check.up else "down", latencyMs=check.latency_ms, error=check.error
-        )
-        for check in (storage, *caches)
-    }
+    checks = {check.name: _dependency(check) for check in (storage, *caches)}
     if external is not None:
-        checks["externalDb"] = DependencyHealth(
-            status="up" if external.check.up else "down",
-            latencyMs=external.check.latency_ms,
-            error=external.check.error,
+        checks["externalDb"] = _dependency(
+            external.check,
             backlog=external.status.backlog,
             oldestUnsyncedSeconds=external.status.oldest_unsynced_seconds,
             syncError=external.status.last_error,
@@ -191,6 +187,14 @@ async def health(service: Service, response: Response) -> Health:
             error=stream.error,
         ),
     )
+
+
+def _dependency(check: Check, **external: object) -> DependencyHealth:
+    shown: dict[str, object] = {"status": "up" if check.up else "down"}
+    shown["latencyMs"] = check.latency_ms
+    if check.error is not None:
+        shown["error"] = check.error
+    return DependencyHealth.model_validate({**shown, **external})
 
 
 @router.get(
