@@ -6,6 +6,7 @@ from __future__ import annotations
 from redis.asyncio import Redis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
+from redis.maint_notifications import MaintNotificationsConfig
 
 from potok_state.settings import RedisTierSettings
 
@@ -28,4 +29,7 @@ def redis_client(
         retry=Retry(NoBackoff(), 0),
         health_check_interval=health_check_interval,
         decode_responses=False,
+        # Off: the handshake for them fails on every connection to a server
+        # without them (a debug log line each), and the tiers do not use them.
+        maint_notifications_config=MaintNotificationsConfig(enabled=False),
     )
