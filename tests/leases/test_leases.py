@@ -136,21 +136,27 @@ async def test_heartbeats_and_writes_renew_and_ttl_zero_drops(database_url: str)
         assert (await state(client, "service", "dropped"))["status"] == "up"  # type: ignore[index]
 
 
-async def test_on_expire_delete_and_the_default_of_untyped_leases(database_url: str) -> None:
+async def test_a_user_goes_offline_and_an_untyped_state_is_deleted(database_url: str) -> None:
     async with in_process(webhook_settings(database_url)) as client:
+        unleased = await record(client, "user", "u0", "online")
+        assert "lease" not in unleased  # a user holds a lease only when a write asks
         await record(client, "user", "u1", "online", ttl=1)
         await record(client, "session", "s1", "open", ttl=1)  # no table: deleted on lapse
 
-        async def gone() -> bool:
-            return (
-                await state(client, "user", "u1") is None
-                and await state(client, "session", "s1") is None
-            )
+        async def lapsed() -> Json | None:
+            user = await state(client, "user", "u1")
+            gone = await state(client, "session", "s1") is None
+            return user if gone and user is not None and user["status"] == "offline" else None
 
-        await eventually(gone, timeout=10, what="the leased states to be deleted")
-        deleted = [c for c in await all_changes(client) if c["event"] == "entity.deleted"]
-        assert sorted(c["data"]["id"] for c in deleted) == ["s1", "u1"]
-        assert {c["data"]["reason"] for c in deleted} == {"lease expired"}
+        user = await eventually(lapsed, timeout=10, what="the leases to lapse")
+        assert "lease" not in user
+        assert [h["actor"] for h in lapses(await history(client, "user", "u1"))] == ["system:lease"]
+        changes = [c for c in await all_changes(client) if c["data"].get("reason")]
+        by_id = {c["data"]["id"]: c for c in changes if c["data"]["reason"] == "lease expired"}
+        assert by_id["u1"]["event"] == "entity.updated"
+        assert by_id["u1"]["data"]["newStatus"] == "offline"
+        assert by_id["s1"]["event"] == "entity.deleted"
+        assert (await state(client, "user", "u0")) == unleased  # never leased: untouched
 
 
 async def test_heartbeat_answers_and_bad_ttls(database_url: str) -> None:

@@ -59,6 +59,8 @@ async def test_lists_the_built_in_tables(client: httpx.AsyncClient) -> None:
     assert user["initial"] == ["online", "offline", "busy"]
     assert user["final"] == []
     assert user["transitions"] == {s: ["online", "offline", "busy"] for s in user["statuses"]}
+    # No lease unless a write asks for one; a lapsed one leaves the user offline.
+    assert user["lease"] == {"ttl": None, "onExpire": "offline"}
 
 
 async def test_one_table_and_404_for_a_free_form_type(client: httpx.AsyncClient) -> None:

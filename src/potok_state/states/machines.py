@@ -28,10 +28,11 @@ class MachineDefinitionError(ValueError):
 
 @dataclass(frozen=True, slots=True)
 class LeasePolicy:
-    """A type's lease default (docs/leases.md): new states hold a lease of `ttl`
-    seconds; when one lapses the state goes to `on_expire` (None: it is deleted)."""
+    """A type's lease policy (docs/leases.md): new states hold a lease of `ttl`
+    seconds (None: only when a write asks for one); when a lease lapses the state
+    goes to `on_expire` (None: it is deleted)."""
 
-    ttl: int
+    ttl: int | None
     on_expire: str | None
 
 
@@ -144,8 +145,11 @@ def _lease(machine: StateMachine, value: object) -> LeasePolicy:
     entity = machine.entity
     if not isinstance(value, dict) or set(value) - {"ttl", "onExpire"}:
         raise MachineDefinitionError(f"{entity}: 'lease' must be {{ttl: <seconds>, onExpire: …}}")
+    # Without a ttl, states take a lease only when a write asks for one.
     ttl = value.get("ttl")
-    if not isinstance(ttl, int) or isinstance(ttl, bool) or not 1 <= ttl <= MAX_LEASE_TTL:
+    if ttl is not None and (
+        not isinstance(ttl, int) or isinstance(ttl, bool) or not 1 <= ttl <= MAX_LEASE_TTL
+    ):
         raise MachineDefinitionError(
             f"{entity}: lease.ttl must be a whole number of seconds, 1 to {MAX_LEASE_TTL}"
         )
@@ -178,7 +182,14 @@ BUILT_IN: dict[str, object] = {
             "failed": ["in_progress"],
         },
     },
-    "user": {"statuses": ["online", "offline", "busy"], "initial": ANY, "transitions": ANY},
+    # Presence: a user holds a lease only when a write asks for one (ttl), and goes
+    # offline when it lapses.
+    "user": {
+        "statuses": ["online", "offline", "busy"],
+        "initial": ANY,
+        "transitions": ANY,
+        "lease": {"onExpire": "offline"},
+    },
     "process": {
         "statuses": ["pending", "running", "finished"],
         "initial": ["pending"],

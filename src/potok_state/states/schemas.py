@@ -414,8 +414,13 @@ class BatchResult(BaseModel):
 
 
 class LeasePolicyView(BaseModel):
-    ttl: int = Field(description="Lease length new states of this type get, s.")
-    onExpire: str = Field(description='The status a lapsed lease moves to, or "delete".')
+    ttl: int | None = Field(
+        description="Lease length new states of this type get, s; null: a state takes a lease "
+        "only when a write asks for one (ttl)."
+    )
+    onExpire: str = Field(
+        description='The status a state goes to when its lease lapses, or "delete".'
+    )
 
 
 class StateMachineView(BaseModel):
@@ -444,4 +449,6 @@ class StateMachineView(BaseModel):
     transitions: dict[str, list[str]] = Field(
         description="For each status, the statuses it may move to."
     )
-    lease: LeasePolicyView | None = Field(None, description="The lease new states get.")
+    lease: LeasePolicyView | None = Field(
+        None, description="Its lease policy: the lease new states get, and where a lapse goes."
+    )
