@@ -23,6 +23,9 @@ default: the embedded webhook worker delivers); its CPU is sampled every 0.1 s
 and reported over first deadline → last lapse and → last delivery. The server's
 times are the host's clock (SQLite) or the database's (PostgreSQL, on this
 host); this process reads `time.time()`: one clock.
+
+One file on purpose: each measurement's setup, load and timing read top to bottom,
+next to the receiver (`LapseReceiver`) and CPU timeline they share.
 """
 
 from __future__ import annotations

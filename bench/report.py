@@ -1,5 +1,9 @@
 """Render bench/REPORT.md: generated tables, plus a hand-written analysis section
-that survives re-runs (kept between the ANALYSIS markers)."""
+that survives re-runs (kept between the ANALYSIS markers).
+
+One file on purpose: it is the report, section by section in the order REPORT.md
+shows them; a section's tables sit next to the words that explain them.
+"""
 
 from __future__ import annotations
 

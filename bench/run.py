@@ -12,6 +12,9 @@ Every req/s figure is reported as a ratio to the trivial endpoint measured on th
 same server in the same run (bench/README.md); with `--workers 1,2` every server
 profile runs once as `serve` and once as `serve --workers 2`, each against its
 own ceiling.
+
+One file on purpose: the whole run (servers, profiles, phases, the order they run
+in) reads top to bottom as the report's method section describes it.
 """
 
 from __future__ import annotations

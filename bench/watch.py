@@ -17,6 +17,10 @@ All on one server, with its settings at their defaults (WATCH_MAX_CLIENTS 1000
 per key, WATCH_QUEUE_SIZE 10000). The watcher process parses the streams
 cheaply: the chunked HTTP body is not decoded; every `id:` line (always after a
 newline: the previous frame's, or a chunk-size line's) is found by a search.
+
+One file on purpose: the writer side and the watcher process (`python -m
+bench.watch`) speak one JSON-lines protocol, kept in one place so the two cannot
+drift apart.
 """
 
 from __future__ import annotations

@@ -15,6 +15,9 @@ The worker is `potok-state worker` on PostgreSQL (server with
 WEBHOOK_EMBEDDED_WORKER=false, woken by NOTIFY) and the server's embedded worker
 on SQLite. Each scenario starts its own processes and deletes its
 subscriptions, so it runs alone (`--only deliveries`) or after the others.
+
+One file on purpose: each measurement's setup, load and timing read top to bottom,
+next to the receiver they share.
 """
 
 from __future__ import annotations

@@ -42,6 +42,10 @@ Replicas
     generations); once subscribed again it ignores local values whose asOf predates
     the subscription. Invalidations that could not reach the global tier are kept
     (bounded) and replayed, and re-published, when it is back.
+
+One module (some 650 lines) on purpose: reads, fills, write-through and the
+replica listener each keep half of the invariants above (floors, generations,
+the subscription's asOf); split apart, no half could be checked without the other.
 """
 
 from __future__ import annotations

@@ -1,6 +1,17 @@
+"""The States API's errors, and how a batch reports its items' errors."""
+
 from __future__ import annotations
 
-from potok_state.kit.errors import Conflict, InvalidInput, NotFound, PreconditionFailed
+from collections.abc import Mapping
+
+from potok_state.kit.errors import (
+    Conflict,
+    InvalidInput,
+    NotFound,
+    PreconditionFailed,
+    ServiceError,
+)
+from potok_state.states.schemas import BatchRequest, ItemError
 
 
 class StateNotFound(NotFound):
@@ -53,3 +64,29 @@ class BatchInvalid(InvalidInput):
 
 class EmptyUpdate(InvalidInput):
     code = "empty_update"
+
+
+def item_error(error: ServiceError) -> ItemError:
+    """One batch item's error, as its result shows it."""
+    return ItemError(
+        statusCode=error.status_code, code=error.code, message=error.message, details=error.details
+    )
+
+
+def batch_failure(batch: BatchRequest, failures: Mapping[int, ServiceError]) -> ServiceError:
+    """An atomic batch refused: every failed item listed; 422 when any item was
+    invalid, else 409."""
+    listed = [
+        {
+            "index": index,
+            "entityId": batch.items[index].entityId,
+            **item_error(error).model_dump(),
+        }
+        for index, error in sorted(failures.items())
+    ]
+    invalid = any(error.status_code == 422 for error in failures.values())
+    error_type = BatchInvalid if invalid else BatchRejected
+    return error_type(
+        f"{len(failures)} of {len(batch.items)} items failed; nothing was written.",
+        details={"failures": listed},  # type: ignore[dict-item]
+    )

@@ -12,7 +12,7 @@ from potok_state.changes.model import (
 )
 from potok_state.clock import Timestamp
 from potok_state.kit.request_model import RequestModel
-from potok_state.states.machines import MAX_LEASE_TTL
+from potok_state.states.machines import DELETE, MAX_LEASE_TTL, StateMachine
 
 ENTITY_TYPE_PATTERN = r"^[a-z][a-z0-9_-]{0,63}$"
 ENTITY_ID_PATTERN = r"^[A-Za-z0-9._:@-]{1,128}$"
@@ -452,3 +452,17 @@ class StateMachineView(BaseModel):
     lease: LeasePolicyView | None = Field(
         None, description="Its lease policy: the lease new states get, and where a lapse goes."
     )
+
+    @classmethod
+    def of(cls, machine: StateMachine) -> StateMachineView:
+        lease = machine.lease
+        return cls(
+            entity=machine.entity,
+            statuses=list(machine.statuses),
+            initial=list(machine.initial),
+            final=list(machine.final),
+            transitions={source: list(targets) for source, targets in machine.transitions.items()},
+            lease=None
+            if lease is None
+            else LeasePolicyView(ttl=lease.ttl, onExpire=lease.on_expire or DELETE),
+        )

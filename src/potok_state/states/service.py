@@ -50,22 +50,20 @@ from potok_state.states.encoding import (
     stored_state,
 )
 from potok_state.states.errors import (
-    BatchInvalid,
-    BatchRejected,
     EmptyUpdate,
     InvalidMetadata,
     MachineNotFound,
     MetadataTooLarge,
     StateNotFound,
     UnknownEntityType,
+    batch_failure,
+    item_error,
 )
-from potok_state.states.machines import DELETE, MachineRegistry, StateMachine
+from potok_state.states.machines import MachineRegistry
 from potok_state.states.merge_patch import merge_patch
 from potok_state.states.queries import StateFilter, query_fingerprint, store_query
 from potok_state.states.schemas import (
     BatchRequest,
-    ItemError,
-    LeasePolicyView,
     Metadata,
     RecordStateRequest,
     StateMachineView,
@@ -288,7 +286,7 @@ class StateService:
                 mutations.append(change)
                 working[item.entityId] = preview(change, existing)
             if failures and batch.atomic:
-                raise _batch_failure(batch, failures)
+                raise batch_failure(batch, failures)
             return mutations
 
         def respond(applied: Sequence[AppliedChange]) -> EncodedBatch:
@@ -318,7 +316,7 @@ class StateService:
                             "entityId": item.entityId,
                             "ok": False,
                             "state": None,
-                            "error": _item_error(error).model_dump(),
+                            "error": item_error(error).model_dump(),
                         }
                     )
             body = orjson.dumps(
@@ -607,7 +605,7 @@ class StateService:
         return await self.store.change_counts(since)
 
     def state_machines(self) -> list[StateMachineView]:
-        return [_machine_view(machine) for machine in self.machines.all()]
+        return [StateMachineView.of(machine) for machine in self.machines.all()]
 
     def state_machine(self, entity: str) -> StateMachineView:
         machine = self.machines.get(entity)
@@ -615,46 +613,10 @@ class StateService:
             raise MachineNotFound(
                 f"Entity type {entity!r} has no transition table; it accepts any status."
             )
-        return _machine_view(machine)
+        return StateMachineView.of(machine)
 
 
 def _state_of_single_change(applied: Sequence[AppliedChange]) -> EncodedState:
     state = applied[0].state
     assert state is not None
     return EncodedState.of(state)
-
-
-def _item_error(error: ServiceError) -> ItemError:
-    return ItemError(
-        statusCode=error.status_code, code=error.code, message=error.message, details=error.details
-    )
-
-
-def _batch_failure(batch: BatchRequest, failures: Mapping[int, ServiceError]) -> ServiceError:
-    listed = [
-        {
-            "index": index,
-            "entityId": batch.items[index].entityId,
-            **_item_error(error).model_dump(),
-        }
-        for index, error in sorted(failures.items())
-    ]
-    invalid = any(error.status_code == 422 for error in failures.values())
-    error_type = BatchInvalid if invalid else BatchRejected
-    return error_type(
-        f"{len(failures)} of {len(batch.items)} items failed; nothing was written.",
-        details={"failures": listed},  # type: ignore[dict-item]
-    )
-
-
-def _machine_view(machine: StateMachine) -> StateMachineView:
-    return StateMachineView(
-        entity=machine.entity,
-        statuses=list(machine.statuses),
-        initial=list(machine.initial),
-        final=list(machine.final),
-        transitions={source: list(targets) for source, targets in machine.transitions.items()},
-        lease=None
-        if machine.lease is None
-        else LeasePolicyView(ttl=machine.lease.ttl, onExpire=machine.lease.on_expire or DELETE),
-    )
