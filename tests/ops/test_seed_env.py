@@ -54,16 +54,8 @@ LOG_FORMAT=pretty  # или json для production
 async def test_the_seed_env_starts_the_service_and_names_what_it_ignores(
     tmp_path: Path,
 ) -> None:
-    (tmp_path / ".env").write_text(SEED_ENV, encoding="utf-8")
-    port = free_port()
-    # Only the port is given on the command line (the seed's 3002 may be taken).
-    server = ServiceProcess(
-        ["serve", "--host", "127.0.0.1", "--port", str(port)], {}, tmp_path, "seed"
-    )
-    _only_dotenv(server)
-    await server.start()
+    server, port = await _serve_with_dotenv(tmp_path, SEED_ENV, "seed")
     try:
-        await wait_ready(server, port)
         async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as client:
             health = (await client.get("/health")).json()
             assert "redisLocal" in health["checks"]  # on: REDIS_LOCAL_HOST is set
@@ -93,15 +85,8 @@ async def test_the_seed_env_starts_the_service_and_names_what_it_ignores(
 
 
 async def test_the_env_example_starts_the_service_as_shipped(tmp_path: Path) -> None:
-    (tmp_path / ".env").write_text(ENV_EXAMPLE.read_text(encoding="utf-8"), encoding="utf-8")
-    port = free_port()
-    server = ServiceProcess(
-        ["serve", "--host", "127.0.0.1", "--port", str(port)], {}, tmp_path, "example"
-    )
-    _only_dotenv(server)
-    await server.start()
+    server, port = await _serve_with_dotenv(tmp_path, ENV_EXAMPLE.read_text(), "example")
     try:
-        await wait_ready(server, port)
         async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as client:
             assert (await client.get("/health")).json()["status"] == "ok"
             recorded = await client.post(
@@ -133,10 +118,24 @@ def test_every_name_in_the_env_example_is_a_setting() -> None:
     assert named <= setting_names(), named - setting_names()
 
 
-def _only_dotenv(server: ServiceProcess) -> None:
-    """The settings come from the .env file alone, not from the test's environment."""
-    for name in list(server.env):
-        if name.startswith(
+async def _serve_with_dotenv(workdir: Path, dotenv: str, name: str) -> tuple[ServiceProcess, int]:
+    """`potok-state serve` in `workdir` with this `.env` and nothing else of the
+    test's environment; only the port is given on the command line (3002 may be
+    taken). Started and ready; the caller stops it."""
+    (workdir / ".env").write_text(dotenv, encoding="utf-8")
+    port = free_port()
+    server = ServiceProcess(
+        ["serve", "--host", "127.0.0.1", "--port", str(port)], {}, workdir, name
+    )
+    for variable in list(server.env):
+        if variable.startswith(
             ("REDIS_", "EXTERNAL_DB", "WEBHOOK_", "LOG_", "APP_", "DATABASE_", "API_", "NODE_ENV")
         ):
-            del server.env[name]
+            del server.env[variable]
+    await server.start()
+    try:
+        await wait_ready(server, port)
+    except BaseException:
+        await server.stop()
+        raise
+    return server, port
