@@ -289,7 +289,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         store.commits.outbox_wakeup(),
         metrics,
         max_clients=settings.watch.max_clients,
-        queue_size=settings.watch.queue_size,
+        max_buffer_bytes=settings.watch.max_buffer_bytes,
+        memory_budget=settings.watch.memory_budget,
         heartbeat_seconds=settings.watch.heartbeat / 1000,
         poll_seconds=WATCH_POLL_SECONDS["sqlite" if settings.is_sqlite else "postgresql"],
     )

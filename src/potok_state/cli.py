@@ -15,7 +15,7 @@ import sys
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from potok_state.client.commands import add_commands, join_dashed_values
 
@@ -44,7 +44,9 @@ STARTUP_FAILURE = 3
 
 def serve(args: argparse.Namespace) -> None:
     import uvicorn
+    from uvicorn.supervisors import Multiprocess
 
+    from potok_state.kit.server import ConnectionLimits, ServerConfig
     from potok_state.states.machines import MachineDefinitionError
 
     settings = _load_settings()
@@ -56,7 +58,7 @@ def serve(args: argparse.Namespace) -> None:
     except MachineDefinitionError as exc:
         sys.exit(f"potok-state: invalid state machine table: {exc}")
     workers = args.workers or settings.workers
-    server = {
+    server: dict[str, Any] = {
         "host": args.host or settings.host,
         "port": args.port or settings.port,
         "log_config": None,
@@ -67,8 +69,11 @@ def serve(args: argparse.Namespace) -> None:
         "forwarded_allow_ips": settings.forwarded_allow_ips.strip() or "",
         "timeout_graceful_shutdown": 30,
     }
+    # The request-head deadline, the connection cap and the streams' direct
+    # writes live in the protocol (kit/server.py, docs/operations.md "Limits").
+    limits = ConnectionLimits.from_settings(settings)
     if workers == 1:
-        config = uvicorn.Config(app, **server)  # type: ignore[arg-type]
+        config = ServerConfig(app, limits=limits, **server)
         # The port first: a second `serve` on a busy port stops here, before
         # its lifespan starts a delivery worker or announces itself started.
         # (With workers, uvicorn's supervisor binds before spawning them.)
@@ -87,12 +92,18 @@ def serve(args: argparse.Namespace) -> None:
     # write in one is never followed by a stale read in another.
     with tempfile.TemporaryDirectory(prefix="potok-state-") as shared:
         os.environ[SHARED_FLOORS_ENV] = os.path.join(shared, "floors")
-        uvicorn.run(
+        # What uvicorn.run does for workers, with this configuration (which each
+        # worker process receives pickled, the edge's limits with it).
+        config = ServerConfig(
             "potok_state.app:app_from_environment",
             factory=True,
             workers=workers,
-            **server,  # type: ignore[arg-type]
+            limits=limits,
+            **server,
         )
+        listening = config.bind_socket()
+        with contextlib.suppress(KeyboardInterrupt):
+            Multiprocess(config, sockets=[listening]).run()
 
 
 def _check_startup(settings: Settings) -> None:

@@ -105,8 +105,10 @@ class Metrics:
         )
         self.watch_cut_off = Counter(
             "potok_watch_cut_off_total",
-            "Watch streams ended by the service: too_slow (fell behind by WATCH_QUEUE_SIZE), "
-            "too_old (resumed from a revision no longer kept), shutdown.",
+            "Watch streams ended by the service: too_slow (held WATCH_MAX_BUFFER_BYTES unsent, "
+            "stopped reading, or held most when WATCH_MEMORY_BUDGET was reached), "
+            "revision_too_old, revision_unknown (resumed from a revision not kept or never "
+            "known), shutdown.",
             ["reason"],
             registry=self.registry,
         )

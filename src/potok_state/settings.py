@@ -185,11 +185,18 @@ class WatchSettings(BaseSettings):
     max_clients: int = Field(
         1_000, ge=1, description="Open watch streams per API key and process; 429 beyond."
     )
-    queue_size: int = Field(
-        10_000,
-        ge=1,
-        description="Events a watch stream may fall behind by before it is cut off "
-        "(it gets a reset event saying where to resume).",
+    max_buffer_bytes: int = Field(
+        1024 * 1024,
+        ge=16 * 1024,
+        description="Bytes a watch stream may hold unsent (its queued events and its "
+        "connection's write buffer); a stream over it is cut off with a reset event saying "
+        "where to resume.",
+    )
+    memory_budget: int = Field(
+        64 * 1024 * 1024,
+        ge=64 * 1024,
+        description="Bytes all watch streams of a process may hold unsent together; over it "
+        "the streams holding most are closed (they resume with Last-Event-ID).",
     )
 
 
@@ -413,6 +420,23 @@ class Settings(BaseSettings):
         ge=100,
         description="Longest pause while a request body arrives, ms; beyond it a 408 closes "
         "the connection.",
+    )
+    request_header_timeout: int = Field(
+        10_000,
+        ge=100,
+        description="Longest wait for a whole request head, ms (from the connection's opening, "
+        "or the first byte of a later request); beyond it a 408 closes the connection.",
+    )
+    keep_alive_timeout: int = Field(
+        5_000,
+        ge=100,
+        description="An idle kept-alive connection is closed after so many ms.",
+    )
+    max_connections: int | None = Field(
+        None,
+        ge=1,
+        description="Connections served at once per process; beyond it requests get 503 "
+        "(health probes are still answered). Default: the open-file limit less 288.",
     )
     idempotency_ttl: int = Field(86_400, ge=1, description="How long an Idempotency-Key holds, s.")
 

@@ -6,7 +6,6 @@ SIGTERM."""
 from __future__ import annotations
 
 import asyncio
-import socket
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -18,6 +17,7 @@ import httpx
 import pytest
 
 from tests.conftest import asyncpg_dsn
+from tests.support.connections import RawConnection, watch_request
 from tests.support.hub import (
     ServiceProcess,
     http_service,
@@ -227,18 +227,12 @@ async def test_bad_requests_limits_and_reserved_ids(database_url: str, tmp_path:
 async def test_a_client_that_never_reads_is_cut_off_and_writers_go_on(
     database_url: str, tmp_path: Path
 ) -> None:
-    async with server(database_url, tmp_path, WATCH_QUEUE_SIZE="20") as (_, client):
-        port = client.base_url.port
+    env = {"WATCH_MAX_BUFFER_BYTES": "65536"}
+    async with server(database_url, tmp_path, **env) as (_, client):
+        assert client.base_url.port is not None
         # A raw connection with a small receive window that never reads.
-        silent = socket.socket()
-        silent.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-        silent.setblocking(False)
-        await asyncio.get_running_loop().sock_connect(silent, ("127.0.0.1", port))
-        reader, writer = await asyncio.open_connection(sock=silent)
-        writer.write(
-            b"GET /api/v1/watch HTTP/1.1\r\nHost: x\r\nx-api-key: gateway-service-key\r\n\r\n"
-        )
-        await writer.drain()
+        silent = await RawConnection.open(client.base_url.port, receive_buffer=4096)
+        await silent.send(watch_request())
 
         async def watching() -> bool:
             return "potok_watch_clients 1.0" in (await client.get("/metrics")).text
@@ -262,8 +256,7 @@ async def test_a_client_that_never_reads_is_cut_off_and_writers_go_on(
 
         await eventually(cut, what="the silent client to be cut off")
         assert elapsed < 60, elapsed  # the writers were never held up for the reader
-        writer.close()
-        del reader
+        silent.close()
 
 
 async def test_a_change_on_another_process_reaches_watchers_within_a_second(
@@ -333,19 +326,21 @@ async def test_workers_on_sqlite_hear_each_other(database_url: str, tmp_path: Pa
         await process.stop()
 
 
-async def test_heartbeats_and_batches_larger_than_the_queue(
+async def test_heartbeats_and_batches_larger_than_the_buffer(
     database_url: str, tmp_path: Path
 ) -> None:
-    env = {"WATCH_HEARTBEAT": "200", "WATCH_QUEUE_SIZE": "5"}
+    env = {"WATCH_HEARTBEAT": "200", "WATCH_MAX_BUFFER_BYTES": "16384"}
+    padding = "x" * 2000
     async with server(database_url, tmp_path, **env) as (_, client):
         async with watch(client) as stream:
-            response = await client.post(
-                f"{USERS}/batch",
-                json={"items": [{"entityId": f"b{i}", "status": "online"} for i in range(50)]},
-            )
+            items = [
+                {"entityId": f"b{i}", "status": "online", "metadata": {"pad": padding}}
+                for i in range(50)
+            ]
+            response = await client.post(f"{USERS}/batch", json={"items": items})
             assert response.status_code == 200, response.text
-            # One change set of 50 events, ten times the queue: a reader that keeps
-            # up is never cut off for it.
+            # One change set of 50 events, six times the stream's buffer: a reader
+            # that keeps up is never cut off for it.
             assert revisions(await stream.take(50)) == list(range(1, 51))
             await asyncio.sleep(0.7)
             later = await put(client, "after-idle", "online")

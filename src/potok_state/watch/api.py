@@ -17,7 +17,8 @@ from potok_state.kit.errors import (
 )
 from potok_state.states.api import EntityPath
 from potok_state.states.schemas import ENTITY_ID_PATTERN, STATUS_PATTERN
-from potok_state.watch.hub import WatchFilter, WatchHub
+from potok_state.watch.filters import WatchFilter
+from potok_state.watch.hub import WatchHub
 from potok_state.watch.stream import EventStream
 
 router = APIRouter(prefix="/api/v1", tags=["watch"])

@@ -1,17 +1,24 @@
 """The watch hub: one per process. It tails the change feed from storage and
-hands every new event to the open watch streams (docs/watch.md).
+writes every new event to the open watch streams (docs/watch.md).
 
 * One reader for all streams: the hub is woken by the commit feed (commits of
   this process; on PostgreSQL, every replica's commits through LISTEN/NOTIFY)
   and polls as a safety net (on SQLite, the only way to hear of other
   processes on the same file). It reads what is new once, encodes each event
-  once, and joins one chunk per distinct filter.
-* A stream first replays what it missed from storage, then joins the live
-  fan-out at the exact revision it has reached (no gap, no duplicate: the
-  join happens with no await between the check and the registration).
-* Writers never wait for readers: the fan-out only appends to bounded
-  per-stream buffers. A stream that falls WATCH_QUEUE_SIZE events behind is cut
-  off with a `reset` event saying where to resume.
+  once, finds the streams that want it through an index of their filters, and
+  writes one chunk per filter and round straight to each stream's connection
+  (watch/sinks.py): no task wakes up per stream, no middleware runs per chunk.
+* A stream first replays what it missed from storage, in pages sized to its
+  byte budget and read only as the client drains the previous one, then joins
+  the live fan-out at the exact revision it has reached (no gap, no duplicate:
+  the join happens with no await between the check and the registration).
+* Writers never wait for readers, and memory is bounded in bytes: what a
+  stream holds is its connection's write buffer. A live stream that would hold
+  more than WATCH_MAX_BUFFER_BYTES is cut off with a `reset` event saying where
+  to resume; when all streams together hold more than WATCH_MEMORY_BUDGET, the
+  ones holding most are closed at once. A stream whose buffer has not drained
+  at all for half a heartbeat interval (its client stopped reading) has its
+  connection aborted: slot, socket and buffer go together.
 """
 
 from __future__ import annotations
@@ -19,91 +26,34 @@ from __future__ import annotations
 import asyncio
 import contextvars
 from collections import Counter
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import orjson
 import structlog
 
-from potok_state.changes.model import EventRecord
-from potok_state.changes.payload import event_body
-from potok_state.changes.selection import event_selected
 from potok_state.kit.errors import TooManyRequests, Unavailable
 from potok_state.metrics import Metrics
 from potok_state.storage.port import StateStore
 from potok_state.wakeup import Wakeup
+from potok_state.watch.filters import FilterIndex, WatchEvent, WatchFilter
+from potok_state.watch.sinks import StreamSink
 
 log = structlog.get_logger(__name__)
 
 READ_BATCH = 1000
+"""The most events read at once; fewer when they are large (`_page_for`)."""
+FIRST_PAGE = 16
+"""A stream's first replay page, before the size of its events is known."""
 RETRY_AFTER_STORE_ERROR = 1.0
+ROOM_WAIT = 0.05
+"""How often a replay waiting for the process's memory budget looks again."""
 HEARTBEAT = b": heartbeat\n\n"
-# Reads of new events are spaced by this much per open stream (at most
-# MAX_FAN_OUT_PAUSE): each round costs every stream a wake-up and a socket
-# write, so with many streams fewer, larger rounds keep the loop free for
-# writers (1,000 streams: a round per 20 ms at most).
-FAN_OUT_PAUSE_PER_STREAM = 0.000_05
+# Reads of new events are spaced by this much per stream written to in the
+# last round (at most MAX_FAN_OUT_PAUSE): each write costs a socket send, so
+# with many streams fewer, larger rounds keep the loop free for writers.
+FAN_OUT_PAUSE_PER_WRITE = 0.000_05
 MAX_FAN_OUT_PAUSE = 0.08
-
-SendChunk = Callable[[bytes, int], Awaitable[None]]
-"""Send SSE bytes that end with the event of the given revision."""
-
-
-class WatchEvent:
-    """One change as the watch streams see it, encoded once as an SSE frame."""
-
-    __slots__ = ("_data", "_statuses", "entity", "entity_id", "event", "frame", "revision")
-
-    def __init__(self, record: EventRecord) -> None:
-        self.revision = record.revision
-        self.event = record.event
-        self.entity = record.entity
-        self.entity_id = record.entity_id
-        self._data = record.data
-        self._statuses: frozenset[str] | None = None
-        self.frame = b"id: %d\nevent: %s\ndata: %s\n\n" % (
-            record.revision,
-            record.event.encode(),
-            event_body(record),
-        )
-
-    @property
-    def statuses(self) -> frozenset[str]:
-        """The statuses the entity left and entered (empty for a custom event)."""
-        if self._statuses is None:
-            if self.entity is None:
-                self._statuses = frozenset()
-            else:
-                data = orjson.loads(self._data)
-                self._statuses = frozenset(
-                    status
-                    for status in (data.get("previousStatus"), data.get("newStatus"))
-                    if isinstance(status, str)
-                )
-        return self._statuses
-
-
-@dataclass(frozen=True, slots=True)
-class WatchFilter:
-    """What a stream asked for; an empty field matches everything."""
-
-    entity: str | None = None
-    readable: frozenset[str] | None = None
-    """The types the stream's key may read (None: all, and custom events)."""
-    id_prefix: str | None = None
-    statuses: frozenset[str] = frozenset()
-    events: frozenset[str] = frozenset()
-
-    def matches(self, event: WatchEvent) -> bool:
-        if self.entity is not None and event.entity != self.entity:
-            return False
-        if self.readable is not None and event.entity not in self.readable:
-            return False
-        if self.id_prefix is not None and not (event.entity_id or "").startswith(self.id_prefix):
-            return False
-        if self.events and not event_selected(self.events, event.event):
-            return False
-        return not self.statuses or not self.statuses.isdisjoint(event.statuses)
 
 
 def reset_frame(reason: str, **fields: int | None) -> bytes:
@@ -112,76 +62,75 @@ def reset_frame(reason: str, **fields: int | None) -> bytes:
     return b"event: reset\ndata: %s\n\n" % orjson.dumps({"reason": reason, **fields})
 
 
+def _pending_future() -> asyncio.Future[None]:
+    return asyncio.get_running_loop().create_future()
+
+
 @dataclass(eq=False)
 class Watcher:
-    """One open stream: its filter, its position and its unsent chunks."""
+    """One open stream: its filter, its position and what its connection holds."""
 
     actor: str
     filter: WatchFilter
     cursor: int
-    """Every event up to here has been sent or found not to match."""
-    limit: int
+    """Every event up to here has been written or found not to match."""
     delivered: int = 0
-    """The revision of the last event the transport accepted."""
+    """The revision of the last event written to the connection."""
+    sink: StreamSink | None = None
     final: bytes | None = None
     """Set when the stream must end: the bytes to send last."""
-    sending: bool = False
-    task: asyncio.Task[object] | None = None
-    cut_while_sending: bool = False
+    lost: bool = False
+    """The connection is gone (or being aborted): nothing more can be sent."""
+    ended: asyncio.Future[None] = field(default_factory=_pending_future)
+    live: bool = False
+    written: int = 0
+    """Bytes handed to the sink, ever."""
+    buffered_seen: int = 0
+    """The sink's buffer when last looked at (it only shrinks unseen)."""
     sent_since_beat: bool = False
-    _heartbeat_due: bool = False
-    _chunks: list[bytes] = field(default_factory=list)
-    _queued: int = 0
-    _last: int = 0
-    _ready: asyncio.Event = field(default_factory=asyncio.Event)
+    flushed: asyncio.Future[None] | None = None
+    """While the stream waits for its last bytes to leave: done when they have
+    (or the connection is gone)."""
+    _mark_buffered: int = 0
+    _mark_written: int = 0
 
-    def push(self, chunk: bytes, count: int, revision: int) -> bool:
-        """Queue events; False when that would put the stream too far behind.
-        A stream with nothing queued takes any batch: one atomic change set may
-        be larger than the limit, and a reader that keeps up is never cut."""
-        if self._queued and self._queued + count > self.limit:
-            return False
-        self._chunks.append(chunk)
-        self._queued += count
-        self._last = revision
-        self._ready.set()
-        return True
+    def write(self, body: bytes, revision: int) -> None:
+        assert self.sink is not None
+        self.written += self.sink.write(body)
+        self.delivered = revision
+        self.sent_since_beat = True
 
     def end(self, final: bytes = b"") -> None:
-        """End the stream after `final`; what is still queued is dropped. A
-        stream stuck sending to a client that does not read is cancelled."""
-        if self.final is not None:
-            return
-        self.final = final
-        self._chunks.clear()
-        self._queued = 0
-        self._ready.set()
-        if self.sending and self.task is not None:
-            self.cut_while_sending = True
-            self.task.cancel()
+        """End the stream after `final` (sent once what is buffered has gone)."""
+        if self.final is None:
+            self.final = final
+        if not self.ended.done():
+            self.ended.set_result(None)
 
-    def beat(self) -> None:
-        """Ask for a heartbeat if nothing was sent since the last one."""
-        if not self.sent_since_beat and self.final is None:
-            self._heartbeat_due = True
-            self._ready.set()
-        self.sent_since_beat = False
+    def abort(self) -> None:
+        """Drop the connection and what it holds."""
+        self.lost = True
+        if self.sink is not None:
+            self.sink.abort()
+        self.end()
+        self.settle_flush()
 
-    async def next_chunk(self) -> tuple[bytes, int]:
-        """What to send next (the queued events, or a heartbeat) and the
-        revision it reaches."""
-        await self._ready.wait()
-        self._ready.clear()
-        if self._chunks:
-            chunk = b"".join(self._chunks) if len(self._chunks) > 1 else self._chunks[0]
-            self._chunks.clear()
-            self._queued = 0
-            self._heartbeat_due = False
-            return chunk, self._last
-        if self._heartbeat_due:
-            self._heartbeat_due = False
-            return HEARTBEAT, self.delivered
-        return b"", self.delivered
+    def connection_lost(self) -> None:
+        self.lost = True
+        self.end()
+        self.settle_flush()
+
+    def settle_flush(self) -> None:
+        if self.flushed is not None and not self.flushed.done():
+            self.flushed.set_result(None)
+
+    def stalled(self, buffered: int) -> bool:
+        """Whether nothing at all left the buffer since the last look (which had
+        something in it); the look is remembered for the next one."""
+        drained = self._mark_buffered + (self.written - self._mark_written) - buffered
+        stalled = self._mark_buffered > 0 and buffered > 0 and drained <= 0
+        self._mark_buffered, self._mark_written = buffered, self.written
+        return stalled
 
 
 @dataclass(frozen=True, slots=True)
@@ -200,7 +149,8 @@ class WatchHub:
         metrics: Metrics,
         *,
         max_clients: int,
-        queue_size: int,
+        max_buffer_bytes: int,
+        memory_budget: int,
         poll_seconds: float,
         heartbeat_seconds: float,
     ) -> None:
@@ -208,13 +158,22 @@ class WatchHub:
         self.heartbeat_seconds = heartbeat_seconds
         self.metrics = metrics
         self.max_clients = max_clients
-        self.queue_size = queue_size
+        self.max_buffer_bytes = max_buffer_bytes
+        self.memory_budget = memory_budget
         self.poll_seconds = poll_seconds
         self.head = 0
         """The revision up to which events were handed to live streams."""
+        self._page_bytes = max_buffer_bytes // 2
+        """What a page of events may weigh: a stream holding up to half its
+        budget still takes a whole one."""
+        self._page = FIRST_PAGE
         self._wakeup = wakeup
         self._watchers: set[Watcher] = set()
-        self._live: dict[WatchFilter, list[Watcher]] = {}
+        self._live: dict[WatchFilter, dict[Watcher, None]] = {}
+        self._index = FilterIndex()
+        self._buffered_total = 0
+        """What the streams hold, as last seen: never less than the truth."""
+        self._writes_last_round = 0
         self._per_actor: Counter[str] = Counter()
         self._task: asyncio.Task[None] | None = None
         self._ticker: asyncio.Task[None] | None = None
@@ -248,10 +207,8 @@ class WatchHub:
         if not self._watchers:
             # Nobody was watching, so the hub has not followed the feed.
             self.head = bounds.head
-        watcher = Watcher(
-            actor, watch_filter, bounds.head if after is None else after, self.queue_size
-        )
-        watcher.delivered = watcher.cursor
+        cursor = bounds.head if after is None else after
+        watcher = Watcher(actor, watch_filter, cursor, delivered=cursor)
         self._watchers.add(watcher)
         self.metrics.watch_clients.inc()
         if self._task is None:
@@ -260,7 +217,7 @@ class WatchHub:
                 self._tail(), name="watch-hub", context=contextvars.Context()
             )
             self._ticker = asyncio.create_task(
-                self._beat(), name="watch-heartbeats", context=contextvars.Context()
+                self._tick(), name="watch-ticker", context=contextvars.Context()
             )
         return Opened(watcher)
 
@@ -269,56 +226,168 @@ class WatchHub:
         if not self._per_actor[actor]:
             del self._per_actor[actor]
 
-    async def catch_up(self, watcher: Watcher, send: SendChunk) -> None:
-        """Replay from storage what the stream missed, then join the live fan-out."""
+    def attach(self, watcher: Watcher, sink: StreamSink) -> None:
+        """The stream's response has started: from now on its bytes go to `sink`."""
+        watcher.sink = sink
+        sink.on_lost(watcher.connection_lost)
+
+    async def catch_up(self, watcher: Watcher) -> None:
+        """Replay from storage what the stream missed, a page at a time as the
+        client drains the last one, then join the live fan-out."""
+        sink = watcher.sink
+        assert sink is not None
+        page = FIRST_PAGE
         while watcher.final is None:
             if watcher.cursor >= self.head:
-                self._live.setdefault(watcher.filter, []).append(watcher)
+                self._join(watcher)
                 return
-            records = await self.store.changes(watcher.cursor, READ_BATCH)
+            await sink.drained()
+            await self._room()
+            if watcher.final is not None:
+                return
+            records = await self.store.changes(watcher.cursor, page)
+            if watcher.final is not None:
+                return
             if not records:
                 watcher.cursor = max(watcher.cursor, self.head)
                 continue
-            chunk = b"".join(
-                event.frame for event in map(WatchEvent, records) if watcher.filter.matches(event)
-            )
+            events = [WatchEvent(record) for record in records]
+            chunk = b"".join(event.frame for event in events if watcher.filter.matches(event))
             watcher.cursor = records[-1].revision
             if chunk:
-                await send(chunk, watcher.cursor)
+                watcher.write(chunk, watcher.cursor)
+                self._observe(watcher)
+            page = self._page_for(events)
+
+    async def until_flushed(self, watcher: Watcher) -> None:
+        """Until the connection has taken every byte of the stream, or was aborted
+        for not reading: a stream keeps its slot as long as it holds memory (and,
+        were the connection closed now, its socket would stay open until then)."""
+        sink = watcher.sink
+        assert sink is not None
+        while not watcher.lost and sink.buffered():
+            watcher.flushed = asyncio.get_running_loop().create_future()
+            await watcher.flushed
 
     def leave(self, watcher: Watcher) -> None:
+        """The stream's response is over and its connection closed or reusable."""
         if watcher not in self._watchers:
             return
         self._watchers.discard(watcher)
         self._release(watcher.actor)
         self.metrics.watch_clients.dec()
-        group = self._live.get(watcher.filter)
-        if group is not None and watcher in group:
-            group.remove(watcher)
-            if not group:
-                del self._live[watcher.filter]
+        self._unjoin(watcher)
+        self._buffered_total -= watcher.buffered_seen
+        watcher.buffered_seen = 0
 
     def close(self) -> None:
-        """End every stream (the server is stopping); clients resume elsewhere."""
+        """End every stream (the server is stopping); clients resume elsewhere. A
+        stream whose client is behind is closed at once rather than waited for."""
         self._closed = True
         for watcher in list(self._watchers):
             if watcher.final is None:
                 self.metrics.watch_cut_off.labels("shutdown").inc()
-            watcher.end()
+            if watcher.sink is not None and watcher.sink.buffered():
+                watcher.abort()
+            else:
+                watcher.end()
         for task in (self._task, self._ticker):
             if task is not None:
                 task.cancel()
         self._task = self._ticker = None
 
-    async def _beat(self) -> None:
-        """One timer for every stream: each that sent nothing for a heartbeat
-        interval sends a comment line."""
+    # -- memory -----------------------------------------------------------------
+
+    def _observe(self, watcher: Watcher) -> None:
+        assert watcher.sink is not None
+        buffered = watcher.sink.buffered()
+        self._buffered_total += buffered - watcher.buffered_seen
+        watcher.buffered_seen = buffered
+
+    def _recount(self) -> None:
+        total = 0
+        for watcher in self._watchers:
+            if watcher.sink is not None:
+                watcher.buffered_seen = watcher.sink.buffered()
+                total += watcher.buffered_seen
+        self._buffered_total = total
+
+    async def _room(self) -> None:
+        """Until the streams together hold less than the process's budget (a replay
+        adds to it only then; the live fan-out and the ticker make room)."""
+        while self._buffered_total > self.memory_budget:
+            self._recount()
+            if self._buffered_total <= self.memory_budget:
+                return
+            await asyncio.sleep(ROOM_WAIT)
+
+    def _enforce_budget(self) -> None:
+        """Close the streams holding most until the rest fit the process's budget."""
+        self._recount()
+        if self._buffered_total <= self.memory_budget:
+            return
+        for watcher in sorted(self._watchers, key=lambda w: w.buffered_seen, reverse=True):
+            if self._buffered_total <= self.memory_budget or not watcher.buffered_seen:
+                return
+            self._cut_off(watcher, "memory_budget")
+
+    def _page_for(self, events: Sequence[WatchEvent]) -> int:
+        """How many events of this size fit a page."""
+        average = sum(len(event.frame) for event in events) / len(events)
+        return max(1, min(READ_BATCH, int(self._page_bytes / average)))
+
+    async def _tick(self) -> None:
+        """One timer for every stream, twice per heartbeat interval: connections
+        that did not drain at all since the last look are aborted, the memory
+        count is made exact, and every other time each stream that sent nothing
+        for a heartbeat interval gets a comment line."""
+        beat = False
         while True:
-            await asyncio.sleep(self.heartbeat_seconds)
-            for watcher in list(self._watchers):
-                watcher.beat()
+            await asyncio.sleep(self.heartbeat_seconds / 2)
+            beat = not beat
+            total = 0
+            stalled: list[Watcher] = []
+            for watcher in self._watchers:
+                sink = watcher.sink
+                if sink is None or watcher.lost:
+                    continue
+                buffered = sink.buffered()
+                if watcher.stalled(buffered):
+                    stalled.append(watcher)
+                elif beat:
+                    if not watcher.sent_since_beat and watcher.final is None:
+                        watcher.written += sink.write(HEARTBEAT)
+                        buffered = sink.buffered()
+                    watcher.sent_since_beat = False
+                if not buffered:
+                    watcher.settle_flush()
+                watcher.buffered_seen = buffered
+                total += buffered
+            self._buffered_total = total
+            for watcher in stalled:
+                self._cut_off(watcher, "not_reading")
+            if self._buffered_total > self.memory_budget:
+                self._enforce_budget()
 
     # -- the tail -------------------------------------------------------------
+
+    def _join(self, watcher: Watcher) -> None:
+        group = self._live.get(watcher.filter)
+        if group is None:
+            group = self._live[watcher.filter] = {}
+            self._index.add(watcher.filter)
+        group[watcher] = None
+        watcher.live = True
+
+    def _unjoin(self, watcher: Watcher) -> None:
+        if not watcher.live:
+            return
+        watcher.live = False
+        group = self._live[watcher.filter]
+        del group[watcher]
+        if not group:
+            del self._live[watcher.filter]
+            self._index.remove(watcher.filter)
 
     async def _tail(self) -> None:
         while True:
@@ -331,17 +400,21 @@ class WatchHub:
                 log.warning("watch.read_failed", error=type(exc).__name__)
                 await asyncio.sleep(RETRY_AFTER_STORE_ERROR)
                 continue
-            pause = min(MAX_FAN_OUT_PAUSE, len(self._watchers) * FAN_OUT_PAUSE_PER_STREAM)
+            pause = min(MAX_FAN_OUT_PAUSE, self._writes_last_round * FAN_OUT_PAUSE_PER_WRITE)
             if pause > 0.001:
                 await asyncio.sleep(pause)
 
     async def _read_new(self) -> None:
+        self._writes_last_round = 0
         while self._watchers:
-            records = await self.store.changes(self.head, READ_BATCH)
+            page = self._page
+            records = await self.store.changes(self.head, page)
             if not records:
                 return
-            self._fan_out([WatchEvent(record) for record in records])
-            if len(records) < READ_BATCH:
+            events = [WatchEvent(record) for record in records]
+            self._page = self._page_for(events)
+            self._fan_out(events)
+            if len(records) < page:
                 return
 
     def _fan_out(self, events: Sequence[WatchEvent]) -> None:
@@ -350,30 +423,65 @@ class WatchHub:
         first, last = events[0].revision, events[-1].revision
         self.head = last
         too_slow: list[Watcher] = []
-        for watch_filter, watchers in self._live.items():
-            matched = [event for event in events if watch_filter.matches(event)]
-            chunk = b"".join(event.frame for event in matched)
-            for watcher in watchers:
-                if watcher.cursor >= last:
+        writes = 0
+        for watch_filter, matched in self._index.route(events).items():
+            chunk = b""
+            for watcher in self._live[watch_filter]:
+                if watcher.final is not None or watcher.cursor >= last:
                     continue
-                mine, own_chunk = matched, chunk
                 if watcher.cursor >= first:  # it read part of this batch from storage
                     mine = [event for event in matched if event.revision > watcher.cursor]
-                    own_chunk = b"".join(event.frame for event in mine)
+                    watcher.cursor = last
+                    if not mine:
+                        continue
+                    body, revision = b"".join(event.frame for event in mine), mine[-1].revision
+                else:
+                    chunk = chunk or b"".join(event.frame for event in matched)
+                    body, revision = chunk, matched[-1].revision
                 watcher.cursor = last
-                if mine and not watcher.push(own_chunk, len(mine), mine[-1].revision):
+                if self._write_live(watcher, body, revision):
+                    writes += 1
+                else:
                     too_slow.append(watcher)
+        self._writes_last_round += writes
         for watcher in too_slow:
-            self._cut_off(watcher)
+            self._cut_off(watcher, "buffer_full")
+        if self._buffered_total > self.memory_budget:
+            self._enforce_budget()
 
-    def _cut_off(self, watcher: Watcher) -> None:
+    def _write_live(self, watcher: Watcher, body: bytes, revision: int) -> bool:
+        """Write unless that would put the stream over its budget. A stream holding
+        nothing takes any chunk: a reader that keeps up is never cut off."""
+        limit = self.max_buffer_bytes
+        if watcher.buffered_seen and watcher.buffered_seen + len(body) > limit:
+            self._observe(watcher)
+            if watcher.buffered_seen and watcher.buffered_seen + len(body) > limit:
+                return False
+        watcher.write(body, revision)
+        self._observe(watcher)
+        return True
+
+    def _cut_off(self, watcher: Watcher, why: str) -> None:
+        """End a stream that is too slow: a full buffer gets a `reset` saying where
+        to resume, sent once the client drains; a client that stopped reading, or
+        the streams holding most when the process is over its budget, are closed
+        at once (the client resumes with its Last-Event-ID)."""
+        if watcher.final is not None and watcher.lost:
+            return
         log.warning(
             "watch.cut_off",
             actor=watcher.actor,
             reason="too_slow",
+            why=why,
             resume_after=watcher.delivered,
-            limit=self.queue_size,
+            buffered=watcher.buffered_seen,
         )
-        self.metrics.watch_cut_off.labels("too_slow").inc()
-        self.leave(watcher)
-        watcher.end(reset_frame("too_slow", resumeAfter=watcher.delivered))
+        if watcher.final is None:
+            self.metrics.watch_cut_off.labels("too_slow").inc()
+        self._unjoin(watcher)
+        if why == "buffer_full":
+            watcher.end(reset_frame("too_slow", resumeAfter=watcher.delivered))
+            return
+        watcher.abort()
+        self._buffered_total -= watcher.buffered_seen
+        watcher.buffered_seen = 0

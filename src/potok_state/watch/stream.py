@@ -1,5 +1,7 @@
-"""A watch stream as an HTTP response: Server-Sent Events written straight to
-the ASGI `send`, one chunk per batch of events."""
+"""A watch stream as an HTTP response: Server-Sent Events. The response starts
+through ASGI as any other (headers from every middleware); its body is then
+written by the hub to the stream's sink (watch/sinks.py), and the response ends
+through ASGI once the stream does."""
 
 from __future__ import annotations
 
@@ -8,10 +10,13 @@ import asyncio
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
-from potok_state.watch.hub import HEARTBEAT, Watcher, WatchHub
+from potok_state.watch.hub import Watcher, WatchHub
+from potok_state.watch.sinks import AsgiSink, StreamSink, stream_transport
 
 RETRY_MS = 2000
 """How long an EventSource waits before it reconnects (the `retry:` field)."""
+OPENING = b"retry: %d\n\n" % RETRY_MS
+"""The first bytes of every stream."""
 
 
 class EventStream(Response):
@@ -41,61 +46,49 @@ class EventStream(Response):
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         await send({"type": "http.response.start", "status": 200, "headers": self.raw_headers})
-        opening = b"retry: %d\n\n" % RETRY_MS
         if self.hub is None or self.watcher is None:
-            await send({"type": "http.response.body", "body": opening + self.final})
+            await send({"type": "http.response.body", "body": OPENING + self.final})
             return
-        watcher = self.watcher
-        watcher.task = asyncio.current_task()
-        disconnect = asyncio.create_task(self._until_disconnect(receive, watcher))
+        hub, watcher = self.hub, self.watcher
+        sink: StreamSink | None = None
         try:
-            await self._stream(send, watcher, opening)
+            # Through every middleware once: the headers they add go out now.
+            await send({"type": "http.response.body", "body": OPENING, "more_body": True})
+            sink = stream_transport(scope) or AsgiSink(send, receive)
+            hub.attach(watcher, sink)
+            await self._stream(hub, watcher, sink)
+            if watcher.lost:
+                # Aborted or gone: the server must see the connection lost before
+                # this returns, or it reports a response left unfinished.
+                await sink.closed()
+                return
+            await send(
+                {"type": "http.response.body", "body": watcher.final or b"", "more_body": False}
+            )
+            await hub.until_flushed(watcher)
+            if watcher.lost:
+                await sink.closed()
         except asyncio.CancelledError:
-            if not watcher.cut_while_sending:
+            if not (isinstance(sink, AsgiSink) and sink.aborted):
                 raise
-            # Cut off while the client was not reading: the transport is closed
-            # without a last chunk, which it would never take.
             asyncio.current_task().uncancel()  # type: ignore[union-attr]
-            return
         finally:
-            disconnect.cancel()
-            self.hub.leave(watcher)
-        await send({"type": "http.response.body", "body": b"", "more_body": False})
+            if isinstance(sink, AsgiSink):
+                sink.close()
+            hub.leave(watcher)
 
-    async def _stream(self, send: Send, watcher: Watcher, opening: bytes) -> None:
-        assert self.hub is not None
-
-        async def send_chunk(chunk: bytes, revision: int) -> None:
-            watcher.sending = True
-            try:
-                await send({"type": "http.response.body", "body": chunk, "more_body": True})
-            finally:
-                watcher.sending = False
-            watcher.delivered = revision
-
-        await send_chunk(opening, watcher.delivered)
+    async def _stream(self, hub: WatchHub, watcher: Watcher, sink: StreamSink) -> None:
         ends = None
-        if self.timeout_seconds is not None:
+        if self.timeout_seconds:
             ends = asyncio.get_running_loop().call_later(self.timeout_seconds, watcher.end)
         try:
-            await self.hub.catch_up(watcher, send_chunk)
+            await hub.catch_up(watcher)
             if self.timeout_seconds == 0:
-                return
-            while watcher.final is None:
-                chunk, revision = await watcher.next_chunk()
-                if watcher.final is not None:
-                    break
-                if chunk:
-                    await send_chunk(chunk, revision)
-                    watcher.sent_since_beat = chunk is not HEARTBEAT
-            if watcher.final:
-                await send_chunk(watcher.final, watcher.delivered)
+                watcher.end()
+            if isinstance(sink, AsgiSink):
+                await sink.pump(watcher.ended)
+            else:
+                await watcher.ended
         finally:
             if ends is not None:
                 ends.cancel()
-
-    @staticmethod
-    async def _until_disconnect(receive: Receive, watcher: Watcher) -> None:
-        while (await receive())["type"] != "http.disconnect":
-            pass
-        watcher.end()

@@ -1,0 +1,309 @@
+"""The HTTP server's edge: uvicorn's httptools protocol with what uvicorn lacks
+(docs/operations.md, "Limits").
+
+* **Request heads have a deadline.** A connection must deliver a whole request head
+  within REQUEST_HEADER_TIMEOUT of opening (later requests on a kept-alive
+  connection: of their first byte); otherwise it gets a 408 and is closed. Bodies
+  have their own pace limit (kit/body_limit.py); idle kept-alive connections close
+  after KEEP_ALIVE_TIMEOUT.
+* **Connections are capped per process.** Up to MAX_CONNECTIONS are served as
+  usual. A few more (OVERFLOW_CONNECTIONS) are read only to answer `/health…`
+  normally and anything else with an immediate 503, each then closed, so probes
+  still see the process while an attacker holds every regular slot. Beyond those
+  a connection is aborted as soon as it is accepted.
+* **Streaming responses get the socket.** Each HTTP request's scope carries the
+  ASGI extension `potok.stream_transport`: its `StreamTransport` lets a response
+  that streams for long (a watch stream) write body chunks straight to the
+  transport, past the middleware chain, see how much the transport holds, and
+  abort the connection when the client stops reading (docs/watch.md, "Memory").
+
+Why a protocol subclass: uvicorn has no header timeout and its only connection
+limit (`limit_concurrency`) answers every request over it with a 503, health
+checks included; both belong where the bytes arrive. uvicorn builds one protocol
+instance per connection from `Config.http`, in every worker process, so `serve`
+with any `--workers` count gets the same edge.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import resource
+import time
+import uuid
+from asyncio import TimerHandle
+from collections.abc import Callable
+from dataclasses import dataclass
+from http import HTTPStatus
+from typing import TYPE_CHECKING, Any
+
+import httptools
+import orjson
+import structlog
+import uvicorn
+from starlette.types import Receive, Scope, Send
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResponseCycle
+
+from potok_state.kit.error_body import ErrorBody
+from potok_state.kit.errors import error_response
+from potok_state.kit.security_headers import SecurityHeadersMiddleware
+from potok_state.logging import bind_request_id
+
+if TYPE_CHECKING:
+    from uvicorn.config import Config
+    from uvicorn.server import ServerState
+
+    from potok_state.settings import Settings
+
+log = structlog.get_logger(__name__)
+
+STREAM_TRANSPORT = "potok.stream_transport"
+"""The ASGI extension under which each HTTP scope carries its `StreamTransport`."""
+OVERFLOW_CONNECTIONS = 32
+"""Connections beyond MAX_CONNECTIONS that are still read, to answer health probes."""
+OVERFLOW_HEAD_TIMEOUT = 1.0
+"""Seconds an overflow connection gets to send its request head."""
+RESERVED_FILES = 256
+"""Open files kept for the process itself (database, Redis, logs) when
+MAX_CONNECTIONS is sized from the open-file limit."""
+REFUSAL_LOG_INTERVAL = 10.0
+"""Refused connections are logged as one line per so many seconds."""
+
+
+def default_max_connections() -> int:
+    """The open-file limit of this process, less what it needs for itself."""
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY:
+        return 65_536
+    return max(16, soft - RESERVED_FILES - OVERFLOW_CONNECTIONS)
+
+
+@dataclass(frozen=True, slots=True)
+class ConnectionLimits:
+    max_connections: int
+    header_timeout: float
+    """Seconds."""
+    keep_alive_timeout: float
+    """Seconds."""
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> ConnectionLimits:
+        return cls(
+            max_connections=settings.max_connections or default_max_connections(),
+            header_timeout=settings.request_header_timeout / 1000,
+            keep_alive_timeout=settings.keep_alive_timeout / 1000,
+        )
+
+
+class ServerConfig(uvicorn.Config):
+    """uvicorn's configuration with the edge's limits; it is pickled into every
+    worker process of `serve --workers N`, limits included."""
+
+    def __init__(self, app: Any, *, limits: ConnectionLimits, **options: Any) -> None:
+        super().__init__(app, http=EdgeProtocol, **options)
+        self.limits = limits
+
+
+class StreamTransport:
+    """The socket under one response, for a handler that streams. Usable once the
+    response has started (headers sent through ASGI, chunked framing); the handler
+    then writes body chunks here instead of through `send`, and finishes the
+    response through `send` as usual."""
+
+    __slots__ = ("_cycle", "_flow", "_lost", "_transport")
+
+    def __init__(
+        self, protocol: EdgeProtocol, cycle: RequestResponseCycle, lost: asyncio.Future[None]
+    ) -> None:
+        self._transport = protocol.transport
+        self._flow = protocol.flow
+        self._cycle = cycle
+        self._lost = lost
+
+    @property
+    def usable(self) -> bool:
+        cycle = self._cycle
+        return (
+            cycle.response_started
+            and cycle.chunked_encoding is True
+            and not cycle.response_complete
+            and not cycle.disconnected
+        )
+
+    def write(self, body: bytes) -> int:
+        """One chunk of the response body (nothing once the connection is closing);
+        the bytes handed to the transport, framing included."""
+        if not body or self._transport.is_closing():
+            return 0
+        size = b"%x\r\n" % len(body)
+        self._transport.writelines((size, body, b"\r\n"))
+        return len(size) + len(body) + 2
+
+    def buffered(self) -> int:
+        """Bytes written that the kernel has not taken yet."""
+        return self._transport.get_write_buffer_size()
+
+    def abort(self) -> None:
+        """Close the connection now, dropping what is buffered."""
+        self._transport.abort()
+
+    async def drained(self) -> None:
+        """Until the transport is below its low-water mark (or the connection is lost)."""
+        await self._flow.drain()
+
+    def on_lost(self, callback: Callable[[], None]) -> None:
+        """Call `callback` (soon) when the connection is lost; at once if it is."""
+        self._lost.add_done_callback(lambda _: callback())
+
+    async def closed(self) -> None:
+        """Until the connection is lost (after `abort`: the next loop iteration)."""
+        await asyncio.shield(self._lost)
+
+
+class EdgeProtocol(HttpToolsProtocol):
+    """uvicorn's httptools protocol with a request-head deadline, a connection cap
+    that keeps health probes answered, and the transport offered to streams."""
+
+    _refused = 0
+    _refusals_logged_at = 0.0
+
+    def __init__(
+        self,
+        config: Config,
+        server_state: ServerState,
+        app_state: dict[str, Any],
+        _loop: asyncio.AbstractEventLoop | None = None,
+    ) -> None:
+        super().__init__(config, server_state, app_state, _loop)
+        limits = getattr(config, "limits", None)
+        if not isinstance(limits, ConnectionLimits):
+            limits = ConnectionLimits(default_max_connections(), 10.0, 5.0)
+        self.limits = limits
+        # uvicorn's own keep-alive timer, in seconds (its Config takes whole seconds).
+        self.timeout_keep_alive = limits.keep_alive_timeout  # type: ignore[assignment]
+        self._head_deadline: TimerHandle | None = None
+        self._head_begun = False
+        self._overflow = False
+        self._lost: asyncio.Future[None] = self.loop.create_future()
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        open_now = len(self.connections)
+        if open_now > self.limits.max_connections + OVERFLOW_CONNECTIONS:
+            self._count_refusal()
+            transport.abort()
+            return
+        self._overflow = open_now > self.limits.max_connections
+        timeout = OVERFLOW_HEAD_TIMEOUT if self._overflow else self.limits.header_timeout
+        self._head_deadline = self.loop.call_later(timeout, self._head_timed_out)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._cancel_head_deadline()
+        super().connection_lost(exc)
+        if not self._lost.done():
+            self._lost.set_result(None)
+
+    def on_message_begin(self) -> None:
+        super().on_message_begin()
+        self._head_begun = True
+        if self._head_deadline is None:
+            self._head_deadline = self.loop.call_later(
+                self.limits.header_timeout, self._head_timed_out
+            )
+
+    def on_headers_complete(self) -> None:
+        self._cancel_head_deadline()
+        self._head_begun = False
+        app = self.app
+        if self._overflow and not _is_health(self.url):
+            self._count_refusal()
+            # uvicorn reads `self.app` here to start the request's task: this one
+            # request is answered by the refusal instead.
+            self.app = _refuse_over_limit
+        try:
+            super().on_headers_complete()
+        finally:
+            self.app = app
+        cycle = self.cycle
+        if cycle is None or cycle.scope is not self.scope:  # an upgrade: not served here
+            return
+        if self._overflow:
+            cycle.keep_alive = False
+        self.scope.setdefault("extensions", {})[STREAM_TRANSPORT] = {
+            "transport": StreamTransport(self, cycle, self._lost)
+        }
+
+    def _cancel_head_deadline(self) -> None:
+        if self._head_deadline is not None:
+            self._head_deadline.cancel()
+            self._head_deadline = None
+
+    def _head_timed_out(self) -> None:
+        self._head_deadline = None
+        if self.transport.is_closing():
+            return
+        answering = self.cycle is not None and not self.cycle.response_complete
+        if self._head_begun and not answering:
+            seconds = OVERFLOW_HEAD_TIMEOUT if self._overflow else self.limits.header_timeout
+            self.transport.write(_head_timeout_response(seconds))
+        self.transport.close()
+
+    def _count_refusal(self) -> None:
+        cls = EdgeProtocol
+        cls._refused += 1
+        now = time.monotonic()
+        if now - cls._refusals_logged_at >= REFUSAL_LOG_INTERVAL:
+            log.warning(
+                "server.connections_refused",
+                refused=cls._refused,
+                open=len(self.connections),
+                max_connections=self.limits.max_connections,
+            )
+            cls._refused = 0
+            cls._refusals_logged_at = now
+
+
+def _is_health(url: bytes) -> bool:
+    try:
+        path = httptools.parse_url(url).path or b""
+    except httptools.HttpParserInvalidURLError:
+        return False
+    return path == b"/health" or path.startswith(b"/health/")
+
+
+def _head_timeout_response(seconds: float) -> bytes:
+    request_id = uuid.uuid4().hex
+    body = orjson.dumps(
+        ErrorBody(
+            statusCode=408,
+            error=HTTPStatus(408).phrase,
+            code="request_header_timeout",
+            message=f"The request head did not arrive within {seconds:g} s.",
+            details={},
+            requestId=request_id,
+        ).model_dump()
+    )
+    return b"".join(
+        (
+            b"HTTP/1.1 408 Request Timeout\r\n",
+            b"content-type: application/json\r\n",
+            b"content-length: %d\r\n" % len(body),
+            b"x-request-id: %s\r\n" % request_id.encode(),
+            b"connection: close\r\n\r\n",
+            body,
+        )
+    )
+
+
+async def _refusal(scope: Scope, receive: Receive, send: Send) -> None:
+    request_id = uuid.uuid4().hex
+    bind_request_id(request_id)
+    response = error_response(
+        503,
+        "too_many_connections",
+        "This process has as many connections as it serves (MAX_CONNECTIONS); try again.",
+        headers={"Retry-After": "1", "Connection": "close", "X-Request-Id": request_id},
+    )
+    await response(scope, receive, send)
+
+
+_refuse_over_limit = SecurityHeadersMiddleware(_refusal)
