@@ -28,57 +28,58 @@ class SseEvent:
         return int(self.id)
 
 
-class SseParser:
-    """Lines in, events out, as an EventSource reads them."""
+class SseDecoder:
+    """Lines in, events out, as httpx-sse (a widely used client) decodes them, which
+    is looser than the WHATWG rules: every blank line after a `retry:` field, or
+    after any `id:` seen so far, dispatches an event, even one without data. A
+    stream that sent a blank line where the spec dispatches nothing shows up here
+    as an event with empty data."""
 
     def __init__(self) -> None:
         self.retry: int | None = None
         self.heartbeats = 0
         self._fields: dict[str, list[str]] = {}
+        self._retry: int | None = None
+        self._last_id = ""
 
-    def line(self, line: str) -> SseEvent | None:
-        """Read one line; the event it completes, if any."""
-        fields = self._fields
+    def feed(self, line: str) -> SseEvent | None:
         if line == "":
-            self._fields = {}
-            if "data" in fields or "event" in fields:
-                return SseEvent(
-                    event=fields.get("event", ["message"])[-1],
-                    data="\n".join(fields.get("data", [])),
-                    id=fields.get("id", [None])[-1],
-                )
-            return None
+            fields, retry = self._fields, self._retry
+            self._fields, self._retry = {}, None
+            if not (fields or retry is not None or self._last_id):
+                return None
+            return SseEvent(
+                event=fields.get("event", ["message"])[-1],
+                data="\n".join(fields.get("data", [])),
+                id=self._last_id or None,
+            )
         if line.startswith(":"):
             self.heartbeats += line.strip() == ": heartbeat"
             return None
         name, _, value = line.partition(":")
         value = value.removeprefix(" ")
         if name == "retry":
-            self.retry = int(value)
+            self._retry = self.retry = int(value)
+        elif name == "id":
+            self._last_id = value
         else:
-            fields.setdefault(name, []).append(value)
+            self._fields.setdefault(name, []).append(value)
         return None
-
-
-def parse_sse(text: str) -> list[SseEvent]:
-    """Every event of a whole stream's body."""
-    parser = SseParser()
-    return [event for line in text.splitlines() if (event := parser.line(line)) is not None]
 
 
 class SseStream:
     def __init__(self, response: httpx.Response) -> None:
         self.response = response
-        self._parser = SseParser()
+        self.decoder = SseDecoder()
         self._lines = response.aiter_lines()
 
     @property
     def retry(self) -> int | None:
-        return self._parser.retry
+        return self.decoder.retry
 
     @property
     def heartbeats(self) -> int:
-        return self._parser.heartbeats
+        return self.decoder.heartbeats
 
     async def next(self, timeout: float = 5.0) -> SseEvent | None:  # noqa: ASYNC109
         """The next event; None when the stream ended."""
@@ -86,8 +87,7 @@ class SseStream:
 
     async def _next(self) -> SseEvent | None:
         async for line in self._lines:
-            event = self._parser.line(line)
-            if event is not None:
+            if (event := self.decoder.feed(line)) is not None:
                 return event
         return None
 

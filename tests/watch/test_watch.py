@@ -11,13 +11,14 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlencode
 
 import asyncpg
 import httpx
 import pytest
 
 from tests.conftest import asyncpg_dsn
-from tests.support.connections import RawConnection, watch_request
+from tests.support.connections import RawConnection, decode_chunked, watch_request
 from tests.support.hub import (
     ServiceProcess,
     http_service,
@@ -27,7 +28,7 @@ from tests.support.hub import (
 )
 from tests.support.polling import eventually
 from tests.support.ports import free_port
-from tests.support.sse import SseEvent, watch
+from tests.support.sse import SseDecoder, SseEvent, watch
 
 USERS = "/api/v1/states/user"
 
@@ -348,3 +349,50 @@ async def test_heartbeats_and_batches_larger_than_the_buffer(
             assert stream.heartbeats >= 2
         metrics = (await client.get("/metrics")).text
         assert "potok_watch_cut_off_total{" not in metrics
+
+
+async def test_no_block_without_data_reaches_an_httpx_sse_client(
+    database_url: str, tmp_path: Path
+) -> None:
+    """httpx-sse hands a block without data over as an empty message (a lone
+    `retry:` block before anything else; after the first event, any blank line).
+    The stream sends none: `retry:` goes with the first event, heartbeats are bare
+    comment lines."""
+    async with server(database_url, tmp_path, WATCH_HEARTBEAT="200") as (_, client):
+        assert client.base_url.port is not None
+        raw = await RawConnection.open(client.base_url.port)
+        await raw.send(watch_request("/api/v1/watch?timeout=1.5"))
+
+        async def opened() -> bool:
+            return "potok_watch_clients 1.0" in (await client.get("/metrics")).text
+
+        await eventually(opened, what="the stream to open")
+        written = await put(client, "c1", "online")
+        answer = await raw.read_until_closed(timeout=10)  # the stream ends after 1.5 s
+        raw.close()
+        events, decoder = _decode(answer)
+        assert [(event.event, event.revision) for event in events] == [("entity.created", written)]
+        assert events[0].json["data"]["id"] == "c1"
+        assert decoder.retry == 2000
+        assert decoder.heartbeats >= 2
+
+        for params in ({"after": 0, "timeout": 0}, {"after": 99}):
+            raw = await RawConnection.open(client.base_url.port)
+            await raw.send(watch_request("/api/v1/watch?" + urlencode(params)))
+            events, decoder = _decode(await raw.read_until_closed(timeout=10))
+            raw.close()
+            assert decoder.retry == 2000
+            assert [event.event for event in events] == (
+                ["entity.created"] if params["after"] == 0 else ["reset"]
+            ), events
+            assert all(event.json for event in events)
+
+
+def _decode(answer: bytes) -> tuple[list[SseEvent], SseDecoder]:
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200 "), head
+    lines = decode_chunked(body).decode().split("\n")
+    assert lines.pop() == ""  # what follows the last line break: no line at all
+    decoder = SseDecoder()
+    events = [event for line in lines if (event := decoder.feed(line)) is not None]
+    return events, decoder

@@ -48,7 +48,7 @@ FIRST_PAGE = 16
 RETRY_AFTER_STORE_ERROR = 1.0
 ROOM_WAIT = 0.05
 """How often a replay waiting for the process's memory budget looks again."""
-HEARTBEAT = b": heartbeat\n\n"
+HEARTBEAT = b": heartbeat\n"
 # Reads of new events are spaced by this much per stream written to in the
 # last round (at most MAX_FAN_OUT_PAUSE): each write costs a socket send, so
 # with many streams fewer, larger rounds keep the loop free for writers.

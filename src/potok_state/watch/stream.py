@@ -15,8 +15,10 @@ from potok_state.watch.sinks import AsgiSink, StreamSink, stream_transport
 
 RETRY_MS = 2000
 """How long an EventSource waits before it reconnects (the `retry:` field)."""
-OPENING = b"retry: %d\n\n" % RETRY_MS
-"""The first bytes of every stream."""
+OPENING = b"retry: %d\n" % RETRY_MS
+"""The first bytes of every stream: a field line with no blank line after it, so
+it belongs to the first event (a block of its own reads as an empty message to
+some clients)."""
 
 
 class EventStream(Response):
