@@ -50,7 +50,7 @@ from aiohttp import web
 from bench.load import LEASE_ENTITY, machine_ticks, tree_and_postgres_cpu_seconds
 from bench.scenarios import LeaseScenario
 from bench.server import BENCH_API_KEY, BenchSetupError, Service, running_service
-from bench.watch import Spread
+from bench.watchers import Spread
 from bench.webhooks import LOOPBACK, listening
 
 LAPSE_REASON = "lease expired"

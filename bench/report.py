@@ -37,7 +37,8 @@ if TYPE_CHECKING:
     from bench.leases import LapseResult, WindowCpu
     from bench.load import LoadResult
     from bench.run import BenchRun, Measurement
-    from bench.watch import FanOut, Spread, SteadyWrites, WatchResult
+    from bench.watch import FanOut, SteadyWrites, WatchResult
+    from bench.watchers import Spread
     from bench.webhooks import LatencyResult, ThroughputResult
 
 ANALYSIS_START = "<!-- ANALYSIS:START (hand-written, kept when the report is regenerated) -->"
@@ -501,7 +502,7 @@ def _watch_section(run: BenchRun) -> list[str]:
         "worker, every setting at its default: WATCH_MAX_CLIENTS 1000 per key, "
         f"WATCH_QUEUE_SIZE 10000) per backend; {options.watchers} streams on "
         "`GET /api/v1/watch` (no filter: every change reaches every stream), all opened at "
-        "once from now on, held by one *watcher process* (`python -m bench.watch`, asyncio on "
+        "once from now on, held by one *watcher process* (`python -m bench.watchers`, asyncio on "
         "uvloop, raw connections, each `id:` line found by a byte search), apart from the "
         "writers. Arrival is the watcher process's read of the bytes; both sides read "
         "CLOCK_MONOTONIC.",
