@@ -37,7 +37,7 @@ if TYPE_CHECKING:
     from bench.leases import LapseResult, WindowCpu
     from bench.load import LoadResult
     from bench.run import BenchRun, Measurement
-    from bench.watch import FanOut, SteadyWrites, WatchResult
+    from bench.watch_results import FanOut, SteadyWrites, WatchResult
     from bench.watchers import Spread
     from bench.webhooks import LatencyResult, ThroughputResult
 
@@ -363,15 +363,50 @@ def _fan_out_cost(fan: FanOut) -> str:
     return _ms((fan.writes.cpu.server - fan.baseline.cpu.server) / fan.writes.rate * 1000)
 
 
+def _pair_cost_us(fan: FanOut) -> float | None:
+    """Server CPU per (event, watcher), µs: the fan-out cost per change ÷ watchers."""
+    if fan.baseline is None or fan.writes.rate <= 0 or not fan.watchers:
+        return None
+    per_change = (fan.writes.cpu.server - fan.baseline.cpu.server) / fan.writes.rate
+    return per_change / fan.watchers * 1e6
+
+
+def _pair_cost_met(result: WatchResult) -> bool | None:
+    goal = _watch_goal(result, "watch_cpu")
+    cost = None if result.fan_out is None else _pair_cost_us(result.fan_out)
+    if goal is None or goal.max_us is None or cost is None:
+        return None
+    return cost <= goal.max_us
+
+
+def _filtered_met(result: WatchResult) -> bool | None:
+    load = result.writes
+    goal = _watch_goal(result, "watch_filtered")
+    if load is None or load.filtered is None or goal is None or goal.min_ratio is None:
+        return None
+    ratio = load.ratio_of(load.filtered.result)
+    window = load.filtered
+    delivered = window.expected is None or window.received == window.expected
+    return ratio is not None and ratio >= goal.min_ratio and delivered and not window.irregular
+
+
+def _hostile_met(result: WatchResult) -> bool | None:
+    goal = _watch_goal(result, "watch_hostile")
+    if result.hostile is None or goal is None or goal.max_mb is None:
+        return None
+    hostile = result.hostile
+    return hostile.growth_mb < goal.max_mb and hostile.closed and not hostile.health_failures
+
+
 def _fan_out_table(results: list[WatchResult]) -> list[str]:
     lines = [
         "| backend | watchers | changes | changes/s | event − response p50 / p99 / max ms | "
         "event − request p50 / p99 ms | last watcher − response p50 / p99 / max ms | lost | "
         "duplicates | out of order | watchers with every change | write p50 / p99 ms, no "
         "watchers | write p50 / p99 ms, watchers | server CPU, no watchers | server CPU, "
-        "watchers | fan-out server CPU ms per change | watcher process CPU | postgres CPU | "
-        "machine busy | §9 goal |",
-        "|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|---|",
+        "watchers | fan-out server CPU ms per change | server CPU µs per (event, watcher) | "
+        "§9 goal (CPU) | watcher process CPU | postgres CPU | machine busy | §9 goal (p99) |",
+        "|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|---|--:|--:|--:|---|",
     ]
     for r in results:
         fan = r.fan_out
@@ -379,6 +414,9 @@ def _fan_out_table(results: list[WatchResult]) -> list[str]:
         without_ms, without_cpu = _steady_cells(fan.baseline)
         with_ms, with_cpu = _steady_cells(fan.writes)
         verdict = _goal_verdict(_watch_goal(r, "watch_latency"), _fan_out_met(r))
+        pair = _pair_cost_us(fan)
+        pair_cell = "—" if pair is None else f"{pair:.2f}"
+        pair_verdict = _goal_verdict(_watch_goal(r, "watch_cpu"), _pair_cost_met(r))
         lines.append(
             f"| {_BACKEND_TITLES.get(r.backend, r.backend)} | {fan.watchers} | "
             f"{fan.writes.changes} | {fan.writes.rate:.0f} | "
@@ -387,6 +425,7 @@ def _fan_out_table(results: list[WatchResult]) -> list[str]:
             f"{_spread(fan.last_watcher)} | {fan.lost} | {fan.duplicates} | "
             f"{fan.out_of_order} | {fan.complete} / {fan.watchers} | "
             f"{without_ms} | {with_ms} | {without_cpu} | {with_cpu} | {_fan_out_cost(fan)} | "
+            f"{pair_cell} | {pair_verdict} | "
             f"{fan.writes.cpu.watchers:.2f} | {fan.writes.cpu.postgres:.2f} | "
             f"{fan.writes.cpu.machine_busy:.0%} | {verdict} |"
         )
@@ -416,19 +455,23 @@ def _write_load_table(results: list[WatchResult]) -> list[str]:
         load = r.writes
         assert load is not None
         backend = _BACKEND_TITLES.get(r.backend, r.backend)
-        windows: list[tuple[str, LoadResult, float | None]] = []
+        windows: list[tuple[str, LoadResult, float | None, str]] = []
         if load.without:
-            windows.append(("no watchers (start)", load.without[0], None))
+            windows.append(("no watchers (start)", load.without[0], None, "—"))
         if load.with_watchers is not None:
-            windows.append((f"{load.watchers} watchers", load.with_watchers, load.watcher_cpu))
-        windows += [("no watchers (end)", w, None) for w in load.without[1:]]
-        for title, result, watcher_cpu in windows:
+            verdict = _goal_verdict(_watch_goal(r, "watch_writes"), _write_load_met(r))
+            title = f"{load.watchers} watchers, unfiltered"
+            windows.append((title, load.with_watchers, load.watcher_cpu, verdict))
+        if load.filtered is not None:
+            verdict = _goal_verdict(_watch_goal(r, "watch_filtered"), _filtered_met(r))
+            title = f"{load.filtered.watchers} watchers, each on its own entity"
+            windows.append((title, load.filtered.result, load.filtered.watcher_cpu, verdict))
+        windows += [("no watchers (end)", w, None, "—") for w in load.without[1:]]
+        for title, result, watcher_cpu, verdict in windows:
             rate, spread, server = _load_cells(result)
             judged = watcher_cpu is not None
-            ratio = f"{load.ratio:.2f}" if judged and load.ratio is not None else "—"
-            verdict = (
-                _goal_verdict(_watch_goal(r, "watch_writes"), _write_load_met(r)) if judged else "—"
-            )
+            with_ratio = load.ratio_of(result)
+            ratio = f"{with_ratio:.2f}" if judged and with_ratio is not None else "—"
             per_cpu = _per_cpu(result)
             cpu_ratio = "—"
             baseline = [_per_cpu(w) for w in load.without]
@@ -447,7 +490,18 @@ def _watch_delivery_lines(results: list[WatchResult]) -> list[str]:
     lines = []
     for r in results:
         load = r.writes
-        if load is None or load.with_watchers is None:
+        if load is None:
+            continue
+        if load.filtered is not None:
+            window = load.filtered
+            expected = "?" if window.expected is None else f"{window.expected:,}"
+            lines.append(
+                f"* {_BACKEND_TITLES.get(r.backend, r.backend)}, the PUT window with filtered "
+                f"watchers: {window.received:,} events received of {expected} written (each "
+                f"write reaches one watcher), {window.catch_up:.2f} s after the load ended; "
+                f"reads out of order or repeated {window.irregular:,}."
+            )
+        if load.with_watchers is None:
             continue
         lines.append(
             f"* {_BACKEND_TITLES.get(r.backend, r.backend)}, the PUT window with watchers: "
@@ -490,6 +544,28 @@ def _watch_behaviour_lines(results: list[WatchResult]) -> list[str]:
     return lines
 
 
+def _hostile_table(results: list[WatchResult]) -> list[str]:
+    lines = [
+        "| backend | watchers | backlog | server RSS before MB | peak MB | growth MB | "
+        "all closed by the server | after s | too_slow cut-offs | health p50 / p99 / max ms | "
+        "health failures | §9 goal |",
+        "|---|--:|--:|--:|--:|--:|---|--:|--:|--:|--:|---|",
+    ]
+    for r in results:
+        hostile = r.hostile
+        assert hostile is not None
+        verdict = _goal_verdict(_watch_goal(r, "watch_hostile"), _hostile_met(r))
+        lines.append(
+            f"| {_BACKEND_TITLES.get(r.backend, r.backend)} | {hostile.watchers} | "
+            f"{hostile.backlog_events:,} events, {hostile.backlog_bytes / 1e6:.0f} MB | "
+            f"{hostile.rss_before / 2**20:.0f} | {hostile.rss_peak / 2**20:.0f} | "
+            f"{hostile.growth_mb:.0f} | {'yes' if hostile.closed else '**no**'} | "
+            f"{hostile.closed_after:.1f} | {hostile.cut_off} | {_spread(hostile.health)} | "
+            f"{hostile.health_failures} | {verdict} |"
+        )
+    return lines
+
+
 def _watch_section(run: BenchRun) -> list[str]:
     if not run.watch:
         return []
@@ -500,8 +576,10 @@ def _watch_section(run: BenchRun) -> list[str]:
         "",
         f"Measured by `{run.options.command}` ({measured}). One server (`serve`, one uvicorn "
         "worker, every setting at its default: WATCH_MAX_CLIENTS 1000 per key, "
-        f"WATCH_QUEUE_SIZE 10000) per backend; {options.watchers} streams on "
-        "`GET /api/v1/watch` (no filter: every change reaches every stream), all opened at "
+        "WATCH_MAX_BUFFER_BYTES 1 MiB, WATCH_MEMORY_BUDGET 64 MiB, WATCH_HEARTBEAT 15 s) per "
+        f"backend; {options.watchers} streams on `GET /api/v1/watch` (no filter: every "
+        "change reaches every stream), or one per seeded state on "
+        "`GET /api/v1/states/user/watch?entityId=<its id>`, all opened at "
         "once from now on, held by one *watcher process* (`python -m bench.watchers`, asyncio on "
         "uvloop, raw connections, each `id:` line found by a byte search), apart from the "
         "writers. Arrival is the watcher process's read of the bytes; both sides read "
@@ -525,7 +603,8 @@ def _watch_section(run: BenchRun) -> list[str]:
             "the same schedule on the same server before any stream opened. CPU in cores over "
             "the measured writes; *fan-out server CPU per change* = (server CPU with − without "
             "watchers) ÷ changes/s: what delivering one change to every watcher costs the "
-            "server's one event loop, which also serves the writes.",
+            "server's one event loop, which also serves the writes; ÷ watchers, it is the "
+            "*server CPU per (event, watcher)* of §9.",
             "",
         ]
     writes = [r for r in run.watch if r.writes is not None]
@@ -537,13 +616,33 @@ def _watch_section(run: BenchRun) -> list[str]:
             "",
             f"The closed-loop PUT load of the request rows ({options.concurrency} connections, "
             f"{options.warmup:g} s warm-up then {options.duration:g} s measured, the generator "
-            "process) without watchers, with every stream connected (each receiving, and "
-            "counting, every event), and without again, on the same server; *× without* is "
-            "to the mean of the two windows without (the §9 figure); *× without per CPU* "
+            "process) without watchers, with every unfiltered stream connected (each "
+            "receiving, and counting, every event), with one stream per seeded state (each "
+            "receiving that state's changes: every write reaches one stream), and without "
+            "again, on the same server; *× without* is to the mean of the two windows without "
+            "(the §9 figure for the filtered streams); *× without per CPU* "
             "compares writes per second of server CPU instead, the steadier figure when "
             "other processes take CPU from the server.",
             "",
             *_watch_delivery_lines(writes),
+            "",
+        ]
+    hostile = [r for r in run.watch if r.hostile is not None]
+    if hostile:
+        out += [
+            "### Hostile clients: watchers that never read",
+            "",
+            *_hostile_table(hostile),
+            "",
+            "After the other watch rows, on the same server: 1,500 changes of about 60 KB "
+            "each are written (atomic batches of 100), then 10 raw connections with a 4 KB "
+            "receive buffer ask for everything after the revision before them "
+            "(`GET /api/v1/watch?after=N`) and never read. Until the server has closed "
+            "every one (it aborts a connection that has not drained for half of "
+            "WATCH_HEARTBEAT), the runner samples the server's resident memory and asks "
+            "`/health/liveness` every 50 ms; *growth* is the peak over what the server held "
+            "just before the requests. Before the byte budgets, ten such clients took the "
+            "server from 131 MB to 2.4 GB.",
             "",
         ]
     out += ["### What the service did", "", *_watch_behaviour_lines(run.watch), ""]

@@ -83,8 +83,9 @@ from bench.server import (
 )
 from bench.stream import STREAM_KEYS, StreamOptions, StreamResults
 from bench.stream import measure as measure_stream
-from bench.watch import WatchOptions, WatchResult
+from bench.watch import WatchOptions
 from bench.watch import measure as measure_watch
+from bench.watch_results import WatchResult
 from bench.webhooks import DeliveryOptions, LatencyResult, ThroughputResult, percentile
 from bench.webhooks import measure as measure_deliveries
 

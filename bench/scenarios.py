@@ -33,6 +33,10 @@ class Goal:
     max_p99_ms: float | None = None
     max_ms: float | None = None
     """A bound on the worst of a distribution (lease lapses: the latest one)."""
+    max_us: float | None = None
+    """A bound on a cost per unit of work, µs of server CPU."""
+    max_mb: float | None = None
+    """A bound on memory the server gains, MiB."""
     backends: tuple[str, ...] = BACKENDS
 
     def applies_to(self, backend: str) -> bool:
@@ -286,9 +290,23 @@ WATCH_SCENARIOS = (
         (Goal("p99 ≤ 100 ms", max_p99_ms=100),),
     ),
     WatchScenario(
+        "watch_cpu",
+        "server CPU per (event, watcher), unfiltered watchers, steady write rate",
+        (Goal("≤ 1.5 µs per (event, watcher)", max_us=1.5),),
+    ),
+    WatchScenario(
         "watch_writes",
-        "PUT writes/s with every watcher connected vs none",
+        "PUT writes/s with every (unfiltered) watcher connected vs none",
+    ),
+    WatchScenario(
+        "watch_filtered",
+        "PUT writes/s with every watcher filtered to its own entity vs none",
         (Goal("≥ 0.9 × without watchers", min_ratio=0.9),),
+    ),
+    WatchScenario(
+        "watch_hostile",
+        "server memory with 10 watchers that never read a 90 MB backlog",
+        (Goal("RSS growth < 300 MB", max_mb=300),),
     ),
 )
 

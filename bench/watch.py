@@ -33,7 +33,7 @@ from collections import Counter
 from collections.abc import Awaitable, Callable, Iterator
 from concurrent.futures import ProcessPoolExecutor
 from contextlib import AsyncExitStack
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -41,6 +41,12 @@ from urllib.parse import urlsplit
 import aiohttp
 import orjson
 
+from bench.hostile import (
+    BACKLOG_EVENTS,
+    EVENT_PADDING,
+    SILENT_WATCHERS,
+    measure_hostile,
+)
 from bench.load import (
     SEED_ENTITY,
     LoadResult,
@@ -52,9 +58,19 @@ from bench.load import (
     postgres_cpu_seconds,
     process_cpu_seconds,
     process_tree_cpu_seconds,
+    seed_id,
 )
 from bench.scenarios import WatchScenario
 from bench.server import BENCH_API_KEY, BenchSetupError, Service, running_service
+from bench.watch_results import (
+    CpuUse,
+    FanOut,
+    FilteredWindow,
+    SteadyWrites,
+    WatchMetrics,
+    WatchResult,
+    WriteLoad,
+)
 from bench.watchers import (
     OPEN_WITHIN,
     Spread,
@@ -94,23 +110,6 @@ class WatchOptions:
     seeded_ids: int
 
 
-# -- results ------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class CpuUse:
-    """Cores (1.00 = one core busy) over one window."""
-
-    server: float
-    """The server's process tree."""
-    watchers: float
-    """The watcher process (0 when none runs)."""
-    writer: float
-    """The process that wrote: this one (steady rate) or the generator (closed loop)."""
-    postgres: float
-    machine_busy: float
-
-
 @dataclass(frozen=True)
 class _CpuMark:
     at: float
@@ -145,196 +144,6 @@ class _CpuMark:
             if end.total > self.total
             else 0.0,
         )
-
-
-@dataclass
-class SteadyWrites:
-    """Open-loop writes at a fixed rate, the writer's side."""
-
-    changes: int
-    errors: int
-    rate: float
-    """Changes per second actually started (the schedule's, unless this process lagged)."""
-    write_ms: Spread
-    cpu: CpuUse
-    error_sample: str = ""
-
-
-@dataclass
-class FanOut:
-    """Change → event at every watcher, at a steady write rate."""
-
-    watchers: int
-    writes: SteadyWrites
-    """With the watchers connected."""
-    baseline: SteadyWrites | None
-    """The same schedule with no watcher connected (same server, just before)."""
-    after_response: Spread
-    """Arrival − the write's response, every (watcher, change) pair."""
-    after_request: Spread
-    last_watcher: Spread
-    """Per change: its arrival at the last watcher to get it − the write's response."""
-    lost: int
-    """(watcher, change) pairs written but never received."""
-    duplicates: int
-    out_of_order: int
-    complete: int
-    """Watchers that received every measured change."""
-    events_min: int
-    events_max: int
-    """Fewest / most measured changes one watcher received."""
-    settled: bool
-    """Every open stream reached the last change within the settle time."""
-
-
-@dataclass
-class WriteLoad:
-    """Closed-loop PUT throughput, without watchers (before and after) and with."""
-
-    without: list[LoadResult]
-    with_watchers: LoadResult | None = None
-    watchers: int = 0
-    """Streams open when the window with watchers started."""
-    watcher_cpu: float = 0.0
-    """The watcher process, cores, over the measured window with watchers."""
-    expected_each: int = 0
-    """Revisions every watcher should have received over that window (probe to probe)."""
-    lost: int = 0
-    """Events missing at the watchers (expected − received, summed), settle included."""
-    extra: int = 0
-    """Events received beyond those expected (duplicates)."""
-    irregular: int = 0
-    """Reads whose ids were not the next revisions in order (gaps, repeats)."""
-    reached: int = 0
-    """Streams that got the closing probe."""
-    catch_up: float = float("nan")
-    """Seconds from the end of the load to the closing probe's arrival at every stream."""
-
-    @property
-    def without_rate(self) -> float:
-        return sum(r.rate for r in self.without) / len(self.without) if self.without else 0.0
-
-    @property
-    def ratio(self) -> float | None:
-        if self.with_watchers is None or self.without_rate <= 0:
-            return None
-        return self.with_watchers.rate / self.without_rate
-
-
-@dataclass(frozen=True)
-class WatchMetrics:
-    """`potok_watch_clients` and `potok_watch_cut_off_total` by reason, from /metrics."""
-
-    moment: str
-    clients: float
-    cut_off: dict[str, int]
-
-
-@dataclass
-class WatchResult:
-    backend: str
-    scenarios: tuple[WatchScenario, ...]
-    open_files: str = ""
-    opened: int = 0
-    refused: int = 0
-    refused_sample: str = ""
-    open_seconds: float = 0.0
-    fan_out: FanOut | None = None
-    writes: WriteLoad | None = None
-    metrics: list[WatchMetrics] = field(default_factory=list)
-    client_resets: int = 0
-    """`event: reset` frames the watchers received."""
-    client_closed: int = 0
-    """Streams the server closed while the bench still held them."""
-    reset_sample: str = ""
-    log_lines: int = 0
-    log_events: dict[str, int] = field(default_factory=dict)
-    log_samples: list[str] = field(default_factory=list)
-    notes: list[str] = field(default_factory=list)
-
-    @property
-    def cut_offs(self) -> dict[str, int]:
-        """Streams the service ended, by reason, over the whole run."""
-        return self.metrics[-1].cut_off if self.metrics else {}
-
-    def to_json(self) -> dict[str, Any]:
-        def load(result: LoadResult | None) -> dict[str, Any] | None:
-            if result is None:
-                return None
-            return {
-                "rate": result.rate,
-                "p50_ms": result.percentile(50),
-                "p99_ms": result.percentile(99),
-                "errors": result.errors,
-                "server_cpu": result.server_cpu,
-                "generator_cpu": result.client_cpu,
-                "postgres_cpu": result.postgres_cpu,
-                "machine_busy": result.machine_busy,
-            }
-
-        payload: dict[str, Any] = {
-            "backend": self.backend,
-            "scenarios": [s.key for s in self.scenarios],
-            "open_files": self.open_files,
-            "opened": self.opened,
-            "refused": self.refused,
-            "open_seconds": self.open_seconds,
-            "metrics": [vars(m) for m in self.metrics],
-            "client_resets": self.client_resets,
-            "client_closed": self.client_closed,
-            "log_lines": self.log_lines,
-            "log_events": self.log_events,
-            "log_samples": self.log_samples,
-            "notes": self.notes,
-        }
-        if self.fan_out is not None:
-            fan = self.fan_out
-            payload["fan_out"] = {
-                **{
-                    name: getattr(fan, name)
-                    for name in (
-                        "watchers",
-                        "lost",
-                        "duplicates",
-                        "out_of_order",
-                        "complete",
-                        "events_min",
-                        "events_max",
-                        "settled",
-                    )
-                },
-                "after_response_ms": fan.after_response.to_json(),
-                "after_request_ms": fan.after_request.to_json(),
-                "last_watcher_ms": fan.last_watcher.to_json(),
-                "writes": _steady_json(fan.writes),
-                "baseline": None if fan.baseline is None else _steady_json(fan.baseline),
-            }
-        if self.writes is not None:
-            w = self.writes
-            payload["writes"] = {
-                "without": [load(r) for r in w.without],
-                "with_watchers": load(w.with_watchers),
-                "ratio": w.ratio,
-                "watchers": w.watchers,
-                "watcher_cpu": w.watcher_cpu,
-                "expected_each": w.expected_each,
-                "lost": w.lost,
-                "extra": w.extra,
-                "irregular": w.irregular,
-                "reached": w.reached,
-                "catch_up": w.catch_up,
-            }
-        return payload
-
-
-def _steady_json(writes: SteadyWrites) -> dict[str, Any]:
-    return {
-        "changes": writes.changes,
-        "errors": writes.errors,
-        "rate": writes.rate,
-        "write_ms": writes.write_ms.to_json(),
-        "cpu": vars(writes.cpu),
-    }
 
 
 _CLIENTS = re.compile(rb"^potok_watch_clients ([0-9.e+-]+)$", re.M)
@@ -512,6 +321,42 @@ class WatchBench:
             )
         return result
 
+    async def closed_loop_filtered(self, holder: WatcherProcess, watchers: int) -> FilteredWindow:
+        """The PUT load with every stream watching one seeded state; then the streams
+        must have every write (each reaches exactly one of them)."""
+        before = (await self.create()).revision  # a new state: no stream sees it
+        await holder.call("mark")
+
+        async def watcher_cpu() -> float:
+            await asyncio.sleep(self.options.warmup)
+            start, at = process_cpu_seconds(holder.pid), time.monotonic()
+            await asyncio.sleep(self.options.duration)
+            return (process_cpu_seconds(holder.pid) - start) / (time.monotonic() - at)
+
+        sampler = asyncio.create_task(watcher_cpu())
+        result = await self.closed_loop()
+        cpu = await sampler
+        ended = time.monotonic()
+        after = (await self.create()).revision
+        expected = after - before - 1 if watchers >= self.options.seeded_ids else None
+        deadline = ended + _SETTLE
+        while True:
+            got = await holder.call("received")
+            if (expected is not None and got["received"] >= expected) or (
+                time.monotonic() >= deadline
+            ):
+                break
+            await asyncio.sleep(0.05)
+        return FilteredWindow(
+            result=result,
+            watchers=watchers,
+            watcher_cpu=cpu,
+            expected=expected,
+            received=got["received"],
+            irregular=got["irregular"],
+            catch_up=time.monotonic() - ended,
+        )
+
     async def closed_loop_watched(self, holder: WatcherProcess, load: WriteLoad) -> None:
         """The PUT load with every stream open and counting; then every stream must
         catch up with a closing probe."""
@@ -587,12 +432,15 @@ async def measure(
     seed: SeedFn,
     progress: ProgressFn,
 ) -> WatchResult:
-    """The selected watch figures on one backend (its database already migrated):
-    PUT load without watchers; the steady schedule without watchers; the watchers
-    connect; change → event at the same schedule; the PUT load with watchers; the
-    watchers leave; the PUT load without watchers again."""
+    """The selected watch figures on one backend (its database already migrated),
+    in this order: the PUT load without watchers; the steady schedule without
+    watchers; the unfiltered watchers connect; change → event at the same schedule;
+    the PUT load with them; they leave; the filtered watchers connect; the PUT load
+    with them; they leave; the PUT load without watchers again; the hostile clients
+    (last: they leave a 90 MB backlog behind)."""
     keys = {s.key for s in scenarios}
-    latency, throughput = "watch_latency" in keys, "watch_writes" in keys
+    latency = bool(keys & {"watch_latency", "watch_cpu"})
+    unfiltered_load, filtered = "watch_writes" in keys, "watch_filtered" in keys
     result = WatchResult(backend, tuple(scenarios))
     # Children inherit it: the server's limit is this process's.
     result.open_files = raise_open_files(options.watchers + 256)
@@ -606,7 +454,7 @@ async def measure(
             )
         )
         bench = WatchBench(backend, service, session, options, pool, progress)
-        load = WriteLoad(without=[]) if throughput else None
+        load = WriteLoad(without=[]) if unfiltered_load or filtered else None
         baseline = None
         if load is not None:
             await seed(service)
@@ -618,61 +466,138 @@ async def measure(
             baseline, _ = await bench.steady(None)
             _progress_steady(progress, "no watchers", baseline)
         result.metrics.append(await watch_metrics(session, service, "before the watchers"))
-        async with watcher_process(workdir) as holder:
-            progress(f"[{backend}/watch] opening {options.watchers} watch streams …")
-            host, port = _host_port(service.base_url)
-            opened = await holder.call(
-                "open",
-                reply_within=OPEN_WITHIN * 3,
-                host=host,
-                port=port,
-                path=WATCH_PATH,
-                api_key=BENCH_API_KEY,
-                count=options.watchers,
-                timed=False,
-            )
-            if not opened["opened"]:
-                raise BenchSetupError(
-                    f"no watch stream opened: {opened['errors']} {opened['sample']}\n"
-                    f"watcher process log:\n{holder.log_tail()}\nserver log:\n{service.log_tail()}"
-                )
-            result.opened, result.refused = opened["opened"], opened["failed"]
-            result.refused_sample, result.open_seconds = opened["sample"], opened["seconds"]
-            progress(
-                f"    {result.opened} open, {result.refused} failed {opened['errors']} in "
-                f"{result.open_seconds:.1f} s {result.refused_sample[:200]}"
-            )
-            result.metrics.append(await watch_metrics(session, service, "watchers connected"))
-            if latency:
-                progress(f"[{backend}/watch] change → event, {options.rate:g} changes/s …")
-                result.fan_out = await bench.fan_out(holder, result.opened, baseline)
-                _progress_fan_out(progress, result.fan_out)
-                result.metrics.append(await watch_metrics(session, service, "after change → event"))
-            if load is not None:
-                progress(f"[{backend}/watch] PUT closed loop, {options.watchers} watchers …")
-                await bench.closed_loop_watched(holder, load)
-                assert load.with_watchers is not None
-                _progress_load(progress, "with watchers", load.with_watchers)
-                progress(
-                    f"    watchers: {load.reached}/{load.watchers} caught up in "
-                    f"{load.catch_up:.2f} s, {load.expected_each} events each, lost {load.lost}, "
-                    f"extra {load.extra}, irregular reads {load.irregular}, "
-                    f"watcher CPU {load.watcher_cpu:.2f}"
-                )
-                result.metrics.append(await watch_metrics(session, service, "after the PUT load"))
-            summary = await holder.call("summary")
-            result.client_resets, result.client_closed = summary["resets"], summary["closed"]
-            result.reset_sample = summary["reset_sample"]
-        result.metrics.append(await _after_close(session, service))
+        if latency or unfiltered_load:
+            async with watcher_process(workdir) as holder:
+                await _unfiltered(bench, holder, result, baseline, latency, unfiltered_load, load)
+            result.metrics.append(await _after_close(session, service))
+        if filtered:
+            assert load is not None
+            async with watcher_process(workdir) as holder:
+                load.filtered = await _filtered(bench, holder, result)
+            result.metrics.append(await _after_close(session, service))
         if load is not None:
             progress(f"[{backend}/watch] PUT closed loop, no watchers (end) …")
             load.without.append(await bench.closed_loop())
             _progress_load(progress, "no watchers", load.without[-1])
             result.writes = load
+        if "watch_hostile" in keys:
+            progress(
+                f"[{backend}/watch] {SILENT_WATCHERS} watchers that never read, over a "
+                f"{BACKLOG_EVENTS} × {EVENT_PADDING // 1000} KB backlog …"
+            )
+            result.hostile = hostile = await measure_hostile(service, session)
+            progress(
+                f"    server RSS {hostile.rss_before / 2**20:.0f} MB → peak "
+                f"{hostile.rss_peak / 2**20:.0f} MB (+{hostile.growth_mb:.0f} MB); "
+                f"{'all closed' if hostile.closed else 'NOT all closed'} after "
+                f"{hostile.closed_after:.1f} s; health p99 {hostile.health.p99:.1f} ms, "
+                f"{hostile.health_failures} failed"
+            )
+            result.metrics.append(await watch_metrics(session, service, "hostile clients"))
     _read_log(result, service.log_path)
     if result.log_lines:
         progress(f"    server log: {result.log_lines} lines: {result.log_events}")
     return result
+
+
+async def _open(
+    bench: WatchBench, holder: WatcherProcess, paths: list[str], count: int, sparse: bool
+) -> int:
+    """`count` streams on `paths` (in turn); how many opened."""
+    host, port = _host_port(bench.service.base_url)
+    opened = await holder.call(
+        "open",
+        reply_within=OPEN_WITHIN * 3,
+        host=host,
+        port=port,
+        paths=paths,
+        api_key=BENCH_API_KEY,
+        count=count,
+        timed=False,
+        sparse=sparse,
+    )
+    if not opened["opened"]:
+        raise BenchSetupError(
+            f"no watch stream opened: {opened['errors']} {opened['sample']}\n"
+            f"watcher process log:\n{holder.log_tail()}\n"
+            f"server log:\n{bench.service.log_tail()}"
+        )
+    bench.progress(
+        f"    {opened['opened']} open, {opened['failed']} failed {opened['errors']} in "
+        f"{opened['seconds']:.1f} s {opened['sample'][:200]}"
+    )
+    return int(opened["opened"])
+
+
+async def _unfiltered(
+    bench: WatchBench,
+    holder: WatcherProcess,
+    result: WatchResult,
+    baseline: SteadyWrites | None,
+    latency: bool,
+    unfiltered_load: bool,
+    load: WriteLoad | None,
+) -> None:
+    """`--watchers` streams on `GET /api/v1/watch`: change → event, then the PUT load."""
+    backend, options, progress = bench.backend, bench.options, bench.progress
+    session, service = bench.session, bench.service
+    progress(f"[{backend}/watch] opening {options.watchers} watch streams …")
+    result.opened = await _open(bench, holder, [WATCH_PATH], options.watchers, sparse=False)
+    result.refused = options.watchers - result.opened
+    result.metrics.append(await watch_metrics(session, service, "watchers connected"))
+    if latency:
+        progress(f"[{backend}/watch] change → event, {options.rate:g} changes/s …")
+        result.fan_out = await bench.fan_out(holder, result.opened, baseline)
+        _progress_fan_out(progress, result.fan_out)
+        result.metrics.append(await watch_metrics(session, service, "after change → event"))
+    if unfiltered_load and load is not None:
+        progress(f"[{backend}/watch] PUT closed loop, {options.watchers} watchers …")
+        await bench.closed_loop_watched(holder, load)
+        assert load.with_watchers is not None
+        _progress_load(progress, "with watchers", load.with_watchers)
+        progress(
+            f"    watchers: {load.reached}/{load.watchers} caught up in "
+            f"{load.catch_up:.2f} s, {load.expected_each} events each, lost {load.lost}, "
+            f"extra {load.extra}, irregular reads {load.irregular}, "
+            f"watcher CPU {load.watcher_cpu:.2f}"
+        )
+        result.metrics.append(await watch_metrics(session, service, "after the PUT load"))
+    summary = await holder.call("summary")
+    result.client_resets, result.client_closed = summary["resets"], summary["closed"]
+    result.reset_sample = summary["reset_sample"]
+
+
+async def _filtered(
+    bench: WatchBench, holder: WatcherProcess, result: WatchResult
+) -> FilteredWindow:
+    """A stream per seeded state (at most `--watchers`), each filtered to it; the PUT load."""
+    backend, options, progress = bench.backend, bench.options, bench.progress
+    count = min(options.watchers, options.seeded_ids)
+    paths = [
+        f"/api/v1/states/{SEED_ENTITY}/watch?entityId={seed_id(index)}" for index in range(count)
+    ]
+    progress(f"[{backend}/watch] opening {count} watch streams, each on one entity …")
+    opened = await _open(bench, holder, paths, count, sparse=True)
+    result.metrics.append(
+        await watch_metrics(bench.session, bench.service, "filtered watchers connected")
+    )
+    progress(f"[{backend}/watch] PUT closed loop, {opened} filtered watchers …")
+    window = await bench.closed_loop_filtered(holder, opened)
+    _progress_load(progress, "with filtered watchers", window.result)
+    lost = "—" if window.expected is None else f"{max(0, window.expected - window.received)}"
+    progress(
+        f"    filtered watchers: {window.received} events received of "
+        f"{window.expected if window.expected is not None else '?'} written, lost {lost}, "
+        f"irregular reads {window.irregular}, caught up in {window.catch_up:.2f} s, "
+        f"watcher CPU {window.watcher_cpu:.2f}"
+    )
+    result.metrics.append(
+        await watch_metrics(bench.session, bench.service, "after the filtered PUT load")
+    )
+    summary = await holder.call("summary")
+    result.client_resets += summary["resets"]
+    result.client_closed += summary["closed"]
+    return window
 
 
 async def _after_close(session: aiohttp.ClientSession, service: Service) -> WatchMetrics:

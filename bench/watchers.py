@@ -86,9 +86,11 @@ class _Stream(asyncio.Protocol):
     """One watch stream over a raw connection. Only whole lines are looked at:
     what follows the last newline waits for the next read."""
 
-    def __init__(self, request: bytes, timed: bool) -> None:
+    def __init__(self, request: bytes, timed: bool, sparse: bool) -> None:
         self.request = request
         self.timed = timed
+        self.sparse = sparse
+        """Filtered: it sees only some revisions, in order."""
         self.transport: asyncio.BaseTransport | None = None
         self.opened: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
         self.status = 0
@@ -174,7 +176,10 @@ class _Stream(asyncio.Protocol):
         assert first is not None
         assert last is not None
         low, high = int(first.group(1)), int(last.group(1))
-        if (self.last and low != self.last + 1) or high - low + 1 != count:
+        if self.sparse:
+            if low <= self.last or high < low:
+                self.irregular += 1
+        elif (self.last and low != self.last + 1) or high - low + 1 != count:
             self.irregular += 1
         self.last = max(self.last, high)
         self.count += count
@@ -191,19 +196,31 @@ class _Holder:
         return [s for s in self.streams if s.status == 200]
 
     async def open(
-        self, host: str, port: int, path: str, api_key: str, count: int, timed: bool
+        self,
+        host: str,
+        port: int,
+        paths: list[str],
+        api_key: str,
+        count: int,
+        timed: bool,
+        sparse: bool = False,
     ) -> dict[str, Any]:
+        """`count` streams, stream i on `paths[i % len(paths)]`."""
         raise_open_files(count + 256)
         loop = asyncio.get_running_loop()
-        request = (
-            f"GET {path} HTTP/1.1\r\nHost: {host}:{port}\r\nx-api-key: {api_key}\r\n"
-            "Accept: text/event-stream\r\nCache-Control: no-cache\r\nConnection: close\r\n\r\n"
-        ).encode()
+        requests = [
+            (
+                f"GET {path} HTTP/1.1\r\nHost: {host}:{port}\r\nx-api-key: {api_key}\r\n"
+                "Accept: text/event-stream\r\nCache-Control: no-cache\r\nConnection: close\r\n"
+                "\r\n"
+            ).encode()
+            for path in paths
+        ]
         gate = asyncio.Semaphore(_OPEN_CONCURRENCY)
         started = time.monotonic()
 
-        async def one() -> None:
-            stream = _Stream(request, timed)
+        async def one(index: int) -> None:
+            stream = _Stream(requests[index % len(requests)], timed, sparse)
             self.streams.append(stream)
             async with gate:
                 try:
@@ -212,7 +229,7 @@ class _Holder:
                 except (OSError, TimeoutError) as exc:
                     stream.fail(f"{type(exc).__name__}: {exc}")
 
-        await asyncio.gather(*(one() for _ in range(count)))
+        await asyncio.gather(*(one(index) for index in range(count)))
         failed = [s for s in self.streams if s.status != 200 or not s.opened.result()]
         errors = Counter(s.error.split(":")[0] for s in failed)
         return {
@@ -250,6 +267,20 @@ class _Holder:
     def mark(self) -> dict[str, Any]:
         self.marks = {id(s): (s.count, s.irregular) for s in self.streams}
         return {}
+
+    def received(self) -> dict[str, Any]:
+        """Events the open streams received since `mark`, summed: for streams that
+        each see only some of the changes."""
+        got = irregular = 0
+        for stream in self._open_streams():
+            count, irregular_before = self.marks.get(id(stream), (0, 0))
+            got += stream.count - count
+            irregular += stream.irregular - irregular_before
+        return {
+            "received": got,
+            "irregular": irregular,
+            "open": sum(1 for s in self.streams if s.open),
+        }
 
     def tally(self, start: int, target: int) -> dict[str, Any]:
         """Events since `mark`, against the `target − start` every stream should
@@ -343,6 +374,8 @@ class _Holder:
                 return self.timing(**command)
             case "mark":
                 return self.mark()
+            case "received":
+                return self.received()
             case "tally":
                 return self.tally(**command)
             case "latency":
