@@ -103,6 +103,23 @@ class ServerConfig(uvicorn.Config):
         self.limits = limits
 
 
+class StreamChunk:
+    """Bytes of a streamed body that go to many connections: framed (HTTP/1.1
+    chunked) once, when first needed, for all of them."""
+
+    __slots__ = ("_framed", "body")
+
+    def __init__(self, body: bytes) -> None:
+        self.body = body
+        self._framed: bytes | None = None
+
+    @property
+    def framed(self) -> bytes:
+        if self._framed is None:
+            self._framed = b"%x\r\n%s\r\n" % (len(self.body), self.body)
+        return self._framed
+
+
 class StreamTransport:
     """The socket under one response, for a handler that streams. Usable once the
     response has started (headers sent through ASGI, chunked framing); the handler
@@ -129,14 +146,14 @@ class StreamTransport:
             and not cycle.disconnected
         )
 
-    def write(self, body: bytes) -> int:
+    def write(self, chunk: StreamChunk) -> int:
         """One chunk of the response body (nothing once the connection is closing);
         the bytes handed to the transport, framing included."""
-        if not body or self._transport.is_closing():
+        if not chunk.body or self._transport.is_closing():
             return 0
-        size = b"%x\r\n" % len(body)
-        self._transport.writelines((size, body, b"\r\n"))
-        return len(size) + len(body) + 2
+        framed = chunk.framed
+        self._transport.write(framed)
+        return len(framed)
 
     def buffered(self) -> int:
         """Bytes written that the kernel has not taken yet."""

@@ -33,6 +33,7 @@ import orjson
 import structlog
 
 from potok_state.kit.errors import TooManyRequests, Unavailable
+from potok_state.kit.server import StreamChunk
 from potok_state.metrics import Metrics
 from potok_state.storage.port import StateStore
 from potok_state.wakeup import Wakeup
@@ -48,7 +49,7 @@ FIRST_PAGE = 16
 RETRY_AFTER_STORE_ERROR = 1.0
 ROOM_WAIT = 0.05
 """How often a replay waiting for the process's memory budget looks again."""
-HEARTBEAT = b": heartbeat\n"
+HEARTBEAT = StreamChunk(b": heartbeat\n")
 # Reads of new events are spaced by this much per stream written to in the
 # last round (at most MAX_FAN_OUT_PAUSE): each write costs a socket send, so
 # with many streams fewer, larger rounds keep the loop free for writers.
@@ -94,9 +95,9 @@ class Watcher:
     _mark_buffered: int = 0
     _mark_written: int = 0
 
-    def write(self, body: bytes, revision: int) -> None:
+    def write(self, chunk: StreamChunk, revision: int) -> None:
         assert self.sink is not None
-        self.written += self.sink.write(body)
+        self.written += self.sink.write(chunk)
         self.delivered = revision
         self.sent_since_beat = True
 
@@ -255,7 +256,7 @@ class WatchHub:
             chunk = b"".join(event.frame for event in events if watcher.filter.matches(event))
             watcher.cursor = records[-1].revision
             if chunk:
-                watcher.write(chunk, watcher.cursor)
+                watcher.write(StreamChunk(chunk), watcher.cursor)
                 self._observe(watcher)
             page = self._page_for(events)
 
@@ -425,7 +426,7 @@ class WatchHub:
         too_slow: list[Watcher] = []
         writes = 0
         for watch_filter, matched in self._index.route(events).items():
-            chunk = b""
+            shared: StreamChunk | None = None
             for watcher in self._live[watch_filter]:
                 if watcher.final is not None or watcher.cursor >= last:
                     continue
@@ -434,12 +435,14 @@ class WatchHub:
                     watcher.cursor = last
                     if not mine:
                         continue
-                    body, revision = b"".join(event.frame for event in mine), mine[-1].revision
+                    chunk = StreamChunk(b"".join(event.frame for event in mine))
+                    revision = mine[-1].revision
                 else:
-                    chunk = chunk or b"".join(event.frame for event in matched)
-                    body, revision = chunk, matched[-1].revision
+                    if shared is None:
+                        shared = StreamChunk(b"".join(event.frame for event in matched))
+                    chunk, revision = shared, matched[-1].revision
                 watcher.cursor = last
-                if self._write_live(watcher, body, revision):
+                if self._write_live(watcher, chunk, revision):
                     writes += 1
                 else:
                     too_slow.append(watcher)
@@ -449,15 +452,16 @@ class WatchHub:
         if self._buffered_total > self.memory_budget:
             self._enforce_budget()
 
-    def _write_live(self, watcher: Watcher, body: bytes, revision: int) -> bool:
+    def _write_live(self, watcher: Watcher, chunk: StreamChunk, revision: int) -> bool:
         """Write unless that would put the stream over its budget. A stream holding
         nothing takes any chunk: a reader that keeps up is never cut off."""
         limit = self.max_buffer_bytes
-        if watcher.buffered_seen and watcher.buffered_seen + len(body) > limit:
+        size = len(chunk.body)
+        if watcher.buffered_seen and watcher.buffered_seen + size > limit:
             self._observe(watcher)
-            if watcher.buffered_seen and watcher.buffered_seen + len(body) > limit:
+            if watcher.buffered_seen and watcher.buffered_seen + size > limit:
                 return False
-        watcher.write(body, revision)
+        watcher.write(chunk, revision)
         self._observe(watcher)
         return True
 

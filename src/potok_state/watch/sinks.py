@@ -15,11 +15,11 @@ from typing import Protocol
 
 from starlette.types import Receive, Scope, Send
 
-from potok_state.kit.server import STREAM_TRANSPORT, StreamTransport
+from potok_state.kit.server import STREAM_TRANSPORT, StreamChunk, StreamTransport
 
 
 class StreamSink(Protocol):
-    def write(self, body: bytes) -> int:
+    def write(self, chunk: StreamChunk) -> int:
         """Queue body bytes, never waiting; the bytes queued."""
 
     def buffered(self) -> int:
@@ -62,7 +62,8 @@ class AsgiSink:
         self.aborted = False
         self._listener = asyncio.create_task(self._until_disconnect(receive))
 
-    def write(self, body: bytes) -> int:
+    def write(self, chunk: StreamChunk) -> int:
+        body = chunk.body
         if not body or self.aborted:
             return 0
         self._chunks.append(body)
