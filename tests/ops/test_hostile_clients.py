@@ -26,6 +26,7 @@ from tests.support.connections import (
 from tests.support.hub import ServiceProcess, http_service, remote_client, service_env, wait_ready
 from tests.support.polling import eventually
 from tests.support.ports import free_port
+from tests.support.sse import watch
 
 USERS = "/api/v1/states/user"
 UNFINISHED_RESPONSE = "ASGI callable returned without completing response"
@@ -198,9 +199,55 @@ async def test_a_slow_reader_gets_the_reset_after_what_it_was_sent(
     }
 
 
+async def test_over_the_process_budget_the_streams_holding_most_are_closed(
+    database_url: str, tmp_path: Path
+) -> None:
+    """WATCH_MEMORY_BUDGET bounds what all streams hold together: past it, the ones
+    holding most are closed at once, while a stream that keeps up is untouched."""
+    env = {"WATCH_MEMORY_BUDGET": "65536", "WATCH_HEARTBEAT": "20000", "THROTTLE_LIMIT": "0"}
+    padding = "x" * 30_000
+    async with serving(database_url, tmp_path, **env) as (process, client, port):
+        async with watch(client) as reader:
+            silent = await silent_watchers(port, 4, "/api/v1/watch")
+
+            async def opened() -> bool:
+                return await metric(client, "potok_watch_clients") == 5
+
+            await eventually(opened, what="the streams to open")
+            written = []
+            for i in range(400):
+                written.append(await put(client, f"m{i}", metadata={"pad": padding}))
+                if i % 10 == 9 and await metric(
+                    client, 'potok_watch_cut_off_total{reason="too_slow"}'
+                ) == len(silent):
+                    break
+            received = await reader.take(len(written), timeout=30)
+            assert [event.revision for event in received] == written
+
+            async def closed() -> bool:
+                return await metric(client, "potok_watch_clients") == 1
+
+            await eventually(closed, what="the silent streams to be closed")
+            assert not server_sockets(port) & {c.local_port for c in silent}
+            for connection in silent:
+                connection.close()
+        assert await metric(client, 'potok_watch_cut_off_total{reason="too_slow"}') == len(silent)
+    assert process.log.count('"why": "memory_budget"') == len(silent)
+    assert UNFINISHED_RESPONSE not in process.log
+
+
+async def put(client: httpx.AsyncClient, entity_id: str, **extra: object) -> int:
+    answer = await client.post(USERS, json={"entityId": entity_id, "status": "online", **extra})
+    assert answer.status_code == 201, answer.text
+    revision: int = answer.json()["revision"]
+    return revision
+
+
 # -- connections --------------------------------------------------------------------
 
 HALF_SENT = b"GET /api/v1/state-machines HTTP/1.1\r\nHost: x\r\n"
+OVERFLOW = 32
+"""Connections past MAX_CONNECTIONS still read for health probes (kit/server.py)."""
 HALF_SENT_CONNECTIONS = 50
 
 
@@ -291,7 +338,15 @@ async def test_connections_beyond_the_limit_are_refused_while_health_answers(
             answer = await probe.read_until_closed(timeout=5)
             assert answer.startswith(b"HTTP/1.1 200 "), answer
 
-        for connection in held:
+        # Past the overflow connections, a connection is closed as it arrives.
+        overflow = [await RawConnection.open(port) for _ in range(OVERFLOW + 1)]
+        beyond = await RawConnection.open(port)
+        started = time.monotonic()
+        assert await beyond.read_until_closed(timeout=5) == b""
+        assert time.monotonic() - started < 0.5
+        # An overflow connection gets a second for its head, then is closed.
+        assert await overflow[0].read_until_closed(timeout=5) == b""
+        for connection in [*held, *overflow, beyond]:
             connection.close()
         async with remote_client(port) as client:
 

@@ -396,3 +396,19 @@ def _decode(answer: bytes) -> tuple[list[SseEvent], SseDecoder]:
     decoder = SseDecoder()
     events = [event for line in lines if (event := decoder.feed(line)) is not None]
     return events, decoder
+
+
+async def test_under_another_asgi_server_the_stream_goes_through_send(
+    client: httpx.AsyncClient,
+) -> None:
+    """A server that does not hand its transport over (here httpx's in-process ASGI
+    transport) still gets the stream, through ASGI `send`."""
+    written = [await put(client, f"a{i}", "online") for i in range(3)]
+    answer = await client.get("/api/v1/watch", params={"after": 0, "timeout": 0})
+    assert answer.status_code == 200
+    lines = answer.text.split("\n")
+    assert lines.pop() == ""
+    decoder = SseDecoder()
+    events = [event for line in lines if (event := decoder.feed(line)) is not None]
+    assert revisions(events) == written
+    assert decoder.retry == 2000

@@ -67,7 +67,7 @@ def _pending_future() -> asyncio.Future[None]:
     return asyncio.get_running_loop().create_future()
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)
 class Watcher:
     """One open stream: its filter, its position and what its connection holds."""
 
@@ -243,7 +243,7 @@ class WatchHub:
                 self._join(watcher)
                 return
             await sink.drained()
-            await self._room()
+            await self._room(watcher)
             if watcher.final is not None:
                 return
             records = await self.store.changes(watcher.cursor, page)
@@ -266,7 +266,8 @@ class WatchHub:
         were the connection closed now, its socket would stay open until then)."""
         sink = watcher.sink
         assert sink is not None
-        while not watcher.lost and sink.buffered():
+        # Stopping, the process lets every socket go with it.
+        while not (watcher.lost or self._closed) and sink.buffered():
             watcher.flushed = asyncio.get_running_loop().create_future()
             await watcher.flushed
 
@@ -292,6 +293,7 @@ class WatchHub:
                 watcher.abort()
             else:
                 watcher.end()
+            watcher.settle_flush()
         for task in (self._task, self._ticker):
             if task is not None:
                 task.cancel()
@@ -313,10 +315,10 @@ class WatchHub:
                 total += watcher.buffered_seen
         self._buffered_total = total
 
-    async def _room(self) -> None:
+    async def _room(self, watcher: Watcher) -> None:
         """Until the streams together hold less than the process's budget (a replay
         adds to it only then; the live fan-out and the ticker make room)."""
-        while self._buffered_total > self.memory_budget:
+        while self._buffered_total > self.memory_budget and watcher.final is None:
             self._recount()
             if self._buffered_total <= self.memory_budget:
                 return
