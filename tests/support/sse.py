@@ -28,7 +28,7 @@ class SseEvent:
         return int(self.id)
 
 
-class SseDecoder:
+class SseParser:
     """Lines in, events out, as httpx-sse (a widely used client) decodes them, which
     is looser than the WHATWG rules: every blank line after a `retry:` field, or
     after any `id:` seen so far, dispatches an event, even one without data. A
@@ -42,7 +42,8 @@ class SseDecoder:
         self._retry: int | None = None
         self._last_id = ""
 
-    def feed(self, line: str) -> SseEvent | None:
+    def line(self, line: str) -> SseEvent | None:
+        """Read one line; the event it completes, if any."""
         if line == "":
             fields, retry = self._fields, self._retry
             self._fields, self._retry = {}, None
@@ -67,10 +68,16 @@ class SseDecoder:
         return None
 
 
+def parse_sse(text: str) -> list[SseEvent]:
+    """Every event of a whole stream's body."""
+    parser = SseParser()
+    return [event for line in text.splitlines() if (event := parser.line(line)) is not None]
+
+
 class SseStream:
     def __init__(self, response: httpx.Response) -> None:
         self.response = response
-        self.decoder = SseDecoder()
+        self.decoder = SseParser()
         self._lines = response.aiter_lines()
 
     @property
@@ -87,7 +94,7 @@ class SseStream:
 
     async def _next(self) -> SseEvent | None:
         async for line in self._lines:
-            if (event := self.decoder.feed(line)) is not None:
+            if (event := self.decoder.line(line)) is not None:
                 return event
         return None
 

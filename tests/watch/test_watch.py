@@ -28,7 +28,7 @@ from tests.support.hub import (
 )
 from tests.support.polling import eventually
 from tests.support.ports import free_port
-from tests.support.sse import SseDecoder, SseEvent, watch
+from tests.support.sse import SseEvent, SseParser, watch
 
 USERS = "/api/v1/states/user"
 
@@ -388,13 +388,13 @@ async def test_no_block_without_data_reaches_an_httpx_sse_client(
             assert all(event.json for event in events)
 
 
-def _decode(answer: bytes) -> tuple[list[SseEvent], SseDecoder]:
+def _decode(answer: bytes) -> tuple[list[SseEvent], SseParser]:
     head, _, body = answer.partition(b"\r\n\r\n")
     assert head.startswith(b"HTTP/1.1 200 "), head
     lines = decode_chunked(body).decode().split("\n")
     assert lines.pop() == ""  # what follows the last line break: no line at all
-    decoder = SseDecoder()
-    events = [event for line in lines if (event := decoder.feed(line)) is not None]
+    decoder = SseParser()
+    events = [event for line in lines if (event := decoder.line(line)) is not None]
     return events, decoder
 
 
@@ -408,7 +408,7 @@ async def test_under_another_asgi_server_the_stream_goes_through_send(
     assert answer.status_code == 200
     lines = answer.text.split("\n")
     assert lines.pop() == ""
-    decoder = SseDecoder()
-    events = [event for line in lines if (event := decoder.feed(line)) is not None]
+    decoder = SseParser()
+    events = [event for line in lines if (event := decoder.line(line)) is not None]
     assert revisions(events) == written
     assert decoder.retry == 2000
