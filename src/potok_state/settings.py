@@ -6,6 +6,7 @@ as in the original service.
 
 from __future__ import annotations
 
+import resource
 from enum import StrEnum
 from functools import cached_property
 
@@ -19,6 +20,20 @@ DEFAULT_SQLITE_URL = "sqlite+aiosqlite:///./data/potok-state.db"
 DEVELOPMENT_API_KEYS = "gateway:gateway-service-key"
 # Production refuses API keys and a WEBHOOK_SECRET_KEY shorter than this.
 MIN_PRODUCTION_SECRET = 16
+FILES_KEPT_FROM_CONNECTIONS = 288
+"""Open files a server process needs besides its connections (database, Redis,
+logs) and the 32 overflow connections kept for health probes (kit/server.py)."""
+
+
+def connections_for_open_files() -> int:
+    """The connections this process can hold: its open-file limit less what it
+    needs besides them."""
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY:
+        return 65_536
+    return max(16, soft - FILES_KEPT_FROM_CONNECTIONS)
+
+
 EXAMPLE_SECRETS = frozenset({"", "your-webhook-secret", "change-me", "development-secret"})
 
 
@@ -432,8 +447,8 @@ class Settings(BaseSettings):
         ge=100,
         description="An idle kept-alive connection is closed after so many ms.",
     )
-    max_connections: int | None = Field(
-        None,
+    max_connections: int = Field(
+        default_factory=connections_for_open_files,
         ge=1,
         description="Connections served at once per process; beyond it requests get 503 "
         "(health probes are still answered). Default: the open-file limit less 288.",

@@ -27,7 +27,6 @@ with any `--workers` count gets the same edge.
 from __future__ import annotations
 
 import asyncio
-import resource
 import time
 import uuid
 from asyncio import TimerHandle
@@ -47,6 +46,7 @@ from potok_state.kit.error_body import ErrorBody
 from potok_state.kit.errors import error_response
 from potok_state.kit.security_headers import SecurityHeadersMiddleware
 from potok_state.logging import bind_request_id
+from potok_state.settings import connections_for_open_files
 
 if TYPE_CHECKING:
     from uvicorn.config import Config
@@ -62,19 +62,8 @@ OVERFLOW_CONNECTIONS = 32
 """Connections beyond MAX_CONNECTIONS that are still read, to answer health probes."""
 OVERFLOW_HEAD_TIMEOUT = 1.0
 """Seconds an overflow connection gets to send its request head."""
-RESERVED_FILES = 256
-"""Open files kept for the process itself (database, Redis, logs) when
-MAX_CONNECTIONS is sized from the open-file limit."""
 REFUSAL_LOG_INTERVAL = 10.0
 """Refused connections are logged as one line per so many seconds."""
-
-
-def default_max_connections() -> int:
-    """The open-file limit of this process, less what it needs for itself."""
-    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if soft == resource.RLIM_INFINITY:
-        return 65_536
-    return max(16, soft - RESERVED_FILES - OVERFLOW_CONNECTIONS)
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,7 +77,7 @@ class ConnectionLimits:
     @classmethod
     def from_settings(cls, settings: Settings) -> ConnectionLimits:
         return cls(
-            max_connections=settings.max_connections or default_max_connections(),
+            max_connections=settings.max_connections,
             header_timeout=settings.request_header_timeout / 1000,
             keep_alive_timeout=settings.keep_alive_timeout / 1000,
         )
@@ -193,7 +182,7 @@ class EdgeProtocol(HttpToolsProtocol):
         super().__init__(config, server_state, app_state, _loop)
         limits = getattr(config, "limits", None)
         if not isinstance(limits, ConnectionLimits):
-            limits = ConnectionLimits(default_max_connections(), 10.0, 5.0)
+            limits = ConnectionLimits(connections_for_open_files(), 10.0, 5.0)
         self.limits = limits
         # uvicorn's own keep-alive timer, in seconds (its Config takes whole seconds).
         self.timeout_keep_alive = limits.keep_alive_timeout  # type: ignore[assignment]
