@@ -293,6 +293,14 @@ async def test_half_sent_requests_and_idle_connections_are_closed(
         answer = await kept.read_until_closed(timeout=3)
         assert answer.startswith(b"HTTP/1.1 200 ")
         assert 0.4 < time.monotonic() - idle_from < 2.5  # KEEP_ALIVE_TIMEOUT, then closed
+
+        # A later request on a kept-alive connection has the same deadline.
+        kept = await RawConnection.open(port)
+        await kept.send(b"GET /health/liveness HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert (await kept.read_response()).startswith(b"HTTP/1.1 200 ")
+        await kept.send(HALF_SENT)
+        answer = await kept.read_until_closed(timeout=1 + 2)
+        assert answer.startswith(b"HTTP/1.1 408 "), answer
     finally:
         await process.stop()
 

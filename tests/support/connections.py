@@ -51,6 +51,25 @@ class RawConnection:
                     return bytes(received)
                 received += chunk
 
+    async def read_response(self, timeout: float = 5.0) -> bytes:  # noqa: ASYNC109
+        """One whole response with a Content-Length, the connection left open."""
+        loop = asyncio.get_running_loop()
+        received = bytearray()
+        async with asyncio.timeout(timeout):
+            while True:
+                head, found, body = bytes(received).partition(b"\r\n\r\n")
+                if found:
+                    length = next(
+                        int(line.split(b":", 1)[1])
+                        for line in head.split(b"\r\n")
+                        if line.lower().startswith(b"content-length:")
+                    )
+                    if len(body) >= length:
+                        return bytes(received)
+                chunk = await loop.sock_recv(self.socket, 65_536)
+                assert chunk, f"closed after {bytes(received)!r}"
+                received += chunk
+
     def close(self) -> None:
         self.socket.close()
 
