@@ -4,9 +4,9 @@
 * **Request heads have a deadline.** A connection must deliver a whole request head
   within REQUEST_HEADER_TIMEOUT of opening (later requests on a kept-alive
   connection: of their first byte); otherwise it gets a 408 and is closed (within
-  one or two HEAD_SWEEP_INTERVALs of the deadline). Bodies
-  have their own pace limit (kit/body_limit.py); idle kept-alive connections close
-  after KEEP_ALIVE_TIMEOUT.
+  one or two HEAD_SWEEP_INTERVALs of the deadline). Bodies have their own pace
+  limit (kit/body_limit.py); idle kept-alive connections close after
+  KEEP_ALIVE_TIMEOUT.
 * **Connections are capped per process.** Up to MAX_CONNECTIONS are served as
   usual. A few more (OVERFLOW_CONNECTIONS) are read only to answer `/health…`
   normally and anything else with an immediate 503, each then closed, so probes
@@ -16,7 +16,8 @@
   ASGI extension `potok.stream_transport`: its `StreamTransport` lets a response
   that streams for long (a watch stream) write body chunks straight to the
   transport, past the middleware chain, see how much the transport holds, and
-  abort the connection when the client stops reading (docs/watch.md, "Memory").
+  abort the connection when the client stops reading (docs/watch.md, "One hub per
+  process").
 
 Why a protocol subclass: uvicorn has no header timeout and its only connection
 limit (`limit_concurrency`) answers every request over it with a 503, health
@@ -64,8 +65,7 @@ OVERFLOW_CONNECTIONS = 32
 OVERFLOW_HEAD_TIMEOUT = 1.0
 """Seconds an overflow connection gets to send its request head."""
 HEAD_SWEEP_INTERVAL = 0.5
-"""How often the request-head deadlines are looked at: a head is timed out within
-this much after its deadline."""
+"""How often the request-head deadlines are looked at."""
 REFUSAL_LOG_INTERVAL = 10.0
 """Refused connections are logged as one line per so many seconds."""
 

@@ -159,6 +159,11 @@ class StateStore(Protocol):
 
     async def changes(self, after_revision: int, limit: int) -> list[EventRecord]: ...
 
+    async def recent_changes(self, after_revision: int, limit: int) -> list[EventRecord]:
+        """As `changes`, for a reader that follows the head closely and reads a few
+        small events at a time (the watch hub), cheaply."""
+        ...
+
     async def revision_bounds(self) -> RevisionBounds: ...
 
     async def status_counts(self, entity: str | None = None) -> list[StatusCount]:

@@ -55,6 +55,10 @@ HEARTBEAT = StreamChunk(b": heartbeat\n")
 # with many streams fewer, larger rounds keep the loop free for writers.
 FAN_OUT_PAUSE_PER_WRITE = 0.000_05
 MAX_FAN_OUT_PAUSE = 0.08
+# Rounds are at least this far apart however few streams they write to: each
+# read of the outbox costs about as much as a small write, and a busy store
+# commits far more often than this.
+MIN_ROUND_SPACING = 0.005
 
 
 def reset_frame(reason: str, **fields: int | None) -> bytes:
@@ -404,14 +408,13 @@ class WatchHub:
                 await asyncio.sleep(RETRY_AFTER_STORE_ERROR)
                 continue
             pause = min(MAX_FAN_OUT_PAUSE, self._writes_last_round * FAN_OUT_PAUSE_PER_WRITE)
-            if pause > 0.001:
-                await asyncio.sleep(pause)
+            await asyncio.sleep(max(MIN_ROUND_SPACING, pause))
 
     async def _read_new(self) -> None:
         self._writes_last_round = 0
         while self._watchers:
             page = self._page
-            records = await self.store.changes(self.head, page)
+            records = await self.store.recent_changes(self.head, page)
             if not records:
                 return
             events = [WatchEvent(record) for record in records]
@@ -419,6 +422,7 @@ class WatchHub:
             self._fan_out(events)
             if len(records) < page:
                 return
+            await asyncio.sleep(0)  # a long way behind: let the writers in between pages
 
     def _fan_out(self, events: Sequence[WatchEvent]) -> None:
         if events[-1].revision <= self.head:  # the hub restarted from a newer head meanwhile
