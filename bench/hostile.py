@@ -101,6 +101,7 @@ async def measure_hostile(service: Service, session: aiohttp.ClientSession) -> H
     health: list[float] = []
     failures = 0
     closed = False
+    seen_open = 0
     try:
         while time.monotonic() - opened < CLOSED_WITHIN:
             peak = max(peak, resident_bytes(service.pid))
@@ -115,7 +116,10 @@ async def measure_hostile(service: Service, session: aiohttp.ClientSession) -> H
                 health.append((time.monotonic() - asked) * 1000)
             else:
                 failures += 1
-            if await _watch_metric(session, service, "potok_watch_clients") == 0:
+            # Closed once every stream was seen open and none is left.
+            clients = await _watch_metric(session, service, "potok_watch_clients")
+            seen_open = max(seen_open, int(clients))
+            if seen_open >= len(sockets) and clients == 0:
                 closed = True
                 break
             await asyncio.sleep(SAMPLE_EVERY)

@@ -34,6 +34,7 @@ from potok_state.kit.body_limit import RequestBodyLimitMiddleware
 from potok_state.kit.errors import install_error_handlers
 from potok_state.kit.request_context import RequestContextMiddleware
 from potok_state.kit.security_headers import SecurityHeadersMiddleware
+from potok_state.kit.server import settle_heap
 from potok_state.kit.shutdown import on_exit_signal
 from potok_state.kit.throttle import Throttle
 from potok_state.leases.api import router as leases_router
@@ -393,8 +394,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
 
 def app_from_environment() -> FastAPI:
-    """Factory for `uvicorn --factory`: settings from the environment and `.env`."""
-    return create_app(Settings())
+    """Factory for `uvicorn --factory` (each process of `serve --workers N`):
+    settings from the environment and `.env`; the heap settled before serving."""
+    app = create_app(Settings())
+    settle_heap()
+    return app
 
 
 async def run_worker(settings: Settings) -> None:

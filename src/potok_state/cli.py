@@ -46,7 +46,7 @@ def serve(args: argparse.Namespace) -> None:
     import uvicorn
     from uvicorn.supervisors import Multiprocess
 
-    from potok_state.kit.server import ConnectionLimits, ServerConfig
+    from potok_state.kit.server import ConnectionLimits, ServerConfig, settle_heap
     from potok_state.states.machines import MachineDefinitionError
 
     settings = _load_settings()
@@ -73,6 +73,7 @@ def serve(args: argparse.Namespace) -> None:
     # writes live in the protocol (kit/server.py, docs/operations.md "Limits").
     limits = ConnectionLimits.from_settings(settings)
     if workers == 1:
+        settle_heap()
         config = ServerConfig(app, limits=limits, **server)
         # The port first: a second `serve` on a busy port stops here, before
         # its lifespan starts a delivery worker or announces itself started.

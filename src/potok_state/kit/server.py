@@ -29,6 +29,7 @@ with any `--workers` count gets the same edge.
 from __future__ import annotations
 
 import asyncio
+import gc
 import time
 import uuid
 import weakref
@@ -68,6 +69,27 @@ HEAD_SWEEP_INTERVAL = 0.5
 """How often the request-head deadlines are looked at."""
 REFUSAL_LOG_INTERVAL = 10.0
 """Refused connections are logged as one line per so many seconds."""
+
+
+YOUNG_GENERATION_THRESHOLD = 10_000
+"""Allocations between collections of the youngest generation (Python's default: 700)."""
+
+
+def settle_heap() -> None:
+    """Once the app is built, before it serves: what importing and building it
+    made (modules, routes, schemas: objects that live as long as the process) is
+    moved out of the cyclic collector's sight, and the young generation is
+    collected less often. Measured under the PUT load of the bench: full
+    collections walked that heap in 80-120 ms, two or three times a second, about
+    a fifth of the server's CPU; settled, writes per server CPU-second rose by a
+    quarter (SQLite) to a third (PostgreSQL), and 1000 open watch streams cost
+    about half as much per write (docs/operations.md, "Sizing"). Garbage is freed
+    as before; only cycles among the objects frozen here never are (they live as
+    long as the process anyway)."""
+    gc.collect()
+    gc.freeze()
+    _, middle, oldest = gc.get_threshold()
+    gc.set_threshold(YOUNG_GENERATION_THRESHOLD, middle, oldest)
 
 
 @dataclass(frozen=True, slots=True)
