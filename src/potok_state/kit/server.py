@@ -81,8 +81,8 @@ def settle_heap() -> None:
     moved out of the cyclic collector's sight, and the young generation is
     collected less often. Measured under the PUT load of the bench: full
     collections walked that heap in 80-120 ms, two or three times a second, about
-    a fifth of the server's CPU; settled, writes per server CPU-second rose by a
-    quarter (SQLite) to a third (PostgreSQL), and 1000 open watch streams cost
+    a fifth of the server's CPU; settled, writes per server CPU-second rose by about
+    23 % (SQLite) and 40 % (PostgreSQL), and 1000 open watch streams cost
     about half as much per write (docs/operations.md, "Sizing"). Garbage is freed
     as before; only cycles among the objects frozen here never are (they live as
     long as the process anyway)."""
