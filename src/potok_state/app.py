@@ -43,8 +43,9 @@ from potok_state.logging import configure_logging
 from potok_state.metrics import Metrics
 from potok_state.metrics import router as metrics_router
 from potok_state.settings import AppEnv, ExternalDbSettings, Settings, StorageBackend
-from potok_state.states.api import machines_router
 from potok_state.states.api import router as states_router
+from potok_state.states.machine_api import router as machines_router
+from potok_state.states.machine_service import MachineService
 from potok_state.states.machines import load_machines
 from potok_state.states.service import StateService
 from potok_state.storage.migrate import head_revision, schema_revision, upgrade_to_head
@@ -277,6 +278,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         cache=cache,
         metrics=metrics,
     )
+    machine_service = MachineService(
+        store, machines, metrics, schema_max_bytes=settings.metadata_max_bytes
+    )
     reaper = LeaseReaper(store, state_service)
     stream_publisher = create_stream_publisher(settings, store, metrics)
     pruner = Pruner(
@@ -304,6 +308,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             await prepare_schema(store)
             await webhook_service.subscriptions.seal_stored_secrets()
             await store.commits.start()
+            await machine_service.start()
             if replicator is not None:
                 await replicator.start()
             if stream_publisher is not None:
@@ -328,6 +333,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 await stream_publisher.stop()
             if replicator is not None:
                 await replicator.stop()
+            await machine_service.stop()
             await throttle.close()
             if cache is not None:
                 await cache.close()
@@ -351,6 +357,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.throttle = throttle
     app.state.store = store
     app.state.state_service = state_service
+    app.state.machine_service = machine_service
     app.state.change_feed = ChangeFeed(store)
     app.state.watch_hub = watch_hub
     app.state.event_publisher = event_publisher

@@ -52,6 +52,9 @@ async def test_lists_the_built_in_tables(client: httpx.AsyncClient) -> None:
             "failed": ["in_progress"],
         },
         "lease": None,
+        "metadataSchema": None,
+        "source": "builtin",
+        "version": None,
     }
     assert tables["process"]["initial"] == ["pending"]
     assert tables["process"]["final"] == ["finished"]
@@ -100,6 +103,13 @@ async def test_a_file_overrides_and_extends_the_built_ins(
     assert tables["task"]["final"] == ["done"]
     assert tables["order"]["final"] == ["shipped", "cancelled"]
     assert tables["process"]["initial"] == ["pending"]
+    assert {entity: table["source"] for entity, table in tables.items()} == {
+        "order": "file",
+        "process": "builtin",
+        "service": "builtin",
+        "task": "file",
+        "user": "builtin",
+    }
 
 
 async def test_a_file_table_is_enforced(custom_client: httpx.AsyncClient) -> None:
@@ -242,6 +252,10 @@ machines:
     "unknown key": (
         "machines:\n  job:\n    statuses: [new]\n    finals: [new]\n",
         ["job", "unknown key", "finals"],
+    ),
+    "invalid metadata schema": (
+        "machines:\n  job:\n    statuses: [new]\n    metadataSchema: {type: objekt}\n",
+        ["job", "metadataSchema is not a valid JSON Schema", "type"],
     ),
 }
 

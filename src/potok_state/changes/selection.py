@@ -8,9 +8,11 @@ from collections.abc import Collection
 EVENT_FILTER_PATTERN = (
     r"^(\*|entity\.\*|entity\.(created|updated|deleted)"
     r"|custom\.\*|custom\.[a-z0-9][a-z0-9_.-]{0,99}"
+    r"|machine\.(\*|updated)"
     r"|subscription\.(\*|failing|disabled|enabled))$"
 )
 """`*`, `entity.*`, `entity.created|updated|deleted`, `custom.*`, one custom event,
+`machine.*` or `machine.updated` (a state-machine definition changed),
 `subscription.*` or one operational event."""
 
 OPERATIONAL_PREFIX = "subscription."

@@ -14,7 +14,8 @@ longer needed:
   revisions below the oldest kept one answer 410 `revision_pruned`;
 * idempotency records older than IDEMPOTENCY_TTL (they replay nothing any more);
 * history older than HISTORY_RETENTION, only when it is set (and, with the
-  external backend, only what the Admin Service already has).
+  external backend, only what the Admin Service already has); `history_horizon`
+  records how far.
 
 Several processes may prune at once: every delete is idempotent.
 """
@@ -217,26 +218,38 @@ class Pruner:
         return await self.db.write(work)
 
     async def _prune_history(self, cutoff: datetime) -> tuple[int, bool]:
-        """The oldest rows by revision, up to the first one newer than the cutoff."""
+        """The oldest rows by revision, up to the first one newer than the
+        cutoff; the horizon moves with them, in the same transaction (reads as
+        of a revision tell "pruned" from "did not exist" by it)."""
         dialect, limit = self.dialect, self.settings.batch
 
         async def work(tx: Tx) -> tuple[int, bool]:
             rows = await tx.fetch(
                 "SELECT revision, changed_at FROM state_history ORDER BY revision LIMIT $1", limit
             )
+            # With the external backend the history is also its journal
+            # (docs/external.md): nothing the Admin Service does not have yet.
+            synced = await tx.fetchval("SELECT revision FROM external_sync WHERE id = 1")
             last = None
             for row in rows:
                 if dialect.read_time(row["changed_at"]) >= cutoff:
                     break
-                last = row["revision"]
-            # With the external backend the history is also its journal
-            # (docs/external.md): nothing the Admin Service does not have yet.
-            synced = await tx.fetchval("SELECT revision FROM external_sync WHERE id = 1")
-            if last is not None and synced is not None:
-                last = min(last, int(synced))
+                if synced is not None and row["revision"] > int(synced):
+                    break
+                last = row
             if last is None:
                 return 0, False
-            deleted = await tx.execute("DELETE FROM state_history WHERE revision <= $1", last)
+            deleted = await tx.execute(
+                "DELETE FROM state_history WHERE revision <= $1", last["revision"]
+            )
+            await tx.execute(_RAISE_HORIZON, last["revision"], last["changed_at"])
             return deleted, deleted == limit
 
         return await self.db.write(work)
+
+
+_RAISE_HORIZON = (
+    "INSERT INTO history_horizon (id, revision, changed_at) VALUES (1, $1, $2) "
+    "ON CONFLICT (id) DO UPDATE SET revision = excluded.revision, "
+    "changed_at = excluded.changed_at WHERE history_horizon.revision < excluded.revision"
+)

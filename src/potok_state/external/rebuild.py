@@ -49,7 +49,7 @@ async def rebuild_journal(
             "the journal (DATABASE_URL) already holds states or history: rebuild into an "
             "empty database"
         )
-    history = await _everything(admin, history_collection)
+    history = sorted(await _everything(admin, history_collection), key=lambda d: int(d["revision"]))
     states = await _everything(admin, states_collection)
     revision = max(
         [int(doc["revision"]) for doc in history] + [int(doc["revision"]) for doc in states],
@@ -62,8 +62,8 @@ async def rebuild_journal(
             raise JournalNotEmpty("the journal filled up while it was being rebuilt")
         await tx.executemany(
             "INSERT INTO state_history (revision, entity_type, entity_id, version, event, "
-            "previous_status, new_status, metadata, reason, actor, changed_at) "
-            "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
+            "previous_status, new_status, metadata, reason, actor, changed_at, created_at) "
+            "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
             [
                 (
                     int(doc["revision"]),
@@ -77,8 +77,9 @@ async def rebuild_journal(
                     doc.get("reason"),
                     doc["actor"],
                     dialect.time(_time(doc["changedAt"])),
+                    None if created is None else dialect.time(created),
                 )
-                for doc in history
+                for doc, created in zip(history, _life_starts(history), strict=True)
             ],
         )
         await tx.executemany(
@@ -107,6 +108,20 @@ async def rebuild_journal(
 
     await store.db.write(write)
     return Rebuilt(states=len(states), history=len(history), revision=revision)
+
+
+def _life_starts(history: list[Json]) -> list[datetime | None]:
+    """Each record's `created_at`, in revision order: the time of its entity's
+    newest creation so far (None for a deletion, or when the creation is not
+    among the records)."""
+    created: dict[tuple[str, str], datetime] = {}
+    starts: list[datetime | None] = []
+    for doc in history:
+        key = (doc["entityType"], doc["entityId"])
+        if doc["event"] == "entity.created":
+            created[key] = _time(doc["changedAt"])
+        starts.append(None if doc.get("newStatus") is None else created.get(key))
+    return starts
 
 
 async def _holds_changes(tx: Tx) -> bool:

@@ -8,8 +8,9 @@ from typing import Annotated
 from fastapi import APIRouter, Path, Query, Request, Response, status
 
 from potok_state.clock import InputTime
+from potok_state.events.service import RevisionPruned
 from potok_state.idempotency import Applied
-from potok_state.kit.auth import PartialReader, Reader, Writer
+from potok_state.kit.auth import Reader, Writer
 from potok_state.kit.compiled_route import CompiledRoute
 from potok_state.kit.errors import BadRequest, InvalidInput, Unavailable, error_responses
 from potok_state.kit.headers import (
@@ -20,10 +21,11 @@ from potok_state.kit.headers import (
     etag,
 )
 from potok_state.kit.responses import JsonBytes
+from potok_state.states.as_of import AS_OF_PARAMETER, parse_as_of
 from potok_state.states.encoding import EncodedState
 from potok_state.states.errors import (
     InvalidTransition,
-    MachineNotFound,
+    StateDeleted,
     StateNotFound,
     VersionMismatch,
 )
@@ -37,7 +39,6 @@ from potok_state.states.schemas import (
     HistoryPage,
     RecordStateRequest,
     SortSpec,
-    StateMachineView,
     StatePage,
     StateView,
     UpdateStateRequest,
@@ -171,16 +172,51 @@ async def apply_batch(
 @router.get(
     "/states/{entity}/{entity_id}",
     response_model=StateView,
-    summary="One state, with its version as ETag",
-    response_description="The state; ETag: its version",
-    responses=error_responses(StateNotFound),
+    summary="One state, with its version as ETag; or as it was at a revision or a time",
+    response_description="The state (or the state as it was); ETag: its version",
+    responses=error_responses(StateNotFound, StateDeleted, RevisionPruned),
+    # Read from the query string by the route itself, only when there is one:
+    # declared as a parameter it would take the plain GET off its compiled
+    # plan (kit/compiled_route.py).
+    openapi_extra={
+        "parameters": [
+            {
+                "name": AS_OF_PARAMETER,
+                "in": "query",
+                "required": False,
+                "description": "The state as it was at this revision, or at this RFC 3339 time "
+                "(the newest revision committed by then).",
+                "schema": {
+                    "anyOf": [
+                        {"type": "integer", "minimum": 0},
+                        {"type": "string", "format": "date-time"},
+                    ]
+                },
+                "examples": {
+                    "revision": {"value": 42},
+                    "time": {"value": "2026-11-27T10:00:00Z"},
+                },
+            }
+        ]
+    },
 )
 async def get_state(
     request: Request, entity: EntityPath, entity_id: EntityIdPath, _: Reader
 ) -> Response:
     """The current state, with `ETag: "<version>"` for `If-Match`. 404 `state_not_found`. A leased
-    state is always read fresh (its `lease.expiresAt`)."""
-    state = await state_service(request).get_state(entity, entity_id)
+    state is always read fresh (its `lease.expiresAt`).
+
+    With `asOf=<revision>` or `asOf=<RFC 3339 time>`: the state as it was then (without a lease).
+    404 `state_not_found` before it existed, 404 `state_deleted` while it was deleted, 410
+    `revision_pruned` once HISTORY_RETENTION removed what is needed, 422 `revision_unknown` for a
+    revision that has not happened yet, 422 `invalid_as_of`."""
+    service = state_service(request)
+    if request.scope["query_string"]:
+        raw = request.query_params.get(AS_OF_PARAMETER)
+        if raw is not None:
+            past = await service.state_as_of(entity, entity_id, parse_as_of(raw))
+            return JsonBytes(past.body, headers={"ETag": etag(past.version)})
+    state = await service.get_state(entity, entity_id)
     return JsonBytes(state.body, headers={"ETag": etag(state.version)})
 
 
@@ -302,35 +338,3 @@ async def state_history(
     return JsonBytes(
         await state_service(request).history(entity, entity_id, limit=limit, cursor=cursor)
     )
-
-
-# Their own router: a route's tags add to its router's, and the docs page would
-# list these under "states" as well.
-machines_router = APIRouter(prefix="/api/v1", tags=["state machines"], route_class=CompiledRoute)
-
-
-@machines_router.get(
-    "/state-machines",
-    response_model=list[StateMachineView],
-    summary="All transition tables",
-    response_description="Every transition table",
-    responses=error_responses(),
-)
-async def list_state_machines(request: Request, caller: PartialReader) -> list[StateMachineView]:
-    """Every transition table the key may read: statuses, initial and final statuses, allowed
-    transitions, and the lease new states get."""
-    readable = caller.readable()
-    machines = state_service(request).state_machines()
-    return machines if readable is None else [m for m in machines if m.entity in readable]
-
-
-@machines_router.get(
-    "/state-machines/{entity}",
-    response_model=StateMachineView,
-    summary="The transition table of one entity type",
-    response_description="The type's transition table",
-    responses=error_responses(MachineNotFound),
-)
-async def get_state_machine(request: Request, entity: EntityPath, _: Reader) -> StateMachineView:
-    """One type's transition table. 404 `state_machine_not_found`."""
-    return state_service(request).state_machine(entity)

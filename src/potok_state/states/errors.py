@@ -18,8 +18,30 @@ class StateNotFound(NotFound):
     code = "state_not_found"
 
 
+class StateDeleted(NotFound):
+    """Asked as of a point at which the state had been deleted."""
+
+    code = "state_deleted"
+
+
 class MachineNotFound(NotFound):
     code = "state_machine_not_found"
+
+
+class InvalidMachineDefinition(InvalidInput):
+    code = "invalid_state_machine"
+
+
+class MachineReadOnly(Conflict):
+    """A built-in or file-defined table: it changes with the deployment, not the API."""
+
+    code = "state_machine_read_only"
+
+
+class StatesStranded(Conflict):
+    """The definition would leave states in statuses it does not have."""
+
+    code = "states_stranded"
 
 
 class InvalidTransition(Conflict):

@@ -1,19 +1,28 @@
 """Declarative transition tables per entity type (docs/data-model.md, "Transition tables").
 
 Built-in tables cover `task`, `user`, `process` and `service`; a YAML file
-(`STATE_MACHINES_FILE`) overrides or extends them. Tables are checked when they
-load, so a broken table stops startup with a message that names the problem
-instead of misbehaving later.
+(`STATE_MACHINES_FILE`) overrides or extends them, and types may be defined
+over the API (`PUT /state-machines/{entity}`, stored in the database). Every
+table, wherever it comes from, is checked by `build_machine`: a broken file
+stops startup with a message that names the problem, a broken definition sent
+to the API is a 422 with the same message.
 """
 
 from __future__ import annotations
 
 import re
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from enum import StrEnum
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import yaml
+from pydantic import JsonValue
+
+if TYPE_CHECKING:
+    from potok_state.states.metadata_schema import MetadataSchema
+
 
 ANY = "*"
 DELETE = "delete"
@@ -22,8 +31,19 @@ STATUS_PATTERN = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
 ENTITY_PATTERN = re.compile(r"^[a-z][a-z0-9_-]{0,63}$")
 
 
+TABLE_KEYS = frozenset({"statuses", "initial", "transitions", "final", "lease", "metadataSchema"})
+
+
 class MachineDefinitionError(ValueError):
     """A transition table that cannot be loaded; the message names the problem."""
+
+
+class MachineSource(StrEnum):
+    """Where a type's table comes from; only `api` tables change through the API."""
+
+    BUILTIN = "builtin"
+    FILE = "file"
+    API = "api"
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,6 +64,10 @@ class StateMachine:
     transitions: Mapping[str, tuple[str, ...]]
     final: tuple[str, ...]
     lease: LeasePolicy | None = None
+    metadata_schema: MetadataSchema | None = None
+    source: MachineSource = MachineSource.BUILTIN
+    version: int | None = None
+    """The definition's version: API-defined types only."""
 
     def allows_initial(self, status: str) -> bool:
         return status in self.initial
@@ -73,12 +97,18 @@ def _status_list(
     return tuple(dict.fromkeys(value))
 
 
-def build_machine(entity: str, definition: object) -> StateMachine:
+def build_machine(
+    entity: str,
+    definition: object,
+    *,
+    source: MachineSource = MachineSource.BUILTIN,
+    version: int | None = None,
+) -> StateMachine:
     if not ENTITY_PATTERN.match(entity):
         raise MachineDefinitionError(f"{entity!r}: not a valid entity type name")
     if not isinstance(definition, dict):
         raise MachineDefinitionError(f"{entity}: the table must be a mapping")
-    extra = set(definition) - {"statuses", "initial", "transitions", "final", "lease"}
+    extra = set(definition) - TABLE_KEYS
     if extra:
         raise MachineDefinitionError(f"{entity}: unknown key(s) {', '.join(sorted(extra))}")
     raw_statuses = definition.get("statuses")
@@ -99,12 +129,12 @@ def build_machine(entity: str, definition: object) -> StateMachine:
     if raw_transitions == ANY:
         transitions = {status: statuses for status in statuses}
     elif isinstance(raw_transitions, dict):
-        for source, targets in raw_transitions.items():
-            if source not in statuses:
+        for origin, targets in raw_transitions.items():
+            if origin not in statuses:
                 raise MachineDefinitionError(
-                    f"{entity}: transitions from unknown status {source!r}"
+                    f"{entity}: transitions from unknown status {origin!r}"
                 )
-            transitions[source] = _status_list(entity, f"transitions.{source}", targets, statuses)
+            transitions[origin] = _status_list(entity, f"transitions.{origin}", targets, statuses)
     else:
         raise MachineDefinitionError(
             f"{entity}: 'transitions' must map a status to a list of statuses, or be \"*\""
@@ -133,12 +163,45 @@ def build_machine(entity: str, definition: object) -> StateMachine:
             f"{entity}: status(es) {', '.join(unreachable)} "
             "cannot be reached from an initial status"
         )
-    machine = StateMachine(entity, statuses, initial, transitions, final)
+    machine = StateMachine(
+        entity, statuses, initial, transitions, final, source=source, version=version
+    )
     if "lease" in definition:
-        machine = StateMachine(
-            entity, statuses, initial, transitions, final, _lease(machine, definition["lease"])
+        machine = replace(machine, lease=_lease(machine, definition["lease"]))
+    if definition.get("metadataSchema") is not None:
+        machine = replace(
+            machine, metadata_schema=_metadata_schema(entity, definition["metadataSchema"])
         )
     return machine
+
+
+def _metadata_schema(entity: str, value: object) -> MetadataSchema:
+    # Imported here: the wire models (states/schemas.py, which the Python client
+    # loads) import this module, and the validator is server code.
+    from potok_state.states.metadata_schema import InvalidMetadataSchema, MetadataSchema
+
+    if not isinstance(value, dict):
+        raise MachineDefinitionError(f"{entity}: 'metadataSchema' must be a JSON Schema object")
+    try:
+        return MetadataSchema(value)
+    except InvalidMetadataSchema as exc:
+        raise MachineDefinitionError(f"{entity}: {exc}") from None
+
+
+def machine_table(machine: StateMachine) -> dict[str, JsonValue]:
+    """The table as `build_machine` takes it back and the API shows it: every
+    list spelled out, `final` and the lease default included."""
+    table: dict[str, JsonValue] = {
+        "statuses": list(machine.statuses),
+        "initial": list(machine.initial),
+        "final": list(machine.final),
+        "transitions": {source: list(targets) for source, targets in machine.transitions.items()},
+    }
+    if machine.lease is not None:
+        table["lease"] = {"ttl": machine.lease.ttl, "onExpire": machine.lease.on_expire or DELETE}
+    if machine.metadata_schema is not None:
+        table["metadataSchema"] = machine.metadata_schema.document
+    return table
 
 
 def _lease(machine: StateMachine, value: object) -> LeasePolicy:
@@ -212,8 +275,15 @@ BUILT_IN: dict[str, object] = {
 
 
 class MachineRegistry:
+    """The tables in force in this process: the built-in and file tables, fixed
+    at start, and the API definitions, which change while it runs. A type the
+    file or the built-in set defines keeps that table (an API definition of it
+    stays stored, unused)."""
+
     def __init__(self, machines: Iterable[StateMachine], *, strict: bool) -> None:
-        self._machines = {machine.entity: machine for machine in machines}
+        self._fixed = {machine.entity: machine for machine in machines}
+        self._defined: dict[str, tuple[int, StateMachine | None]] = {}
+        self._machines = dict(self._fixed)
         self.strict = strict
 
     def get(self, entity: str) -> StateMachine | None:
@@ -222,9 +292,35 @@ class MachineRegistry:
     def all(self) -> list[StateMachine]:
         return [self._machines[name] for name in sorted(self._machines)]
 
+    def fixed(self, entity: str) -> StateMachine | None:
+        """The built-in or file table of `entity`, which the API cannot change."""
+        return self._fixed.get(entity)
+
+    def known_version(self, entity: str) -> int:
+        """The newest definition version of `entity` this process has taken (0: none)."""
+        known = self._defined.get(entity)
+        return 0 if known is None else known[0]
+
+    def take(self, entity: str, version: int, machine: StateMachine | None) -> bool:
+        """Take version `version` of an API definition (None: it was removed),
+        unless this process already has that version or a newer one: versions
+        only move forward, whichever way (the answer of a PUT, a reload) they
+        arrive. True when taken."""
+        if self.known_version(entity) >= version:
+            return False
+        self._defined[entity] = (version, machine)
+        if entity in self._fixed:
+            return True
+        if machine is None:
+            self._machines.pop(entity, None)
+        else:
+            self._machines[entity] = machine
+        return True
+
 
 def load_machines(path: str | None, *, strict: bool) -> MachineRegistry:
     definitions: dict[str, object] = dict(BUILT_IN)
+    sources: dict[str, MachineSource] = {}
     if path:
         file = Path(path)
         try:
@@ -242,7 +338,11 @@ def load_machines(path: str | None, *, strict: bool) -> MachineRegistry:
             )
         for entity, definition in tables.items():
             definitions[str(entity)] = definition
+            sources[str(entity)] = MachineSource.FILE
     return MachineRegistry(
-        (build_machine(entity, definition) for entity, definition in definitions.items()),
+        (
+            build_machine(entity, definition, source=sources.get(entity, MachineSource.BUILTIN))
+            for entity, definition in definitions.items()
+        ),
         strict=strict,
     )

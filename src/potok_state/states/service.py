@@ -31,6 +31,7 @@ from potok_state.changes.pipeline import apply_change
 from potok_state.idempotency import Applied, IdempotencyKey
 from potok_state.kit.errors import ServiceError
 from potok_state.metrics import Metrics
+from potok_state.states.as_of import AsOf, read_as_of
 from potok_state.states.cursors import (
     decode_revision_cursor,
     encode_revision_cursor,
@@ -52,7 +53,6 @@ from potok_state.states.encoding import (
 from potok_state.states.errors import (
     EmptyUpdate,
     InvalidMetadata,
-    MachineNotFound,
     MetadataTooLarge,
     StateNotFound,
     UnknownEntityType,
@@ -66,7 +66,6 @@ from potok_state.states.schemas import (
     BatchRequest,
     Metadata,
     RecordStateRequest,
-    StateMachineView,
     UpdateStateRequest,
 )
 from potok_state.states.transitions import (
@@ -614,6 +613,11 @@ class StateService:
                 f"Entity type {entity!r} has no transition table; it accepts any status."
             )
         return StateMachineView.of(machine)
+
+    async def state_as_of(self, entity: str, entity_id: str, point: AsOf) -> EncodedState:
+        """The state as it was at a revision or a time (states/as_of.py); not
+        cached: a past state never changes, but is rarely asked twice."""
+        return await read_as_of(self.store, entity, entity_id, point)
 
 
 def _state_of_single_change(applied: Sequence[AppliedChange]) -> EncodedState:

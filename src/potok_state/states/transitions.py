@@ -1,8 +1,9 @@
 """Transitions: the pure rules a write is decided by. A new state must start
 in one of its type's initial statuses, an existing one may only move along its
-type's transition table (types without a table accept any status), a condition
-on the version must hold, and a lapsed lease is an ordinary change by
-`system:lease` (docs/leases.md)."""
+type's transition table (types without a table accept any status), metadata a
+write gives must match the type's `metadataSchema`, a condition on the version
+must hold, and a lapsed lease is an ordinary change by `system:lease`
+(docs/leases.md)."""
 
 from __future__ import annotations
 
@@ -67,13 +68,15 @@ def transition(
                     "allowed": list(machine.initial),
                 },
             )
+        metadata = metadata if metadata is not None else {}
+        _check_metadata(machine, metadata)
         return StateChange(
             entity=entity,
             entity_id=entity_id,
             event=EventType.CREATED,
             status=status,
             previous_status=None,
-            metadata=metadata if metadata is not None else {},
+            metadata=metadata,
             version=1,
             reason=reason,
             actor=actor,
@@ -90,6 +93,8 @@ def transition(
                 "allowed": list(machine.allowed_from(existing.status)),
             },
         )
+    if metadata is not None:  # metadata the write leaves as it is is not checked again
+        _check_metadata(machine, metadata)
     return StateChange(
         entity=entity,
         entity_id=entity_id,
@@ -102,6 +107,11 @@ def transition(
         actor=actor,
         lease_ttl=lease_ttl,
     )
+
+
+def _check_metadata(machine: StateMachine | None, metadata: JsonObject) -> None:
+    if machine is not None and machine.metadata_schema is not None:
+        machine.metadata_schema.check(metadata)
 
 
 def check_version(existing: StoredState, expected: int | None) -> None:

@@ -73,6 +73,8 @@ class HistoryRow:
     metadata: str
     reason: str | None
     actor: str
+    created_at: datetime | None = None
+    """The creation time of the entity's life (None: the commit time, or a deletion)."""
 
 
 @dataclass(slots=True)
@@ -121,7 +123,7 @@ class ChangeSet:
         history: list[HistoryRow] = []
         events: list[EventRow] = []
         created_at: list[datetime | None] = []
-        event_ids = _event_ids(len(mutations))
+        event_ids = new_event_ids(len(mutations))
         for offset, mutation in enumerate(mutations, start=1):
             if isinstance(mutation, CustomEvent):
                 events.append(
@@ -138,6 +140,7 @@ class ChangeSet:
                 continue
             key = (mutation.entity, mutation.entity_id)
             metadata = orjson.dumps(mutation.metadata).decode()
+            since: datetime | None = None
             if mutation.status is None:
                 final[key] = None
                 created.pop(key, None)
@@ -145,8 +148,9 @@ class ChangeSet:
             else:
                 if mutation.event is EventType.CREATED or key not in created:
                     created[key] = None
-                final[key] = (mutation, offset, created[key], metadata)
-                created_at.append(created[key])
+                since = created[key]
+                final[key] = (mutation, offset, since, metadata)
+                created_at.append(since)
             history.append(
                 HistoryRow(
                     offset,
@@ -159,6 +163,7 @@ class ChangeSet:
                     metadata,
                     mutation.reason,
                     mutation.actor,
+                    since,
                 )
             )
             events.append(
@@ -238,7 +243,7 @@ def lease_expiry(at: datetime, ttl: int | None) -> datetime | None:
     return None if ttl is None else at + timedelta(seconds=ttl)
 
 
-def _event_ids(count: int) -> list[str]:
+def new_event_ids(count: int) -> list[str]:
     """`count` random event ids (evt_ + 32 hex digits), from one read of the
     system's random source rather than one per id."""
     raw = os.urandom(16 * count).hex()

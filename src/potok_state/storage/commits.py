@@ -3,8 +3,9 @@ tells whoever listens (docs/architecture.md, "Hearing of commits").
 
 * Commits of this process are announced directly by the store (`local`).
 * On PostgreSQL, one LISTEN connection hears the NOTIFY that every change
-  statement sends (`potok_outbox`, payload: its last revision) and that
-  webhook scheduling sends (`potok_deliveries`). The feed then reads the
+  statement sends (`potok_outbox`, payload: its last revision), that
+  webhook scheduling sends (`potok_deliveries`) and that a change of a
+  state-machine definition sends (`potok_machines`). The feed then reads the
   outbox after the last revision it has followed and hands the new events to
   its followers (the near cache raises its floors with them). Until the
   connection is up and the feed has caught up, followers are told they are
@@ -14,7 +15,9 @@ tells whoever listens (docs/architecture.md, "Hearing of commits").
 
 Wakeups come from here too: every `outbox_wakeup()` (the webhook dispatcher,
 the watch hub) is notified when events were committed anywhere this process
-can hear of, `deliveries_ready` when deliveries became due.
+can hear of, `deliveries_ready` when deliveries became due, `machines_changed`
+when a state-machine definition changed in another process (and whenever the
+connection is made again, as something may have been missed).
 """
 
 from __future__ import annotations
@@ -35,6 +38,7 @@ log = structlog.get_logger(__name__)
 
 OUTBOX_CHANNEL = "potok_outbox"
 DELIVERIES_CHANNEL = "potok_deliveries"
+MACHINES_CHANNEL = "potok_machines"
 RECONNECT_SECONDS = 1.0
 FOLLOW_BATCH = 1000
 
@@ -60,6 +64,7 @@ class CommitFeed:
         self.postgres_dsn = postgres_dsn
         self._outbox_wakeups: list[Wakeup] = []
         self.deliveries_ready = Wakeup()
+        self.machines_changed = Wakeup()
         self._followers: list[Follower] = []
         self._read_events: ReadEvents | None = None
         self._head_revision: HeadRevision | None = None
@@ -127,9 +132,11 @@ class CommitFeed:
                 connection.add_termination_listener(lambda *_, lost=lost: lost.set())
                 await connection.add_listener(OUTBOX_CHANNEL, self._on_outbox)
                 await connection.add_listener(DELIVERIES_CHANNEL, self._on_deliveries)
+                await connection.add_listener(MACHINES_CHANNEL, self._on_machines)
                 # Anything committed before LISTEN took effect is picked up now.
                 self._outbox_committed()
                 self.deliveries_ready.notify()
+                self.machines_changed.notify()
                 if self._followers:
                     await self._catch_up()
                 await self._follow_until(lost)
@@ -147,6 +154,9 @@ class CommitFeed:
 
     def _on_deliveries(self, *_: object) -> None:
         self.deliveries_ready.notify()
+
+    def _on_machines(self, *_: object) -> None:
+        self.machines_changed.notify()
 
     async def _catch_up(self) -> None:
         """Forget what may have been missed, then follow from the head."""

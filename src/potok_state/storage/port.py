@@ -119,6 +119,32 @@ class StatusCount:
     count: int
 
 
+@dataclass(frozen=True, slots=True)
+class HistoryHorizon:
+    """History rows up to `revision` (the newest pruned one, stamped
+    `changed_at`) may have been pruned; every later row is kept."""
+
+    revision: int
+    changed_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class PastState:
+    """What the store holds about one entity at a point of its history (a
+    revision, or a time): its newest history row at or before the point, with
+    the creation time of that row's life. Only when there is none: the event
+    of its first row after the point, its current state and the horizon of
+    pruned history, to tell "did not exist then" from "no longer kept"."""
+
+    head: int
+    """The newest revision of the store."""
+    record: HistoryRecord | None
+    created_at: datetime | None = None
+    next_event: str | None = None
+    current: StoredState | None = None
+    horizon: HistoryHorizon | None = None
+
+
 @dataclass(slots=True)
 class WriteTicket:
     """One admitted change: the store sets the last revision it committed
@@ -162,6 +188,11 @@ class StateStore(Protocol):
     async def recent_changes(self, after_revision: int, limit: int) -> list[EventRecord]:
         """As `changes`, for a reader that follows the head closely and reads a few
         small events at a time (the watch hub), cheaply."""
+        ...
+
+    async def history_at(self, entity: str, entity_id: str, point: int | datetime) -> PastState:
+        """The entity as its history holds it at revision `point`, or at the
+        newest revision committed at or before the time `point`."""
         ...
 
     async def revision_bounds(self) -> RevisionBounds: ...

@@ -34,6 +34,7 @@ from potok_state.storage.commits import CommitFeed
 from potok_state.storage.database import (
     Database,
     PostgresDatabase,
+    Row,
     SqliteDatabase,
     Tx,
     open_database,
@@ -49,8 +50,10 @@ from potok_state.storage.idempotency import (
 from potok_state.storage.port import (
     ChangeAnswer,
     DueLeases,
+    HistoryHorizon,
     ListedPage,
     ListedState,
+    PastState,
     Renewal,
     RevisionBounds,
     SortField,
@@ -251,23 +254,66 @@ class SqlStateStore:
         rows = await self.db.read(
             lambda tx: tx.fetch(_HISTORY, entity, entity_id, after_revision, limit)
         )
-        read_time = self.dialect.read_time
-        return [
-            HistoryRecord(
-                revision=row["revision"],
-                entity=entity,
-                entity_id=entity_id,
-                version=row["version"],
-                event=row["event"],
-                previous_status=row["previous_status"],
-                new_status=row["new_status"],
-                metadata=orjson.loads(row["metadata"]),
-                reason=row["reason"],
-                actor=row["actor"],
-                changed_at=read_time(row["changed_at"]),
+        return [self._history_record(entity, entity_id, row) for row in rows]
+
+    async def history_at(self, entity: str, entity_id: str, point: int | datetime) -> PastState:
+        """One indexed lookup in the common case (a row at or before the point;
+        a time is first turned into the revision committed last by then, with
+        the outbox's time index while it still holds that time); the other
+        reads only when the entity has no row there."""
+        dialect = self.dialect
+        if isinstance(point, datetime):
+            when = dialect.time(point)
+            resolved = await self.db.read_point(lambda tx: tx.fetchval(_REVISION_AT_TIME, when))
+            if resolved is not None:
+                point = int(resolved)
+        by_revision = isinstance(point, int)
+        bound = point if isinstance(point, int) else dialect.time(point)
+        at_sql, after_sql = (
+            (_HISTORY_AT_REVISION, _NEXT_AFTER_REVISION)
+            if by_revision
+            else (_HISTORY_AT_TIME, _NEXT_AFTER_TIME)
+        )
+        row = await self.db.read_point(lambda tx: tx.fetchrow(at_sql, entity, entity_id, bound))
+        assert row is not None, "revision_counter is missing its row; run migrations"
+        head = int(row["head"])
+        if row["revision"] is not None:
+            created = row["created_at"]
+            return PastState(
+                head,
+                self._history_record(entity, entity_id, row),
+                None if created is None else dialect.read_time(created),
             )
-            for row in rows
-        ]
+
+        async def around(tx: Tx) -> tuple[object, Row | None]:
+            following = await tx.fetchval(after_sql, entity, entity_id, bound)
+            return following, await tx.fetchrow(_HORIZON)
+
+        following, horizon = await self.db.read(around)
+        return PastState(
+            head,
+            None,
+            next_event=None if following is None else str(following),
+            current=await self._reads.get(entity, entity_id),
+            horizon=None
+            if horizon is None
+            else HistoryHorizon(int(horizon["revision"]), dialect.read_time(horizon["changed_at"])),
+        )
+
+    def _history_record(self, entity: str, entity_id: str, row: Row) -> HistoryRecord:
+        return HistoryRecord(
+            revision=row["revision"],
+            entity=entity,
+            entity_id=entity_id,
+            version=row["version"],
+            event=row["event"],
+            previous_status=row["previous_status"],
+            new_status=row["new_status"],
+            metadata=orjson.loads(row["metadata"]),
+            reason=row["reason"],
+            actor=row["actor"],
+            changed_at=self.dialect.read_time(row["changed_at"]),
+        )
 
     async def changes(self, after_revision: int, limit: int) -> list[EventRecord]:
         rows = await self.db.read(lambda tx: tx.fetch(_CHANGES, after_revision, limit))
@@ -370,6 +416,34 @@ _HISTORY = (
     "ORDER BY revision LIMIT $4"
 )
 _CHANGES = f"SELECT {OUTBOX_COLUMNS} FROM outbox WHERE revision > $1 ORDER BY revision LIMIT $2"
+# Reads as of a point (docs/data-model.md, "Reads as of a revision or a time").
+# The newest revision committed by a time, from the outbox's time index: the
+# events are a prefix-pruned log, so while one at or before the time is kept,
+# the newest such one is too.
+_REVISION_AT_TIME = (
+    "SELECT revision FROM outbox WHERE created_at <= $1 "
+    "ORDER BY created_at DESC, revision DESC LIMIT 1"
+)
+# The entity's newest row at or before the point, with the head in the same
+# snapshot (one row of NULLs beside the head when there is none).
+_HISTORY_AT = (
+    "SELECT head.value AS head, h.revision, h.version, h.event, h.previous_status, "
+    "h.new_status, h.metadata, h.reason, h.actor, h.changed_at, h.created_at "
+    "FROM revision_counter AS head LEFT JOIN (SELECT * FROM state_history "
+    "WHERE entity_type = $1 AND entity_id = $2 AND {column} <= $3 "
+    "ORDER BY revision DESC LIMIT 1) AS h ON 1 = 1 WHERE head.id = 1"
+)
+_HISTORY_AT_REVISION = _HISTORY_AT.format(column="revision")
+# Older than every kept event: the entity's own rows, newest first, are walked
+# back to the time.
+_HISTORY_AT_TIME = _HISTORY_AT.format(column="changed_at")
+_NEXT_AFTER = (
+    "SELECT event FROM state_history WHERE entity_type = $1 AND entity_id = $2 "
+    "AND {column} > $3 ORDER BY revision LIMIT 1"
+)
+_NEXT_AFTER_REVISION = _NEXT_AFTER.format(column="revision")
+_NEXT_AFTER_TIME = _NEXT_AFTER.format(column="changed_at")
+_HORIZON = "SELECT revision, changed_at FROM history_horizon WHERE id = 1"
 _HEAD = "SELECT value FROM revision_counter WHERE id = 1"
 # Both walk ix_states_type_status (an index-only count on PostgreSQL once the
 # table is vacuumed); the operator console asks, never the hot path.

@@ -67,7 +67,51 @@ state_history = Table(
     Column("reason", Text),
     Column("actor", String(128), nullable=False),
     Column("changed_at", Timestamp, nullable=False),
+    # The creation time of the life this row belongs to (NULL for a deletion), so
+    # a read as of this row needs no other row (docs/data-model.md, "Reads as of").
+    Column("created_at", Timestamp),
     Index("ix_state_history_entity", "entity_type", "entity_id", "revision"),
+)
+
+# One row, written by retention (events/retention.py): every history row up to
+# `revision` (the newest pruned, stamped `changed_at`) may be gone; every later
+# one is kept. Reads as of a revision use it to tell "did not exist" (404) from
+# "no longer kept" (410). No row: nothing was pruned.
+history_horizon = Table(
+    "history_horizon",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=False),
+    Column("revision", BigInteger, nullable=False),
+    Column("changed_at", Timestamp, nullable=False),
+)
+
+# Transition tables defined over the API (states/definitions.py): one row per
+# type ever defined. `definition` is the table as JSON text, NULL once removed
+# (the row keeps counting versions, so If-Match never sees a version twice).
+state_machine_definitions = Table(
+    "state_machine_definitions",
+    metadata,
+    Column("entity_type", String(64), primary_key=True),
+    Column("version", Integer, nullable=False),
+    Column("definition", Text),
+    Column("revision", BigInteger, nullable=False),
+    Column("updated_at", Timestamp, nullable=False),
+    Column("updated_by", String(128), nullable=False),
+)
+
+# Every change of a definition: who, when, the table before and after (NULL:
+# none), with the revision of its `machine.updated` event.
+state_machine_history = Table(
+    "state_machine_history",
+    metadata,
+    Column("revision", BigInteger, primary_key=True, autoincrement=False),
+    Column("entity_type", String(64), nullable=False),
+    Column("version", Integer, nullable=False),
+    Column("previous", Text),
+    Column("definition", Text),
+    Column("actor", String(128), nullable=False),
+    Column("changed_at", Timestamp, nullable=False),
+    Index("ix_state_machine_history_entity", "entity_type", "revision"),
 )
 
 # The transactional outbox: one row per change, written in the same transaction

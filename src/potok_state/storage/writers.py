@@ -39,7 +39,13 @@ import structlog
 
 from potok_state.changes.model import AppliedChange, StoredState
 from potok_state.clock import utc_now
-from potok_state.storage.changeset import ChangeSet, Decision, StateRow, lease_expiry
+from potok_state.storage.changeset import (
+    ChangeSet,
+    Decision,
+    HistoryRow,
+    StateRow,
+    lease_expiry,
+)
 from potok_state.storage.commits import OUTBOX_CHANNEL
 from potok_state.storage.database import (
     SESSION_SETTINGS,
@@ -48,7 +54,7 @@ from potok_state.storage.database import (
     PostgresTx,
     Tx,
 )
-from potok_state.storage.dialect import POSTGRES
+from potok_state.storage.dialect import POSTGRES, Dialect
 from potok_state.storage.idempotency import forget_expired, keep_answer
 from potok_state.storage.port import ChangeAnswer, WriteContention
 from potok_state.storage.rows import OUTBOX_COLUMNS, STATE_COLUMNS, load_states, state_from_row
@@ -163,6 +169,7 @@ class SqliteChangeWriter(ChangeWriter):
                     h.reason,
                     h.actor,
                     now,
+                    _life_start(dialect, h, now),
                 )
                 for h in changes.history
             ],
@@ -193,9 +200,19 @@ _INSERT_STATE = (
 )
 _INSERT_HISTORY = (
     "INSERT INTO state_history (revision, entity_type, entity_id, version, event, "
-    "previous_status, new_status, metadata, reason, actor, changed_at) "
-    "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)"
+    "previous_status, new_status, metadata, reason, actor, changed_at, created_at) "
+    "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)"
 )
+
+
+def _life_start(dialect: Dialect, row: HistoryRow, now: object) -> object:
+    """The history row's `created_at`: its life's creation time (the commit time
+    for one created in this change set), NULL for a deletion."""
+    if row.new_status is None:
+        return None
+    return now if row.created_at is None else dialect.time(row.created_at)
+
+
 _INSERT_EVENT = f"INSERT INTO outbox ({OUTBOX_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7)"
 
 
@@ -430,7 +447,7 @@ def _is_about_the_connection(exc: asyncpg.PostgresError) -> bool:
 
 def _arguments(groups: Sequence[ChangeSet]) -> list[object]:
     """The `_APPLY` parameters for these change sets (`cs` = their index)."""
-    columns: list[list[object]] = [[] for _ in range(36)]
+    columns: list[list[object]] = [[] for _ in range(37)]
     (
         e_cs, e_type, e_id, e_version,
         sets_cs, sets_n,
@@ -439,7 +456,7 @@ def _arguments(groups: Sequence[ChangeSet]) -> list[object]:
         h_cs, h_off, h_type, h_id, h_version, h_event, h_previous, h_new, h_metadata, h_reason,
         h_actor,
         o_cs, o_off, o_event_id, o_event, o_type, o_id, o_data,
-        w_lease,
+        w_lease, h_created,
     ) = columns  # fmt: skip
     for cs, changes in enumerate(groups):
         sets_cs.append(cs)
@@ -475,6 +492,7 @@ def _arguments(groups: Sequence[ChangeSet]) -> list[object]:
             h_metadata.append(h.metadata)
             h_reason.append(h.reason)
             h_actor.append(h.actor)
+            h_created.append(h.created_at)
         for e in changes.events:
             o_cs.append(cs)
             o_off.append(e.offset)
@@ -540,14 +558,15 @@ WITH expected AS (
     FROM written w WHERE w.is_new
 ), history AS (
     INSERT INTO state_history (revision, entity_type, entity_id, version, event,
-        previous_status, new_status, metadata, reason, actor, changed_at)
+        previous_status, new_status, metadata, reason, actor, changed_at, created_at)
     SELECT c.base + sets.before + h.off, h.entity_type, h.entity_id, h.version, h.event,
-        h.previous_status, h.new_status, h.metadata::jsonb, h.reason, h.actor, c.at
+        h.previous_status, h.new_status, h.metadata::jsonb, h.reason, h.actor, c.at,
+        CASE WHEN h.new_status IS NOT NULL THEN coalesce(h.created_at, c.at) END
     FROM counter c, sets JOIN unnest(
         $18::int[], $19::int[], $20::text[], $21::text[], $22::int[], $23::text[], $24::text[],
-        $25::text[], $26::text[], $27::text[], $28::text[]
+        $25::text[], $26::text[], $27::text[], $28::text[], $37::timestamptz[]
     ) AS h(cs, off, entity_type, entity_id, version, event, previous_status, new_status,
-        metadata, reason, actor) USING (cs)
+        metadata, reason, actor, created_at) USING (cs)
 ), events AS (
     INSERT INTO outbox ({OUTBOX_COLUMNS})
     SELECT c.base + sets.before + o.off, o.event_id, o.event, o.entity_type, o.entity_id,

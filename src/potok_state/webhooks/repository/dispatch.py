@@ -85,6 +85,8 @@ def _ordering_key(subscription_id: str, event: EventRecord) -> str:
     """Deliveries of one key go one at a time, in order (claims.py)."""
     if event.entity is None:
         return f"{subscription_id}/event:{event.event_id}"
+    if event.entity_id is None:  # an event of the type itself (`machine.updated`)
+        return f"{subscription_id}/{event.entity}"
     return f"{subscription_id}/{event.entity}:{event.entity_id}"
 
 
