@@ -28,6 +28,7 @@ KEYS = ",".join(
         "ops:admin-key:admin",
         "billing:billing-key:read+write@invoice|payment",
         "auditor:invoice-reader-key:read@invoice",
+        "orders:order-admin-key:admin@order",
     ]
 )
 
@@ -250,6 +251,40 @@ async def test_machines_are_listed_for_the_types_a_key_reads(app: FastAPI) -> No
         assert_forbidden(
             await auditor.get("/api/v1/state-machines/task"), "auditor", "read", "task"
         )
+
+
+async def test_machine_definitions_need_the_admin_scope_on_their_type(app: FastAPI) -> None:
+    table = {"statuses": ["new", "done"], "transitions": {"new": ["done"]}, "initial": ["new"]}
+    async with (
+        as_key(app, "admin-key") as ops,
+        as_key(app, "order-admin-key") as orders,
+        as_key(app, "read-key") as dashboard,
+        as_key(app, "write-key") as producer,
+    ):
+        defined = await orders.put("/api/v1/state-machines/order", json=table)
+        assert defined.status_code == 201, defined.text
+        assert_forbidden(
+            await orders.put("/api/v1/state-machines/invoice", json=table),
+            "orders",
+            "admin",
+            "invoice",
+        )
+        for client, name in ((dashboard, "dashboard"), (producer, "producer")):
+            assert_forbidden(
+                await client.put("/api/v1/state-machines/order", json=table), name, "admin", "order"
+            )
+            assert_forbidden(
+                await client.delete("/api/v1/state-machines/order"), name, "admin", "order"
+            )
+        assert (await dashboard.get("/api/v1/state-machines/order/history")).status_code == 200
+        assert_forbidden(
+            await producer.get("/api/v1/state-machines/order/history"), "producer", "read", "order"
+        )
+        # The admin scope alone reads nothing.
+        assert_forbidden(
+            await orders.get("/api/v1/state-machines/order/history"), "orders", "read", "order"
+        )
+        assert (await ops.delete("/api/v1/state-machines/order")).status_code == 204
 
 
 async def test_refusals_are_counted_by_key_name_never_the_key(app: FastAPI) -> None:

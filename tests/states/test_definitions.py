@@ -354,8 +354,8 @@ async def test_each_change_is_a_machine_updated_event_everywhere(
         watched = await client.get(
             "/api/v1/watch", params={"after": 0, "timeout": 0, "event": "machine.updated"}
         )
-        events = [event for event in parse_sse(watched.text) if event.event != "reset"]
-        assert [event.json for event in events] == feed
+        streamed = [event for event in parse_sse(watched.text) if event.event != "reset"]
+        assert [event.json for event in streamed] == feed
         per_type = await client.get("/api/v1/states/order/watch", params={"after": 0, "timeout": 0})
         assert len([e for e in parse_sse(per_type.text) if e.event == "machine.updated"]) == 2
     assert receiver.at("/entity.*") == []

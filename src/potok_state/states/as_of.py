@@ -11,12 +11,11 @@ entity's next row tell which.
 
 from __future__ import annotations
 
+import re
 from datetime import datetime
 
-from pydantic import TypeAdapter, ValidationError
-
 from potok_state.changes.model import EventType, StoredState
-from potok_state.clock import InputTime, format_timestamp
+from potok_state.clock import as_utc, format_timestamp
 from potok_state.events.service import RevisionPruned
 from potok_state.kit.errors import InvalidInput
 from potok_state.states.encoding import EncodedState
@@ -28,7 +27,10 @@ AsOf = int | datetime
 
 AS_OF_PARAMETER = "asOf"
 MAX_REVISION = 2**63 - 1
-_TIME: TypeAdapter[datetime] = TypeAdapter(InputTime)
+# RFC 3339's date-time; without an offset the time is read as UTC.
+_RFC3339 = re.compile(
+    r"^\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}:\d{2}(\.\d{1,6})?([Zz]|[+-]\d{2}:\d{2})?$"
+)
 
 
 class InvalidAsOf(InvalidInput):
@@ -47,8 +49,10 @@ def parse_as_of(raw: str) -> AsOf:
             raise InvalidAsOf(f"asOf {raw!r} is beyond any revision.", details={"asOf": raw})
         return int(text)
     try:
-        return _TIME.validate_python(text)
-    except ValidationError:
+        if not _RFC3339.match(text):
+            raise ValueError(text)
+        return as_utc(datetime.fromisoformat(text.upper().replace("Z", "+00:00")))
+    except ValueError:
         raise InvalidAsOf(
             f"asOf must be a revision (a whole number) or an RFC 3339 time such as "
             f"2026-11-27T10:00:00Z, not {raw!r}.",
