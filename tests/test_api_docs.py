@@ -41,6 +41,7 @@ RUNS = [
     ("post", ONE_SUBSCRIPTION + "/rotate-secret", SUB, 200),
     ("post", ONE_STATE + "/heartbeat", INSTANCE, 200),
     ("post", "/api/v1/states/{entity}/heartbeat", {"entity": "service"}, 200),
+    ("put", "/api/v1/state-machines/{entity}", {"entity": "order"}, 201),
 ]
 
 

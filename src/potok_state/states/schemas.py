@@ -458,7 +458,6 @@ class StateMachineView(BaseModel):
                         "failed": ["in_progress"],
                     },
                     "source": "builtin",
-                    "version": None,
                 },
                 {"entity": "order", **_ORDER_TABLE, "source": "api", "version": 1},
             ]
@@ -584,7 +583,6 @@ class MachineHistoryPage(BaseModel):
                             "definition": _ORDER_TABLE,
                         }
                     ],
-                    "nextCursor": None,
                 }
             ]
         }
