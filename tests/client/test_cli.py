@@ -56,6 +56,14 @@ async def test_states_set_get_history_query(service: Service) -> None:
 
     got = parsed(await potok(service, "states", "get", entity, "a", "--json"))
     assert (got["status"], got["metadata"], got["version"]) == ("done", {"zone": "eu"}, 2)
+    then = str(created["revision"])
+    assert parsed(
+        await potok(service, "states", "get", entity, "a", "--as-of", then, "--json")
+    ) == (created)
+    by_time = await potok(service, "states", "get", entity, "a", "--as-of", created["updatedAt"])
+    assert "status: new" in by_time.stdout.splitlines(), by_time.stderr
+    bad = await potok(service, "states", "get", entity, "a", "--as-of", "soon")
+    assert bad.returncode == 2
 
     history = parsed(await potok(service, "states", "history", entity, "a", "--json"))
     assert [(h["previousStatus"], h["newStatus"]) for h in history] == [

@@ -53,7 +53,15 @@ async def test_record_get_put_patch_delete_and_history(client: AsyncPotokClient)
     assert history[2].reason == "done"
     assert history[0].actor == "gateway"
 
+    # As it was: by revision, and by time.
+    assert (await client.get("task", task, as_of=created.revision)) == created
+    assert (await client.get("task", task, as_of=patched.updatedAt)).version in (2, 3)
+    assert (await client.get("task", task, as_of=put.revision)) == put
+
     await client.delete("task", task, if_version=3)
+    with pytest.raises(NotFound) as gone:
+        await client.get("task", task, as_of=put.revision + 1)
+    assert gone.value.code == "state_deleted"
     with pytest.raises(NotFound) as missing:
         await client.get("task", task)
     assert missing.value.code == "state_not_found"
@@ -192,9 +200,10 @@ async def test_the_sync_client_calls_the_same_api(service: Service) -> None:
         entity = unique("sync")
         with PotokClient(service.url, service.api_key) as client:
             start = client.head_revision()
-            client.record(entity, "a", "on", metadata={"k": 1})
+            first = client.record(entity, "a", "on", metadata={"k": 1})
             client.batch(entity, [BatchItem(entityId="b", status="on")], atomic=False)
             assert client.patch(entity, "a", metadata={"j": 2}).metadata == {"k": 1, "j": 2}
+            assert client.get(entity, "a", as_of=first.revision) == first
             assert [s.entityId for s in client.query(entity, sort="entityId", page_size=1)] == [
                 "a",
                 "b",

@@ -145,9 +145,12 @@ class AsyncPotokClient:
         )
         return StateView.model_validate_json((await self._send(call)).content)
 
-    async def get(self, entity: str, entity_id: str) -> StateView:
+    async def get(
+        self, entity: str, entity_id: str, *, as_of: int | datetime | None = None
+    ) -> StateView:
+        """One state; with `as_of` (a revision, or a time) the state as it was then."""
         return StateView.model_validate_json(
-            (await self._send(calls.get(entity, entity_id))).content
+            (await self._send(calls.get(entity, entity_id, as_of=as_of))).content
         )
 
     async def put(

@@ -197,8 +197,12 @@ def record(
     )
 
 
-def get(entity: str, entity_id: str) -> Call:
-    return Call("GET", state_path(entity, entity_id), repeatable=True)
+def get(entity: str, entity_id: str, *, as_of: int | datetime | None = None) -> Call:
+    """One state; with `as_of` (a revision, or a time: naive is UTC), as it was then."""
+    params = []
+    if as_of is not None:
+        params.append(("asOf", str(as_of) if isinstance(as_of, int) else as_of.isoformat()))
+    return Call("GET", state_path(entity, entity_id), params, repeatable=True)
 
 
 def update(

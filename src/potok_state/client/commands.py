@@ -78,6 +78,11 @@ def add_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) 
     get = verbs.add_parser("get", parents=[common], help="one state")
     get.add_argument("entity")
     get.add_argument("entity_id")
+    get.add_argument(
+        "--as-of",
+        metavar="REVISION|TIME",
+        help="the state as it was at this revision or RFC 3339 time",
+    )
     get.set_defaults(handler=_run(_states_get))
 
     record = verbs.add_parser(
@@ -248,7 +253,18 @@ STATE_COLUMNS = ("entityId", "status", "version", "revision", "updatedAt", "meta
 
 
 def _states_get(client: PotokClient, args: argparse.Namespace, out: TextIO) -> None:
-    _emit_one(client.get(args.entity, args.entity_id), args, out)
+    _emit_one(client.get(args.entity, args.entity_id, as_of=_as_of(args.as_of)), args, out)
+
+
+def _as_of(text: str | None) -> int | datetime | None:
+    if text is None:
+        return None
+    if text.isdigit():
+        return int(text)
+    try:
+        return datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        raise UsageError("--as-of must be a revision or an RFC 3339 time") from None
 
 
 def _states_set(client: PotokClient, args: argparse.Namespace, out: TextIO) -> None:
