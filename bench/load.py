@@ -32,6 +32,12 @@ LEASE_ENTITY = "service"
 table (lease default `{ttl: 15, onExpire: down}`)."""
 LEASE_SEED_TTL = 3600
 """Lease of the seeded `service` states, s: long enough that none lapses in a run."""
+DEFINED_ENTITY = "bench_defined"
+SCHEMA_ENTITY = "bench_schema"
+"""Types defined over the API with the same table (`user`'s), the second with a
+10-property metadataSchema (bench/machines.py): their PUT rows differ only by it."""
+HISTORY_ENTITY_ID = "history-000000"
+"""The `user` state the as-of rows read, with HISTORY_CHANGES changes."""
 
 
 class RequestKind(StrEnum):
@@ -43,6 +49,10 @@ class RequestKind(StrEnum):
     BATCH_CREATE = "batch_create"
     BATCH_UPDATE = "batch_update"
     HEARTBEAT = "heartbeat"
+    PUT_DEFINED = "put_defined"
+    PUT_SCHEMA = "put_schema"
+    AS_OF_REVISION = "as_of_revision"
+    AS_OF_TIME = "as_of_time"
 
 
 @dataclass(frozen=True)
@@ -54,6 +64,10 @@ class Workload:
     tag: str
     """Unique per scenario run, so created entity ids never collide."""
     batch_size: int = 1000
+    as_of_revisions: tuple[int, int] = (0, 0)
+    """The first and last revision of the as-of rows' entity."""
+    as_of_times: tuple[str, ...] = ()
+    """Commit times of its changes, spread over its life."""
 
 
 @dataclass(frozen=True)
@@ -113,6 +127,11 @@ def lease_seed_id(index: int) -> str:
     return f"svc-{index:06d}"
 
 
+def ten_keys(worker: int, seq: int) -> dict[str, object]:
+    """Metadata of the schema rows: 10 keys, alternately integers and strings."""
+    return {f"k{i}": (worker + seq + i) if i % 2 == 0 else f"value-{seq % 97}" for i in range(10)}
+
+
 def _own_slice(work: Workload, worker: int, seq: int, workers: int) -> int:
     """A seeded index of `worker`'s own slice: concurrent workers never write the
     same row, so they never queue on one row lock."""
@@ -146,6 +165,22 @@ def build_request(work: Workload, worker: int, seq: int, workers: int) -> tuple[
                 "metadata": {"worker": worker, "seq": seq},
             }
             return "PUT", f"{base}/{seed_id(index)}", orjson.dumps(body)
+        case RequestKind.PUT_DEFINED | RequestKind.PUT_SCHEMA:
+            entity = DEFINED_ENTITY if work.kind is RequestKind.PUT_DEFINED else SCHEMA_ENTITY
+            index = _own_slice(work, worker, seq, workers)
+            body = {
+                "status": USER_STATUSES[(seq + worker) % len(USER_STATUSES)],
+                "metadata": ten_keys(worker, seq),
+            }
+            return "PUT", f"/api/v1/states/{entity}/{seed_id(index)}", orjson.dumps(body)
+        case RequestKind.AS_OF_REVISION:
+            first, last = work.as_of_revisions
+            revision = first + (worker * 7919 + seq * 104_729) % (last - first + 1)
+            return "GET", f"{base}/{HISTORY_ENTITY_ID}?asOf={revision}", b""
+        case RequestKind.AS_OF_TIME:
+            times = work.as_of_times
+            when = times[(worker * 7919 + seq * 104_729) % len(times)]
+            return "GET", f"{base}/{HISTORY_ENTITY_ID}?asOf={when}", b""
         case RequestKind.HEARTBEAT:
             # No body: the lease's own ttl (LEASE_SEED_TTL).
             state = lease_seed_id(_own_slice(work, worker, seq, workers))

@@ -135,6 +135,9 @@ def _met(measurement: Measurement) -> bool | None:
     goal = measurement.scenario.goal_for(measurement.backend)
     if goal is None:
         return None
+    if goal.relative_to is not None:
+        relative = measurement.relative
+        return None if relative is None else relative >= (goal.min_ratio or 0)
     if goal.min_ratio is not None and measurement.ratio is not None:
         return measurement.ratio >= goal.min_ratio
     if goal.max_p50_ms is not None and measurement.result.latencies_ms:
@@ -143,7 +146,11 @@ def _met(measurement: Measurement) -> bool | None:
 
 
 def _verdict(measurement: Measurement) -> str:
-    return _goal_verdict(measurement.scenario.goal_for(measurement.backend), _met(measurement))
+    verdict = _goal_verdict(measurement.scenario.goal_for(measurement.backend), _met(measurement))
+    relative, per_cpu = measurement.relative, measurement.relative_per_cpu
+    if relative is not None and per_cpu is not None:
+        verdict += f" ({relative:.2f}×; per server CPU-s {per_cpu:.2f}×)"
+    return verdict
 
 
 def _throughput_table(measurements: list[Measurement], *, backends: bool = False) -> list[str]:

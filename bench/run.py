@@ -48,11 +48,13 @@ from bench.load import (
     USER_STATUSES,
     LoadResult,
     LoadSpec,
+    RequestKind,
     Workload,
     drive,
     lease_seed_id,
     seed_id,
 )
+from bench.machines import History, seed_definitions, seed_history
 from bench.scenarios import (
     BACKENDS,
     DELIVERY_SCENARIOS,
@@ -125,12 +127,24 @@ class Measurement:
     result: LoadResult
     ceiling_rate: float = 0.0
     ceiling_per_cpu: float = 0.0
+    reference_rate: float = 0.0
+    """The req/s of the row a relative goal names (`Goal.relative_to`)."""
+    reference_per_cpu: float = 0.0
 
     @property
     def ratio(self) -> float | None:
         if self.scenario.sequential or self.ceiling_rate <= 0:
             return None
         return self.result.rate / self.ceiling_rate
+
+    @property
+    def relative(self) -> float | None:
+        """req/s against the row the goal names."""
+        return self.result.rate / self.reference_rate if self.reference_rate > 0 else None
+
+    @property
+    def relative_per_cpu(self) -> float | None:
+        return self.per_cpu / self.reference_per_cpu if self.reference_per_cpu > 0 else None
 
     @property
     def per_cpu(self) -> float:
@@ -168,6 +182,8 @@ class Seeded:
 
     users: bool = False
     services: bool = False
+    definitions: bool = False
+    history: History | None = None
 
 
 def _progress(message: str) -> None:
@@ -295,13 +311,16 @@ def _selected(profile: ServerProfile, options: Options, workers: int) -> list[Sc
     return [s for s in available if s in chosen or s.ceiling]
 
 
-def _spec(scenario: Scenario, service: Service, options: Options) -> LoadSpec:
+def _spec(scenario: Scenario, service: Service, options: Options, seeded: Seeded) -> LoadSpec:
+    history = seeded.history
     workload = Workload(
         kind=scenario.kind,
         base_url=service.base_url,
         api_key=BENCH_API_KEY,
         seeded_ids=options.seed,
         tag=uuid.uuid4().hex[:8],
+        as_of_revisions=history.revisions if history else (0, 0),
+        as_of_times=history.times if history else (),
     )
     if scenario.sequential:
         return LoadSpec(workload, service.pid, concurrency=1, count=options.batches, warmup_count=1)
@@ -353,6 +372,15 @@ async def bench_profile(
         if not seeded.services and any(s.key == HEARTBEAT_KEY for s in scenarios):
             await seed_lease_states(service, options.seed)
             seeded.services = True
+        kinds = {s.kind for s in scenarios}
+        if not seeded.definitions and kinds & {RequestKind.PUT_DEFINED, RequestKind.PUT_SCHEMA}:
+            await seed_definitions(service, options.seed)
+            seeded.definitions = True
+        if seeded.history is None and kinds & {
+            RequestKind.AS_OF_REVISION,
+            RequestKind.AS_OF_TIME,
+        }:
+            seeded.history = await seed_history(service)
         if profile.needs_admin_service:
             await _until_replicated(service, run, label)
         if redis_port is not None:
@@ -374,7 +402,8 @@ async def bench_profile(
         loop = asyncio.get_running_loop()
         for scenario in scenarios:
             _progress(f"[{backend}/{workers}w/{profile.key}] {scenario.title} …")
-            result = await loop.run_in_executor(pool, drive, _spec(scenario, service, options))
+            spec = _spec(scenario, service, options, seeded)
+            result = await loop.run_in_executor(pool, drive, spec)
             if service.process.poll() is not None:
                 raise BenchSetupError(
                     f"the service died during {scenario.key}:\n{service.log_tail()}"
@@ -403,9 +432,15 @@ async def bench_profile(
     ceilings = [m.result.rate for m in measured if m.scenario.ceiling]
     ceiling = sum(ceilings) / len(ceilings) if ceilings else 0.0
     per_cpu = [m.per_cpu for m in measured if m.scenario.ceiling]
+    by_key = {m.scenario.key: m for m in measured}
     for measurement in measured:
         measurement.ceiling_rate = ceiling
         measurement.ceiling_per_cpu = sum(per_cpu) / len(per_cpu) if per_cpu else 0.0
+        goal = measurement.scenario.goal_for(backend)
+        reference = by_key.get(goal.relative_to) if goal and goal.relative_to else None
+        if reference is not None:
+            measurement.reference_rate = reference.result.rate
+            measurement.reference_per_cpu = reference.per_cpu
     run.measurements.extend(measured)
     if profile_path is not None and profile_path.exists():
         _print_profile(profile_path, f"{label} / {options.profile}")

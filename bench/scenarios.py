@@ -38,6 +38,8 @@ class Goal:
     max_mb: float | None = None
     """A bound on memory the server gains, MiB."""
     backends: tuple[str, ...] = BACKENDS
+    relative_to: str | None = None
+    """`min_ratio` is a share of this row's req/s (same server), not of the ceiling's."""
 
     def applies_to(self, backend: str) -> bool:
         return backend in self.backends
@@ -152,6 +154,27 @@ PLAIN = ServerProfile(
             (_BATCH_GOAL,),
             sequential=True,
             one_worker_only=True,
+        ),
+        Scenario(
+            "put_defined",
+            "PUT transition, type defined over the API, 10-key metadata",
+            RequestKind.PUT_DEFINED,
+        ),
+        Scenario(
+            "put_schema",
+            "PUT transition, the same type with a 10-property metadataSchema",
+            RequestKind.PUT_SCHEMA,
+            (Goal("≥ 0.9 × PUT without schema", min_ratio=0.9, relative_to="put_defined"),),
+        ),
+        Scenario(
+            "as_of_revision",
+            "GET ?asOf=<revision>, an entity with 10,000 changes",
+            RequestKind.AS_OF_REVISION,
+        ),
+        Scenario(
+            "as_of_time",
+            "GET ?asOf=<time>, an entity with 10,000 changes",
+            RequestKind.AS_OF_TIME,
         ),
         _ceiling("plain", "end"),
     ),
