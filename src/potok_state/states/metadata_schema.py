@@ -5,7 +5,7 @@ then enforced on every write of the type that gives metadata.
 The validator is `jsonschema-rs` (the Rust implementation behind a Python
 API), with format validation on: a write pays about a microsecond for a
 10-property schema, where the pure-Python `jsonschema` took 50–110 µs, more than
-the tenth of a PUT's cost the goal allows (bench/REPORT.md). Every error is
+the tenth of a PUT's cost the goal allows (bench/README.md, `put_schema`). Every error is
 reported with the JSON pointer of the failing value. References may only point
 inside the schema (`#…`), and the validator runs offline: nothing is ever
 fetched from elsewhere.
