@@ -279,7 +279,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         metrics=metrics,
     )
     machine_service = MachineService(
-        store, machines, metrics, schema_max_bytes=settings.metadata_max_bytes
+        store,
+        machines,
+        metrics,
+        schema_max_bytes=settings.metadata_max_bytes,
+        idempotency_ttl=settings.idempotency_ttl,
     )
     reaper = LeaseReaper(store, state_service)
     stream_publisher = create_stream_publisher(settings, store, metrics)

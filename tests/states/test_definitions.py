@@ -272,6 +272,29 @@ async def test_if_match_and_repeats(client: httpx.AsyncClient) -> None:
     assert [item["version"] for item in history] == [1, 2]
 
 
+async def test_idempotency_keys_replay_definition_changes(client: httpx.AsyncClient) -> None:
+    key = {"Idempotency-Key": "define-order-1"}
+    first = await client.put(f"{MACHINES}/order", json=ORDER, headers=key)
+    assert first.status_code == 201, first.text
+    wider = {**ORDER, "statuses": [*ORDER["statuses"], "refunded"]}
+    wider["transitions"] = {**ORDER["transitions"], "cancelled": ["refunded"]}
+    assert (await define(client, wider)).json()["version"] == 2
+    again = await client.put(f"{MACHINES}/order", json=ORDER, headers=key)
+    assert (again.status_code, again.json()) == (201, first.json())
+    assert again.headers["idempotent-replayed"] == "true"
+    assert (await client.get(f"{MACHINES}/order")).json()["version"] == 2
+    reused = await client.put(f"{MACHINES}/order", json=wider, headers=key)
+    assert reused.json()["code"] == "idempotency_key_reused"
+
+    remove = {"Idempotency-Key": "remove-order-1"}
+    assert (await client.delete(f"{MACHINES}/order", headers=remove)).status_code == 204
+    replayed = await client.delete(f"{MACHINES}/order", headers=remove)
+    assert replayed.status_code == 204
+    assert replayed.headers["idempotent-replayed"] == "true"
+    history = (await client.get(f"{MACHINES}/order/history")).json()["items"]
+    assert [item["version"] for item in history] == [1, 2, 3]
+
+
 async def test_removing_a_definition_leaves_the_states(client: httpx.AsyncClient) -> None:
     await defined(client)
     assert (await create(client, "o1", "new", metadata={"amount": 1})).status_code == 201

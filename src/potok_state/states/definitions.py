@@ -25,6 +25,7 @@ from potok_state.states.errors import MachineNotFound, StatesStranded, VersionMi
 from potok_state.storage.changeset import new_event_ids
 from potok_state.storage.commits import MACHINES_CHANNEL, OUTBOX_CHANNEL
 from potok_state.storage.database import Row, Tx
+from potok_state.storage.idempotency import IdempotencyWrite, keyed
 from potok_state.storage.sql import SqlStateStore
 
 MACHINE_UPDATED = "machine.updated"
@@ -115,10 +116,15 @@ class DefinitionRepository:
             for row in rows
         ]
 
-    async def change(self, change: DefinitionChange) -> ChangedDefinition:
-        """Apply `change` in one transaction (see the module docstring)."""
+    async def change(
+        self,
+        change: DefinitionChange,
+        idempotency: IdempotencyWrite[ChangedDefinition] | None = None,
+    ) -> ChangedDefinition:
+        """Apply `change` in one transaction (see the module docstring), with
+        its answer for an Idempotency-Key when given one."""
         try:
-            return await self.db.write(lambda tx: self._change(tx, change))
+            return await self.db.write(keyed(lambda tx: self._change(tx, change), idempotency))
         except _Unchanged as unchanged:
             return ChangedDefinition(unchanged.stored, unchanged.stored, changed=False)
 

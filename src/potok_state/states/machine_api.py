@@ -11,7 +11,7 @@ from fastapi import APIRouter, Path, Query, Request, Response, status
 from potok_state.kit.auth import Administrator, PartialReader, Reader
 from potok_state.kit.compiled_route import CompiledRoute
 from potok_state.kit.errors import BadRequest, InvalidInput, error_responses
-from potok_state.kit.headers import IfMatchHeader, etag, expected_version
+from potok_state.kit.headers import Conditions, etag
 from potok_state.kit.responses import JsonBytes
 from potok_state.states.errors import (
     InvalidMachineDefinition,
@@ -40,8 +40,12 @@ def machine_service(request: Request) -> MachineService:
     return service
 
 
-def _view_response(view: StateMachineView, status_code: int = 200) -> Response:
-    headers = {"ETag": etag(view.version)} if view.version is not None else None
+def _view_response(
+    view: StateMachineView, status_code: int = 200, *, replayed: bool = False
+) -> Response:
+    headers = {"ETag": etag(view.version)} if view.version is not None else {}
+    if replayed:
+        headers["Idempotent-Replayed"] = "true"
     return JsonBytes(view.model_dump_json().encode(), status_code=status_code, headers=headers)
 
 
@@ -88,7 +92,7 @@ async def define_state_machine(
     entity: EntityPath,
     body: DefineStateMachine,
     actor: Administrator,
-    if_match: IfMatchHeader = None,
+    conditions: Conditions,
     force: Annotated[
         bool,
         Query(description="Store it even though states hold statuses it does not have."),
@@ -99,13 +103,24 @@ async def define_state_machine(
     process and within a second in every other; recorded in the type's definition history and
     announced as a `machine.updated` event. 201 for a type that had no definition, 200 otherwise
     (the same table again changes nothing). `If-Match: "<version>"` applies it only at that
-    version (412 `version_mismatch`). 409 `state_machine_read_only` for a built-in or file type;
-    409 `states_stranded` with a count per status when states hold statuses the table does not
-    have, unless `?force=true`. Needs the `admin` scope on the type."""
-    view, created = await machine_service(request).define(
-        entity, body, actor=actor, expected_version=expected_version(if_match), force=force
+    version (412 `version_mismatch`); `Idempotency-Key` replays the first answer. 409
+    `state_machine_read_only` for a built-in or file type; 409 `states_stranded` with a count
+    per status when states hold statuses the table does not have, unless `?force=true`. Needs
+    the `admin` scope on the type."""
+    applied = await machine_service(request).define(
+        entity,
+        body,
+        actor=actor,
+        expected_version=conditions.expected_version,
+        force=force,
+        idempotency=conditions.idempotency,
     )
-    return _view_response(view, status.HTTP_201_CREATED if created else status.HTTP_200_OK)
+    answer = applied.outcome
+    return _view_response(
+        answer.machine,
+        status.HTTP_201_CREATED if answer.created else status.HTTP_200_OK,
+        replayed=applied.replayed,
+    )
 
 
 @router.delete(
@@ -116,17 +131,21 @@ async def define_state_machine(
     responses=error_responses(MachineNotFound, MachineReadOnly, VersionMismatch, BadRequest),
 )
 async def remove_state_machine(
-    request: Request, entity: EntityPath, actor: Administrator, if_match: IfMatchHeader = None
+    request: Request, entity: EntityPath, actor: Administrator, conditions: Conditions
 ) -> Response:
     """The type no longer has a table (it accepts any status, or none with
     STATE_MACHINES_STRICT); its states, their history and the definition history stay. A
     `machine.updated` event with `definition: null`. 404 `state_machine_not_found` when it has no
     definition made over the API, 409 `state_machine_read_only` for a built-in or file type.
-    `If-Match` honoured."""
-    await machine_service(request).remove(
-        entity, actor=actor, expected_version=expected_version(if_match)
+    `If-Match` and `Idempotency-Key` honoured."""
+    applied = await machine_service(request).remove(
+        entity,
+        actor=actor,
+        expected_version=conditions.expected_version,
+        idempotency=conditions.idempotency,
     )
-    return Response(status_code=status.HTTP_204_NO_CONTENT)
+    headers = {"Idempotent-Replayed": "true"} if applied.replayed else None
+    return Response(status_code=status.HTTP_204_NO_CONTENT, headers=headers)
 
 
 @router.get(

@@ -23,9 +23,11 @@ import structlog
 
 from potok_state.background import BackgroundLoop
 from potok_state.clock import format_timestamp
+from potok_state.idempotency import Applied, IdempotencyKey, ModelCodec, idempotent
 from potok_state.metrics import Metrics
 from potok_state.states.cursors import decode_revision_cursor, encode_revision_cursor
 from potok_state.states.definitions import (
+    ChangedDefinition,
     DefinitionChange,
     DefinitionRecord,
     DefinitionRepository,
@@ -44,7 +46,12 @@ from potok_state.states.machines import (
     build_machine,
     machine_table,
 )
-from potok_state.states.schemas import DefineStateMachine, StateMachineView
+from potok_state.states.schemas import (
+    DefinedMachine,
+    DefineStateMachine,
+    RemovedMachine,
+    StateMachineView,
+)
 from potok_state.storage.sql import SqlStateStore
 from potok_state.wakeup import Wakeup
 
@@ -54,6 +61,8 @@ log = structlog.get_logger("potok_state.machines")
 # only way to hear of other processes; on PostgreSQL a safety net under NOTIFY.
 POLL_SECONDS = {"sqlite": 0.25, "postgresql": 5.0}
 RETRY_AFTER_STORE_ERROR = 1.0
+_DEFINED = ModelCodec(DefinedMachine)
+_REMOVED = ModelCodec(RemovedMachine)
 
 
 class MachineService:
@@ -64,11 +73,13 @@ class MachineService:
         metrics: Metrics,
         *,
         schema_max_bytes: int,
+        idempotency_ttl: int,
     ) -> None:
         self.store = store
         self.registry = registry
         self.metrics = metrics
         self.schema_max_bytes = schema_max_bytes
+        self.idempotency_ttl = idempotency_ttl
         self.repository = DefinitionRepository(store)
         self._changed: Wakeup = store.commits.machines_changed
         self._poll_seconds = POLL_SECONDS[store.dialect.name]
@@ -151,8 +162,9 @@ class MachineService:
         actor: str,
         expected_version: int | None = None,
         force: bool = False,
-    ) -> tuple[StateMachineView, bool]:
-        """Store `request` as the type's definition; the stored view, and
+        idempotency: IdempotencyKey | None = None,
+    ) -> Applied[DefinedMachine]:
+        """Store `request` as the type's definition: the stored view, and
         whether the type had none before."""
         self._check_writable(entity)
         if request.entity is not None and request.entity != entity:
@@ -172,35 +184,72 @@ class MachineService:
             machine = build_machine(entity, request.table(), source=MachineSource.API)
         except MachineDefinitionError as exc:
             raise InvalidMachineDefinition(str(exc), details={"entity": entity}) from None
-        outcome = await self.repository.change(
-            DefinitionChange(
-                entity,
-                machine_table(machine),
-                actor,
-                expected_version=expected_version,
-                statuses=None if force else machine.statuses,
-            )
+        change = DefinitionChange(
+            entity,
+            machine_table(machine),
+            actor,
+            expected_version=expected_version,
+            statuses=None if force else machine.statuses,
         )
-        stored = outcome.stored
-        if outcome.changed:
-            self.store.commits.local()
-            log.info("machine.updated", entityType=entity, version=stored.version, actor=actor)
-            machine = replace(machine, version=stored.version)
-        else:
-            machine = _machine_of(stored) or machine
-        self._take(entity, stored.version, machine)
-        created = outcome.previous is None or outcome.previous.table is None
-        return machine_view(machine), created and outcome.changed
 
-    async def remove(self, entity: str, *, actor: str, expected_version: int | None) -> None:
+        def respond(outcome: ChangedDefinition) -> DefinedMachine:
+            stored = outcome.stored
+            previous = outcome.previous
+            return DefinedMachine(
+                machine=machine_view(replace(machine, version=stored.version)),
+                created=outcome.changed and (previous is None or previous.table is None),
+                changed=outcome.changed,
+            )
+
+        applied = await idempotent(
+            self.store,
+            idempotency,
+            actor=actor,
+            ttl_seconds=self.idempotency_ttl,
+            codec=_DEFINED,
+            perform=lambda write: self.repository.change(change, write),
+            respond=respond,
+        )
+        answer = applied.outcome
+        if not applied.replayed and answer.changed:
+            version = answer.machine.version
+            assert version is not None
+            self._changed_here(entity, version, replace(machine, version=version), actor)
+        return applied
+
+    async def remove(
+        self,
+        entity: str,
+        *,
+        actor: str,
+        expected_version: int | None,
+        idempotency: IdempotencyKey | None = None,
+    ) -> Applied[RemovedMachine]:
         """Remove the type's definition; its states stay as they are."""
         self._check_writable(entity)
-        outcome = await self.repository.change(
-            DefinitionChange(entity, None, actor, expected_version=expected_version)
+        applied = await idempotent(
+            self.store,
+            idempotency,
+            actor=actor,
+            ttl_seconds=self.idempotency_ttl,
+            codec=_REMOVED,
+            perform=lambda write: self.repository.change(
+                DefinitionChange(entity, None, actor, expected_version=expected_version), write
+            ),
+            respond=lambda outcome: RemovedMachine(entity=entity, version=outcome.stored.version),
         )
+        if not applied.replayed:
+            self._changed_here(entity, applied.outcome.version, None, actor)
+        return applied
+
+    def _changed_here(
+        self, entity: str, version: int, machine: StateMachine | None, actor: str
+    ) -> None:
+        """A change this process committed: in force here before the answer,
+        and heard of by the watch hub and the dispatcher at once."""
         self.store.commits.local()
-        log.info("machine.updated", entityType=entity, version=outcome.stored.version, actor=actor)
-        self._take(entity, outcome.stored.version, None)
+        log.info("machine.updated", entityType=entity, version=version, actor=actor)
+        self._take(entity, version, machine)
 
     async def history(self, entity: str, *, limit: int, cursor: str | None) -> bytes:
         after = decode_revision_cursor(cursor) if cursor else 0

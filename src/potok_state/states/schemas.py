@@ -507,6 +507,21 @@ class StateMachineView(BaseModel):
         )
 
 
+class DefinedMachine(BaseModel):
+    """The answer to a PUT of a definition, as kept for an Idempotency-Key."""
+
+    machine: StateMachineView
+    created: bool
+    changed: bool
+
+
+class RemovedMachine(BaseModel):
+    """The answer to a DELETE of a definition, as kept for an Idempotency-Key."""
+
+    entity: str
+    version: int
+
+
 class LeasePolicyInput(RequestModel):
     ttl: int = Field(ge=1, le=MAX_LEASE_TTL, description="Seconds.")
     onExpire: str = Field(
