@@ -29,6 +29,10 @@ def test_entity_events_end_with_their_entity_type() -> None:
     )
 
 
+def test_definition_events_end_with_their_entity_type() -> None:
+    assert subject("potok", event("machine.updated", "order")) == "potok.machine.updated.order"
+
+
 def test_custom_and_operational_events_are_their_name_under_the_prefix() -> None:
     assert subject("potok", event("custom.deploy")) == "potok.custom.deploy"
     assert subject("potok", event("custom.deploy.started")) == "potok.custom.deploy.started"

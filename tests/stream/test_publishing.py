@@ -59,7 +59,11 @@ async def test_every_change_and_custom_event_is_one_message_in_revision_order(
                 )
                 assert response.status_code in (200, 201), response.text
         await publish(client, "custom.deploy", {"service": "billing"})
-        total = ENTITIES * CHANGES_PER_ENTITY + 1
+        defined = await client.put(
+            "/api/v1/state-machines/order", json={"statuses": ["new"], "initial": ["new"]}
+        )
+        assert defined.status_code == 201, defined.text
+        total = ENTITIES * CHANGES_PER_ENTITY + 2
         await wait_for_messages(nats_server, total)
 
         async def drained() -> bool:
@@ -82,6 +86,7 @@ async def test_every_change_and_custom_event_is_one_message_in_revision_order(
         "potok.entity.created.user",
         "potok.entity.updated.user",
         "potok.custom.deploy",
+        "potok.machine.updated.order",
     }
     versions: dict[str, list[int]] = {}
     for message in stored:

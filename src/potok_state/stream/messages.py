@@ -12,12 +12,13 @@ EXPECTED_LAST_SEQUENCE_HEADER = "Nats-Expected-Last-Sequence"
 
 
 def subject(prefix: str, record: EventRecord) -> str:
-    """`{prefix}.{event}.{entity}` for an entity event (`potok.entity.created.task`),
-    `{prefix}.{event}` for any other (`potok.custom.deploy`,
-    `potok.subscription.disabled`). An empty token of a custom event's name
+    """`{prefix}.{event}.{entity}` for an event of an entity type: a state change
+    (`potok.entity.created.task`) or a change of the type's definition
+    (`potok.machine.updated.order`); `{prefix}.{event}` for any other
+    (`potok.custom.deploy`, `potok.subscription.disabled`). An empty token of a custom event's name
     (`custom.a..b`) is written `_`: NATS subjects have none."""
     tokens = [prefix, *(token or "_" for token in record.event.split("."))]
-    if record.event.startswith("entity.") and record.entity is not None:
+    if record.event.startswith(("entity.", "machine.")) and record.entity is not None:
         tokens.append(record.entity)
     return ".".join(tokens)
 
