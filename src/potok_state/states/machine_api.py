@@ -27,6 +27,7 @@ from potok_state.states.schemas import (
     MachineHistoryPage,
     StateMachineView,
 )
+from potok_state.states.service import StateService
 
 # Their own router: a route's tags add to its router's, and the docs page would
 # list these under "states" as well.
@@ -37,6 +38,11 @@ EntityPath = Annotated[str, Path(pattern=ENTITY_TYPE_PATTERN, description="Entit
 
 def machine_service(request: Request) -> MachineService:
     service: MachineService = request.app.state.machine_service
+    return service
+
+
+def state_service(request: Request) -> StateService:
+    service: StateService = request.app.state.state_service
     return service
 
 
@@ -53,6 +59,7 @@ def _view_response(
     "/state-machines",
     response_model=list[StateMachineView],
     summary="All transition tables",
+    response_description="Every transition table",
     responses=error_responses(),
 )
 async def list_state_machines(request: Request, caller: PartialReader) -> list[StateMachineView]:
@@ -60,7 +67,7 @@ async def list_state_machines(request: Request, caller: PartialReader) -> list[S
     transitions, the lease new states get, the metadata schema, where the table comes from
     (`builtin`, `file`, `api`) and its version."""
     readable = caller.readable()
-    machines = machine_service(request).views()
+    machines = state_service(request).state_machines()
     return machines if readable is None else [m for m in machines if m.entity in readable]
 
 
@@ -68,18 +75,20 @@ async def list_state_machines(request: Request, caller: PartialReader) -> list[S
     "/state-machines/{entity}",
     response_model=StateMachineView,
     summary="The transition table of one entity type",
+    response_description="The type's transition table; ETag: its version (API-defined types)",
     responses=error_responses(MachineNotFound),
 )
 async def get_state_machine(request: Request, entity: EntityPath, _: Reader) -> Response:
     """One type's transition table; a type defined over the API has its version as `ETag`. 404
     `state_machine_not_found`."""
-    return _view_response(machine_service(request).view(entity))
+    return _view_response(state_service(request).state_machine(entity))
 
 
 @router.put(
     "/state-machines/{entity}",
     response_model=StateMachineView,
     summary="Define a type's transition table (and metadata schema) over the API",
+    response_description="The stored table (it had a definition already); ETag: its version",
     responses={
         201: {"model": StateMachineView, "description": "Defined (the type had no definition)"},
         **error_responses(
@@ -128,6 +137,7 @@ async def define_state_machine(
     status_code=status.HTTP_204_NO_CONTENT,
     response_class=Response,
     summary="Remove a type's definition; its states stay as they are",
+    response_description="Removed",
     responses=error_responses(MachineNotFound, MachineReadOnly, VersionMismatch, BadRequest),
 )
 async def remove_state_machine(
@@ -152,6 +162,7 @@ async def remove_state_machine(
     "/state-machines/{entity}/history",
     response_model=MachineHistoryPage,
     summary="Every change of a type's definition, oldest first",
+    response_description="A page of definition changes",
     responses=error_responses(MachineNotFound, InvalidInput),
 )
 async def state_machine_history(

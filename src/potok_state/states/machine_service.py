@@ -143,17 +143,6 @@ class MachineService:
 
     # -- the API -------------------------------------------------------------------
 
-    def views(self) -> list[StateMachineView]:
-        return [machine_view(machine) for machine in self.registry.all()]
-
-    def view(self, entity: str) -> StateMachineView:
-        machine = self.registry.get(entity)
-        if machine is None:
-            raise MachineNotFound(
-                f"Entity type {entity!r} has no transition table; it accepts any status."
-            )
-        return machine_view(machine)
-
     async def define(
         self,
         entity: str,
@@ -196,7 +185,7 @@ class MachineService:
             stored = outcome.stored
             previous = outcome.previous
             return DefinedMachine(
-                machine=machine_view(replace(machine, version=stored.version)),
+                machine=StateMachineView.of(replace(machine, version=stored.version)),
                 created=outcome.changed and (previous is None or previous.table is None),
                 changed=outcome.changed,
             )
@@ -276,17 +265,6 @@ def _machine_of(stored: StoredDefinition) -> StateMachine | None:
         return None
     return build_machine(
         stored.entity, stored.table, source=MachineSource.API, version=stored.version
-    )
-
-
-def machine_view(machine: StateMachine) -> StateMachineView:
-    return StateMachineView.model_validate(
-        {
-            "entity": machine.entity,
-            **machine_table(machine),
-            "source": machine.source.value,
-            "version": machine.version,
-        }
     )
 
 

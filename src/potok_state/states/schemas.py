@@ -542,7 +542,9 @@ class DefineStateMachine(RequestModel):
     entity: EntityType | None = Field(
         None, description="Optional; when given, the same type as the path."
     )
-    statuses: list[Status] = Field(min_length=1, max_length=200)
+    statuses: list[Status] = Field(
+        min_length=1, max_length=200, description="Every status of the type (1 to 200)."
+    )
     initial: StatusList | Literal["*"] = Field(
         "*", description='Statuses a new state may start in; "*": any.'
     )
@@ -566,19 +568,23 @@ class DefineStateMachine(RequestModel):
 
 
 class MachineTable(BaseModel):
-    statuses: list[str]
-    initial: list[str]
-    final: list[str]
-    transitions: dict[str, list[str]]
-    lease: LeasePolicyView | None = None
-    metadataSchema: JsonSchemaDocument | None = None
+    statuses: list[str] = Field(description="Every status of the type.")
+    initial: list[str] = Field(description="Statuses a new state may start in.")
+    final: list[str] = Field(description="Statuses with no way out.")
+    transitions: dict[str, list[str]] = Field(
+        description="For each status, the statuses it may move to."
+    )
+    lease: LeasePolicyView | None = Field(None, description="The lease new states get.")
+    metadataSchema: JsonSchemaDocument | None = Field(
+        None, description="The JSON Schema every write's metadata must match."
+    )
 
 
 class MachineHistoryEntry(BaseModel):
     revision: int = Field(description="The revision of its `machine.updated` event.")
     version: int = Field(description="The definition's version after the change.")
-    actor: str
-    changedAt: Timestamp
+    actor: str = Field(description="The API key's name that made the change.")
+    changedAt: Timestamp = Field(description="The commit time.")
     previous: MachineTable | None = Field(description="The table before (null: none).")
     definition: MachineTable | None = Field(description="The table after (null: removed).")
 
@@ -603,5 +609,5 @@ class MachineHistoryPage(BaseModel):
         }
     )
 
-    items: list[MachineHistoryEntry]
-    nextCursor: str | None = None
+    items: list[MachineHistoryEntry] = Field(description="The changes, oldest first.")
+    nextCursor: str | None = Field(None, description="Pass as `cursor` for the next page.")

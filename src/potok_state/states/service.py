@@ -53,6 +53,7 @@ from potok_state.states.encoding import (
 from potok_state.states.errors import (
     EmptyUpdate,
     InvalidMetadata,
+    MachineNotFound,
     MetadataTooLarge,
     StateNotFound,
     UnknownEntityType,
@@ -66,6 +67,7 @@ from potok_state.states.schemas import (
     BatchRequest,
     Metadata,
     RecordStateRequest,
+    StateMachineView,
     UpdateStateRequest,
 )
 from potok_state.states.transitions import (
