@@ -1,6 +1,6 @@
-"""Headless Chromium for the console's browser tests, driven over the Chrome
-DevTools Protocol (a websocket, through aiohttp: no browser-automation
-dependency, no Node), as scripts/docs_check.py drives it for the docs page.
+"""Headless Chromium for the browser tests (the console, the docs page), driven
+over the Chrome DevTools Protocol (a websocket, through aiohttp: no
+browser-automation dependency, no Node).
 
 The browser is Debian's chromium (/usr/bin/chromium, or $CHROMIUM), installed by
 scripts/install-chromium; `make test` installs it when it is missing. A missing
