@@ -22,6 +22,7 @@ from potok_state.settings import Settings
 from potok_state.storage.migrate import upgrade_to_head
 from potok_state.storage.tables import metadata
 from tests.support.admin_service import AdminService
+from tests.support.private_servers import private_servers
 from tests.support.redis_server import RedisServer
 
 POSTGRES_ADMIN_URL = os.environ.get(
@@ -132,21 +133,8 @@ async def client(app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
 
 @pytest.fixture
 def redis_servers(tmp_path: Path) -> Iterator[Callable[[], RedisServer]]:
-    """Start private `redis-server` processes on free ports; all are killed at
-    teardown."""
-    started: list[RedisServer] = []
-
-    def start() -> RedisServer:
-        workdir = tmp_path / f"redis-{len(started)}"
-        workdir.mkdir()
-        server = RedisServer(workdir)
-        started.append(server)
-        server.start()
-        return server
-
-    yield start
-    for server in started:
-        server.kill()
+    """Start private `redis-server` processes on free ports."""
+    yield from private_servers(tmp_path, RedisServer, "redis")
 
 
 @pytest.fixture

@@ -6,25 +6,13 @@ from pathlib import Path
 import pytest
 
 from tests.support.nats_server import NatsServer
+from tests.support.private_servers import private_servers
 
 
 @pytest.fixture
 def nats_servers(tmp_path: Path) -> Iterator[Callable[[], NatsServer]]:
-    """Start private `nats-server -js` processes on free ports; all are killed at
-    teardown."""
-    started: list[NatsServer] = []
-
-    def start() -> NatsServer:
-        workdir = tmp_path / f"nats-{len(started)}"
-        workdir.mkdir()
-        server = NatsServer(workdir)
-        started.append(server)
-        server.start()
-        return server
-
-    yield start
-    for server in started:
-        server.kill()
+    """Start private `nats-server -js` processes on free ports."""
+    yield from private_servers(tmp_path, NatsServer, "nats")
 
 
 @pytest.fixture
