@@ -26,7 +26,7 @@ import uuid
 from collections import defaultdict
 from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Any
 
 import orjson
@@ -42,6 +42,7 @@ from potok_state.external.client import (
     Json,
 )
 from potok_state.kit.errors import Unavailable
+from potok_state.storage.cursor_lease import claim_cursor
 from potok_state.storage.database import Row, Tx
 from potok_state.storage.port import WriteTicket
 from potok_state.storage.sql import SqlStateStore
@@ -257,7 +258,9 @@ class Replicator:
         await self.measure()
         if not self.backlog:
             return False
-        cursor = await self.store.db.write(lambda tx: _claim(tx, self.holder, LEASE_SECONDS))
+        cursor = await self.store.db.write(
+            lambda tx: claim_cursor(tx, "external_sync", self.holder, LEASE_SECONDS)
+        )
         if cursor is None:
             return False  # another process drains the journal
         if self.admin.breaker.is_open:
@@ -284,7 +287,7 @@ class Replicator:
                     task.result()
                     return
                 renewed = await self.store.db.write(
-                    lambda tx: _claim(tx, self.holder, LEASE_SECONDS)
+                    lambda tx: claim_cursor(tx, "external_sync", self.holder, LEASE_SECONDS)
                 )
                 if renewed is None:
                     raise LeaseLost("another process took the replication lease")
@@ -397,19 +400,6 @@ async def _ensure_cursor_row(tx: Tx) -> None:
     await tx.execute(
         "INSERT INTO external_sync (id, revision) VALUES (1, 0) ON CONFLICT (id) DO NOTHING"
     )
-
-
-async def _claim(tx: Tx, holder: str, seconds: float) -> int | None:
-    """Take or renew the lease; the cursor when this process holds it."""
-    now = utc_now()
-    value = await tx.fetchval(
-        "UPDATE external_sync SET holder = $1, held_until = $2 "
-        "WHERE id = 1 AND (holder IS NULL OR holder = $1 OR held_until < $3) RETURNING revision",
-        holder,
-        tx.dialect.time(now + timedelta(seconds=seconds)),
-        tx.dialect.time(now),
-    )
-    return None if value is None else int(value)
 
 
 async def _advance(tx: Tx, holder: str, revision: int) -> bool:

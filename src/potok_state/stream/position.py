@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from potok_state.clock import utc_now
+from potok_state.storage.cursor_lease import claim_cursor
 from potok_state.storage.database import Tx
 
 
@@ -78,15 +79,7 @@ async def read_position(tx: Tx) -> Position:
 
 async def claim(tx: Tx, holder: str, seconds: float) -> int | None:
     """Take or renew the lease; the position when this process holds it."""
-    now = utc_now()
-    value = await tx.fetchval(
-        "UPDATE stream_publisher SET holder = $1, held_until = $2 "
-        "WHERE id = 1 AND (holder IS NULL OR holder = $1 OR held_until < $3) RETURNING revision",
-        holder,
-        tx.dialect.time(now + timedelta(seconds=seconds)),
-        tx.dialect.time(now),
-    )
-    return None if value is None else int(value)
+    return await claim_cursor(tx, "stream_publisher", holder, seconds)
 
 
 async def advance(tx: Tx, holder: str, revision: int, stream_sequence: int, seconds: float) -> bool:
