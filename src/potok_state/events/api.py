@@ -13,7 +13,7 @@ from potok_state.events.service import (
 )
 from potok_state.kit.auth import PartialReader, Writer
 from potok_state.kit.errors import Unavailable, error_responses
-from potok_state.kit.headers import Idempotency
+from potok_state.kit.headers import Idempotency, answer
 from potok_state.kit.json_body import JsonBodyRoute
 
 router = APIRouter(prefix="/api/v1", tags=["events"], route_class=JsonBodyRoute)
@@ -66,7 +66,4 @@ async def publish_event(
 ) -> Event:
     """Publish `custom.<name>` with any JSON `data`: it gets a revision, goes to subscribers of
     `custom.*` and to watch streams. 422 `event_data_too_large` above METADATA_MAX_BYTES."""
-    applied = await publisher.publish(body, actor=actor, idempotency=idempotency)
-    if applied.replayed:
-        response.headers["Idempotent-Replayed"] = "true"
-    return applied.outcome
+    return answer(await publisher.publish(body, actor=actor, idempotency=idempotency), response)

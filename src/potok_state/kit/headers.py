@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
-from typing import Annotated
+from typing import Annotated, TypeVar
 
-from fastapi import Depends, Header, Request
+from fastapi import Depends, Header, Request, Response
 
-from potok_state.idempotency import IdempotencyKey
+from potok_state.idempotency import Applied, IdempotencyKey
 from potok_state.kit.errors import BadRequest
 
 IdempotencyKeyHeader = Annotated[
@@ -31,6 +31,22 @@ IfMatchHeader = Annotated[
 
 
 REVISION_HEADER = "X-Potok-Revision"
+REPLAYED_HEADER = "Idempotent-Replayed"
+"""On the answer to a retried write: the first answer, replayed."""
+OutcomeT = TypeVar("OutcomeT")
+
+
+def replayed_headers(applied: Applied[OutcomeT]) -> dict[str, str]:
+    """The headers that tell a retried write its answer is the first one's."""
+    return {REPLAYED_HEADER: "true"} if applied.replayed else {}
+
+
+def answer(applied: Applied[OutcomeT], response: Response) -> OutcomeT:
+    """A write's outcome for a route that returns a model, its replay marked."""
+    response.headers.update(replayed_headers(applied))
+    return applied.outcome
+
+
 """On a list: the revision the page was read at; watch from it to miss nothing."""
 
 

@@ -19,6 +19,7 @@ from potok_state.kit.headers import (
     Idempotency,
     WriteConditions,
     etag,
+    replayed_headers,
 )
 from potok_state.kit.responses import JsonBytes
 from potok_state.states.as_of import AS_OF_PARAMETER, parse_as_of
@@ -59,9 +60,7 @@ def state_service(request: Request) -> StateService:
 
 
 def _state_response(applied: Applied[EncodedState], status_code: int = 200) -> Response:
-    headers = {"ETag": etag(applied.outcome.version)}
-    if applied.replayed:
-        headers["Idempotent-Replayed"] = "true"
+    headers = {"ETag": etag(applied.outcome.version), **replayed_headers(applied)}
     return JsonBytes(applied.outcome.body, status_code=status_code, headers=headers)
 
 
@@ -165,8 +164,7 @@ async def apply_batch(
     applied = await state_service(request).apply_batch(
         entity, body, actor=actor, idempotency=idempotency
     )
-    headers = {"Idempotent-Replayed": "true"} if applied.replayed else None
-    return JsonBytes(applied.outcome.body, headers=headers)
+    return JsonBytes(applied.outcome.body, headers=replayed_headers(applied))
 
 
 @router.get(
@@ -314,8 +312,7 @@ async def delete_state(
         expected_version=conditions.expected_version,
         idempotency=conditions.idempotency,
     )
-    headers = {"Idempotent-Replayed": "true"} if applied.replayed else None
-    return Response(status_code=status.HTTP_204_NO_CONTENT, headers=headers)
+    return Response(status_code=status.HTTP_204_NO_CONTENT, headers=replayed_headers(applied))
 
 
 @router.get(

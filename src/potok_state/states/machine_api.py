@@ -11,7 +11,7 @@ from fastapi import APIRouter, Path, Query, Request, Response, status
 from potok_state.kit.auth import Administrator, PartialReader, Reader
 from potok_state.kit.compiled_route import CompiledRoute
 from potok_state.kit.errors import BadRequest, InvalidInput, error_responses
-from potok_state.kit.headers import Conditions, etag
+from potok_state.kit.headers import Conditions, etag, replayed_headers
 from potok_state.kit.responses import JsonBytes
 from potok_state.states.errors import (
     InvalidMachineDefinition,
@@ -154,8 +154,7 @@ async def remove_state_machine(
         expected_version=conditions.expected_version,
         idempotency=conditions.idempotency,
     )
-    headers = {"Idempotent-Replayed": "true"} if applied.replayed else None
-    return Response(status_code=status.HTTP_204_NO_CONTENT, headers=headers)
+    return Response(status_code=status.HTTP_204_NO_CONTENT, headers=replayed_headers(applied))
 
 
 @router.get(

@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Annotated, TypeVar
+from typing import Annotated
 
 from fastapi import APIRouter, Body, Depends, Path, Query, Request, Response, status
 
 from potok_state.events.service import RevisionPruned
-from potok_state.idempotency import Applied
 from potok_state.kit.auth import Administrator
 from potok_state.kit.errors import error_responses
-from potok_state.kit.headers import Idempotency
+from potok_state.kit.headers import Idempotency, answer
 from potok_state.kit.json_body import JsonBodyRoute
 from potok_state.webhooks.answers import AnswerUnavailable
 from potok_state.webhooks.schemas import (
@@ -49,13 +48,6 @@ async def webhook_service(request: Request) -> WebhookService:
 
 
 Service = Annotated[WebhookService, Depends(webhook_service)]
-OutcomeT = TypeVar("OutcomeT")
-
-
-def _answer(applied: Applied[OutcomeT], response: Response) -> OutcomeT:
-    if applied.replayed:
-        response.headers["Idempotent-Replayed"] = "true"
-    return applied.outcome
 
 
 @router.post(
@@ -78,7 +70,7 @@ async def create_subscription(
     the same `Idempotency-Key`). 422 `invalid_webhook_url` for non-http(s), credentials in the URL,
     or private targets when they are refused."""
     created = await service.create_subscription(body, actor=actor, idempotency=idempotency)
-    return _answer(created, response)
+    return answer(created, response)
 
 
 @router.get(
@@ -128,7 +120,7 @@ async def update_subscription(
     updated = await service.update_subscription(
         subscription_id, body, actor=actor, idempotency=idempotency
     )
-    return _answer(updated, response)
+    return answer(updated, response)
 
 
 @router.delete(
@@ -150,7 +142,7 @@ async def delete_subscription(
         subscription_id, actor=actor, idempotency=idempotency
     )
     response = Response(status_code=status.HTTP_204_NO_CONTENT)
-    _answer(deleted, response)
+    answer(deleted, response)
     return response
 
 
@@ -190,7 +182,7 @@ async def retry_delivery(
     """Send a failed delivery again now, with a fresh attempt budget. 404 `delivery_not_found`, 409
     when it is not failed, 410 `revision_pruned` when its event is no longer kept."""
     retried = await service.retry_delivery(delivery_id, actor=actor, idempotency=idempotency)
-    return _answer(retried, response)
+    return answer(retried, response)
 
 
 @router.post(
@@ -231,7 +223,7 @@ async def replay(
     replayed = await service.replay(
         subscription_id, body, missing=missing, actor=actor, idempotency=idempotency
     )
-    return _answer(replayed, response)
+    return answer(replayed, response)
 
 
 @router.post(
@@ -256,7 +248,7 @@ async def rotate_secret(
     rotated = await service.rotate_secret(
         subscription_id, body or RotateSecretRequest(), actor=actor, idempotency=idempotency
     )
-    return _answer(rotated, response)
+    return answer(rotated, response)
 
 
 @router.post(
@@ -276,4 +268,4 @@ async def send_test(
     """Send a signed `ping` event to the subscription's URL now; answers what the receiver said. A
     retry with the same `Idempotency-Key` is answered the first result without a second ping."""
     tested = await service.send_test(subscription_id, actor=actor, idempotency=idempotency)
-    return _answer(tested, response)
+    return answer(tested, response)
