@@ -38,9 +38,10 @@ from potok_state.kit.auth import (
 )
 from potok_state.kit.errors import BadRequest, Forbidden
 from potok_state.kit.scopes import Scope
+from potok_state.names import STATUS_PATTERN
 from potok_state.states.api import EntityIdPath, EntityPath
 from potok_state.states.queries import StateFilter
-from potok_state.states.schemas import STATUS_PATTERN, SortSpec
+from potok_state.states.schemas import SortSpec
 
 CONSOLE_PATH = "/console"
 STATIC_PATH = "/console/static"

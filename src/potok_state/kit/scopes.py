@@ -18,7 +18,7 @@ from enum import StrEnum
 
 from pydantic import SecretStr
 
-from potok_state.states.schemas import ENTITY_TYPE_PATTERN
+from potok_state.names import ENTITY_TYPE_PATTERN
 
 
 class Scope(StrEnum):

@@ -22,6 +22,7 @@ from potok_state.kit.headers import (
     replayed_headers,
 )
 from potok_state.kit.responses import JsonBytes
+from potok_state.names import ENTITY_ID_PATTERN, ENTITY_TYPE_PATTERN, STATUS_PATTERN
 from potok_state.states.as_of import AS_OF_PARAMETER, parse_as_of
 from potok_state.states.encoding import EncodedState
 from potok_state.states.errors import (
@@ -32,9 +33,6 @@ from potok_state.states.errors import (
 )
 from potok_state.states.queries import StateFilter
 from potok_state.states.schemas import (
-    ENTITY_ID_PATTERN,
-    ENTITY_TYPE_PATTERN,
-    STATUS_PATTERN,
     BatchRequest,
     BatchResult,
     HistoryPage,

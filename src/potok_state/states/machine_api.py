@@ -13,6 +13,7 @@ from potok_state.kit.compiled_route import CompiledRoute
 from potok_state.kit.errors import BadRequest, InvalidInput, error_responses
 from potok_state.kit.headers import Conditions, etag, replayed_headers
 from potok_state.kit.responses import JsonBytes
+from potok_state.names import ENTITY_TYPE_PATTERN
 from potok_state.states.errors import (
     InvalidMachineDefinition,
     MachineNotFound,
@@ -22,7 +23,6 @@ from potok_state.states.errors import (
 )
 from potok_state.states.machine_service import MachineService
 from potok_state.states.schemas import (
-    ENTITY_TYPE_PATTERN,
     DefineStateMachine,
     MachineHistoryPage,
     StateMachineView,

@@ -20,6 +20,8 @@ from typing import TYPE_CHECKING
 import yaml
 from pydantic import JsonValue
 
+from potok_state.names import ENTITY_TYPE_PATTERN, STATUS_PATTERN
+
 if TYPE_CHECKING:
     from potok_state.states.metadata_schema import MetadataSchema
 
@@ -27,8 +29,8 @@ if TYPE_CHECKING:
 ANY = "*"
 DELETE = "delete"
 MAX_LEASE_TTL = 30 * 86_400
-STATUS_PATTERN = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
-ENTITY_PATTERN = re.compile(r"^[a-z][a-z0-9_-]{0,63}$")
+_STATUS = re.compile(STATUS_PATTERN)
+_ENTITY_TYPE = re.compile(ENTITY_TYPE_PATTERN)
 
 
 TABLE_KEYS = frozenset({"statuses", "initial", "transitions", "final", "lease", "metadataSchema"})
@@ -104,7 +106,7 @@ def build_machine(
     source: MachineSource = MachineSource.BUILTIN,
     version: int | None = None,
 ) -> StateMachine:
-    if not ENTITY_PATTERN.match(entity):
+    if not _ENTITY_TYPE.match(entity):
         raise MachineDefinitionError(f"{entity!r}: not a valid entity type name")
     if not isinstance(definition, dict):
         raise MachineDefinitionError(f"{entity}: the table must be a mapping")
@@ -115,7 +117,7 @@ def build_machine(
     if not isinstance(raw_statuses, list) or not raw_statuses:
         raise MachineDefinitionError(f"{entity}: 'statuses' must be a non-empty list")
     for status in raw_statuses:
-        if not isinstance(status, str) or not STATUS_PATTERN.match(status):
+        if not isinstance(status, str) or not _STATUS.match(status):
             raise MachineDefinitionError(f"{entity}: {status!r} is not a valid status name")
     if len(set(raw_statuses)) != len(raw_statuses):
         raise MachineDefinitionError(f"{entity}: 'statuses' lists a status twice")

@@ -12,11 +12,8 @@ from potok_state.changes.model import (
 )
 from potok_state.clock import Timestamp
 from potok_state.kit.request_model import RequestModel
+from potok_state.names import ENTITY_ID_PATTERN, ENTITY_TYPE_PATTERN, STATUS_PATTERN
 from potok_state.states.machines import DELETE, MAX_LEASE_TTL, StateMachine
-
-ENTITY_TYPE_PATTERN = r"^[a-z][a-z0-9_-]{0,63}$"
-ENTITY_ID_PATTERN = r"^[A-Za-z0-9._:@-]{1,128}$"
-STATUS_PATTERN = r"^[a-z][a-z0-9_]{0,63}$"
 
 EntityType = Annotated[str, StringConstraints(pattern=ENTITY_TYPE_PATTERN)]
 EntityId = Annotated[str, StringConstraints(pattern=ENTITY_ID_PATTERN)]
