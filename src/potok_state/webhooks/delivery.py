@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import time
+from collections import deque
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from email.utils import parsedate_to_datetime
@@ -38,9 +39,10 @@ from potok_state.storage.sql import SqlStateStore
 from potok_state.webhooks.notices import SubscriptionNotices
 from potok_state.webhooks.policy import FailurePolicy
 from potok_state.webhooks.rates import DeliveryRates
-from potok_state.webhooks.repository.attempts import AttemptRecorder, AttemptResult
-from potok_state.webhooks.repository.claims import ClaimedDelivery, DeliveryClaims
+from potok_state.webhooks.repository.attempts import AttemptResult
+from potok_state.webhooks.repository.claims import ClaimedDelivery, ClaimRequest, fair_share
 from potok_state.webhooks.repository.dispatch import DISPATCH_BATCH, OutboxDispatch
+from potok_state.webhooks.repository.rounds import DeliveryRounds
 from potok_state.webhooks.repository.rows import PENDING, SKIPPED, SUCCEEDED
 from potok_state.webhooks.sealing import SecretSeal
 from potok_state.webhooks.signing import signature_headers
@@ -60,11 +62,13 @@ POLL_SECONDS = 1.0
 DISPATCH_WINDOW_SECONDS = 0.002
 IDLE_DISPATCH_WINDOW_SECONDS = 0.1
 RECORD_BATCH = 500
-# Attempts answered but not yet recorded, per slot, before claiming pauses.
-RECORD_BACKLOG_PER_SLOT = 4
-# While attempts are in flight, the claim loop lets freed slots gather this long
-# before it claims again: one claim transaction then leases many deliveries.
+# A worker holds leases on up to this many times its slots: what is sent and,
+# claimed ahead, what is sent next.
+CLAIM_AHEAD = 2
+# While attempts are in flight, the round loop lets freed slots gather this long
+# before it claims again: one round then leases many deliveries.
 CLAIM_WINDOW_SECONDS = 0.001
+STOP_RECORD_SECONDS = 10.0
 LEASE_MARGIN = timedelta(seconds=10)
 MAX_RETRY_AFTER_SECONDS = 3600
 ERROR_TEXT_LIMIT = 300
@@ -183,6 +187,16 @@ class _Finished:
     """Seconds until a retry, should the attempt have failed."""
 
 
+@dataclass(frozen=True, slots=True)
+class _Queued:
+    """A claimed delivery waiting for a free slot."""
+
+    delivery: ClaimedDelivery
+    send_by: float
+    """The latest monotonic time it may start: later, its lease could run out
+    while it is sent, and another worker could send it too."""
+
+
 class DeliveryWorker:
     def __init__(
         self,
@@ -197,8 +211,7 @@ class DeliveryWorker:
         notices: SubscriptionNotices | None = None,
     ) -> None:
         self.dispatcher = OutboxDispatch(store)
-        self.claims = DeliveryClaims(store, seal)
-        self.attempts = AttemptRecorder(store)
+        self.rounds = DeliveryRounds(store, seal)
         self.settings = settings
         self.metrics = metrics
         self.policy = FailurePolicy.from_settings(settings)
@@ -212,48 +225,48 @@ class DeliveryWorker:
         )
         self.lease = timedelta(milliseconds=settings.delivery_timeout) + LEASE_MARGIN
         self._outbox = store.commits.outbox_wakeup()
-        # Set when deliveries become due in this process; other processes hear
-        # NOTIFY on DELIVERIES_CHANNEL (repository/dispatch.py).
+        # Set when deliveries become due in this process (or an attempt
+        # finished); other processes hear NOTIFY on DELIVERIES_CHANNEL
+        # (repository/dispatch.py).
         self._due = store.commits.deliveries_ready
+        self._queued: dict[str, deque[_Queued]] = {}
+        self._queued_count = 0
+        self._sending: dict[str, int] = {}
         self._in_flight: dict[int, asyncio.Task[None]] = {}
-        self._per_subscription: dict[str, int] = {}
-        self._loops: list[asyncio.Task[None]] = []
-        self._recorder: asyncio.Task[None] | None = None
         self._to_record: list[_Finished] = []
-        self._record_ready = asyncio.Event()
-        self._recorded = asyncio.Event()
+        self._release: list[int] = []
+        self._dispatch: asyncio.Task[None] | None = None
+        self._round_task: asyncio.Task[None] | None = None
         self._stopping = asyncio.Event()
         self._rates = DeliveryRates()
 
     async def start(self) -> None:
         self._stopping.clear()
-        self._loops = [
-            asyncio.create_task(self._dispatch_loop(), name="webhook-dispatch"),
-            asyncio.create_task(self._deliver_loop(), name="webhook-deliver"),
-        ]
-        self._recorder = asyncio.create_task(self._record_loop(), name="webhook-record")
+        self._dispatch = asyncio.create_task(self._dispatch_loop(), name="webhook-dispatch")
+        self._round_task = asyncio.create_task(self._round_loop(), name="webhook-rounds")
         log.info("webhook.worker.started", concurrency=self.concurrency)
 
     async def stop(self) -> None:
-        """Stop claiming, let in-flight attempts finish (their timeout bounds
-        the wait), then close the HTTP client."""
+        """Stop claiming, give back what was claimed but not sent, let
+        in-flight attempts finish (their timeout bounds the wait) and record
+        them, then close the HTTP client."""
         self._stopping.set()
         self._outbox.notify()
-        self._due.notify()
-        for task in self._loops:
-            task.cancel()
-        await asyncio.gather(*self._loops, return_exceptions=True)
+        if self._dispatch is not None:
+            self._dispatch.cancel()
+            await asyncio.gather(self._dispatch, return_exceptions=True)
+        for subscription_id in list(self._queued):
+            self._drop_queued(subscription_id)
         if self._in_flight:
             await asyncio.wait(
                 list(self._in_flight.values()), timeout=self.sender.timeout.total or 30
             )
-        if self._recorder is not None:
+        if self._round_task is not None:
             # What was sent is recorded before the worker stops.
-            while self._to_record and not self._recorder.done():
-                self._record_ready.set()
-                await asyncio.sleep(0.01)
-            self._recorder.cancel()
-            await asyncio.gather(self._recorder, return_exceptions=True)
+            self._due.notify()
+            await asyncio.wait([self._round_task], timeout=STOP_RECORD_SECONDS)
+            self._round_task.cancel()
+            await asyncio.gather(self._round_task, return_exceptions=True)
         await self.sender.close()
         log.info("webhook.worker.stopped")
 
@@ -290,55 +303,162 @@ class DeliveryWorker:
     def attempt_limit(self) -> int:
         return 1 + self.settings.max_retries
 
-    # -- delivery -----------------------------------------------------------------
+    # -- rounds: record, release, claim ---------------------------------------------
 
-    async def _deliver_loop(self) -> None:
-        while not self._stopping.is_set():
-            if len(self._to_record) >= RECORD_BACKLOG_PER_SLOT * self.concurrency:
-                # Recording lags: let it catch up before sending more.
-                self._recorded.clear()
-                await self._recorded.wait()
-                continue
-            free = self.concurrency - len(self._in_flight)
-            claimed: list[ClaimedDelivery] = []
-            if free > 0:
-                try:
-                    claimed = await self.claims.claim_due(
-                        limit=free,
-                        lease=self.lease,
-                        in_flight=self._per_subscription,
-                        per_subscription=self.per_subscription,
-                        concurrency=self.concurrency,
-                        rates=self._rates,
-                    )
-                except Exception:
-                    log.exception("webhook.claim.failed")
-                    await asyncio.sleep(POLL_SECONDS)
+    @property
+    def _held(self) -> int:
+        """Deliveries this worker holds leases on: queued, sending, answered."""
+        return self._queued_count + len(self._in_flight) + len(self._to_record)
+
+    def _claim_request(self) -> ClaimRequest | None:
+        """What to claim now: enough to fill every slot once more than they
+        hold, so a freed slot starts its next delivery without waiting for
+        the database."""
+        room = CLAIM_AHEAD * self.concurrency - self._held
+        if self._stopping.is_set() or room <= 0:
+            return None
+        held: dict[str, int] = dict(self._sending)
+        for subscription_id, queued in self._queued.items():
+            held[subscription_id] = held.get(subscription_id, 0) + len(queued)
+        return ClaimRequest(
+            limit=room,
+            lease=self.lease,
+            held=held,
+            per_subscription=CLAIM_AHEAD * self.per_subscription,
+            concurrency=CLAIM_AHEAD * self.concurrency,
+            rates=self._rates,
+        )
+
+    async def _round_loop(self) -> None:
+        """Rounds (repository/rounds.py) for as long as there is something to
+        record, give back or claim; in between, sleep until deliveries are due
+        or an attempt finished."""
+        claim = True
+        while True:
+            finished = self._to_record[:RECORD_BATCH]
+            del self._to_record[:RECORD_BATCH]
+            release, self._release = self._release, []
+            request = self._claim_request() if claim else None
+            if finished or release or request is not None:
+                claimed = await self._round(finished, release, request)
+                # Claim again at once while due work fills the claims.
+                claim = request is not None and claimed >= request.limit
+                if finished or release or claim:
                     continue
-                token_in = self._rates.next_token_in()
-                if token_in is not None:
-                    # A rate-limited subscription may go on then.
-                    asyncio.get_running_loop().call_later(token_in, self._due.notify)
-            for delivery in claimed:
-                self._per_subscription[delivery.subscription_id] = (
-                    self._per_subscription.get(delivery.subscription_id, 0) + 1
-                )
-                task = asyncio.create_task(self._attempt(delivery))
-                self._in_flight[delivery.id] = task
-                task.add_done_callback(functools.partial(self._finished, delivery))
-            if claimed and len(claimed) == free:
-                continue
-            if await self._due.wait(POLL_SECONDS) and self._in_flight:
+            if self._stopping.is_set() and not self._in_flight and not self._to_record:
+                return
+            notified = await self._due.wait(POLL_SECONDS)
+            claim = True
+            if notified and self._in_flight and not self._to_record:
+                # Let freed slots gather: one round then claims many.
                 await asyncio.sleep(CLAIM_WINDOW_SECONDS)
+
+    async def _round(
+        self,
+        finished: list[_Finished],
+        release: list[int],
+        request: ClaimRequest | None,
+    ) -> int:
+        try:
+            result = await self.rounds.run(
+                [f.result for f in finished], self.policy, request, release
+            )
+        except Exception:
+            # Their leases run out and they are sent again: at-least-once.
+            log.exception("webhook.round.failed", attempts=len(finished), released=len(release))
+            await asyncio.sleep(POLL_SECONDS)
+            return 0
+        if request is not None:
+            token_in = self._rates.next_token_in()
+            if token_in is not None:
+                # A rate-limited subscription may go on then.
+                asyncio.get_running_loop().call_later(token_in, self._due.notify)
+        recorded = result.recorded
+        for done, status in zip(finished, recorded.statuses, strict=True):
+            self._recorded_attempt(done, status)
+        loop = asyncio.get_running_loop()
+        for subscription_id in recorded.circuits_opened:
+            self.metrics.circuits_opened.inc()
+            log.warning("webhook.circuit.opened", subscriptionId=subscription_id)
+        for probe_at in recorded.probes_due:
+            wait = (probe_at - utc_now()).total_seconds()
+            loop.call_later(max(wait, 0.0), self._due.notify)
+        send_by = time.monotonic() + (self.lease - LEASE_MARGIN / 2).total_seconds()
+        for delivery in result.claimed:
+            timeout = self._timeout_seconds(delivery)
+            queue = self._queued.setdefault(delivery.subscription_id, deque())
+            queue.append(_Queued(delivery, send_by - timeout))
+            self._queued_count += 1
+        self._pump()
+        for notice in recorded.notices:
+            if self.notices is not None:
+                await self.notices.publish(notice)
+        return len(result.claimed)
+
+    def _timeout_seconds(self, delivery: ClaimedDelivery) -> float:
+        timeout_ms = delivery.timeout_ms or self.settings.delivery_timeout
+        return timeout_ms / 1000
+
+    def _drop_queued(self, subscription_id: str) -> None:
+        """Deliveries of this subscription claimed but not started go back to
+        the queue in the database (their subscription failed, its circuit may
+        be open or it may be disabled now; or the worker stops)."""
+        queue = self._queued.pop(subscription_id, None)
+        if queue:
+            self._queued_count -= len(queue)
+            # One too late to start is left to its lease: once that ran out,
+            # another worker may hold it, and a release would end that lease.
+            now = time.monotonic()
+            self._release.extend(q.delivery.id for q in queue if q.send_by >= now)
+
+    # -- sending ------------------------------------------------------------------
+
+    def _pump(self) -> None:
+        """Start queued deliveries while slots are free: a subscription may
+        send its fair share of the slots at once (claims.py, `fair_share`),
+        taken in turns so one subscription's backlog does not go first."""
+        free = self.concurrency - len(self._in_flight)
+        if free <= 0 or not self._queued:
+            return
+        working = set(self._queued) | set(self._sending)
+        share = fair_share(len(working), self.concurrency, self.per_subscription)
+        now = time.monotonic()
+        started = True
+        while free > 0 and started:
+            started = False
+            for subscription_id, queue in list(self._queued.items()):
+                if self._sending.get(subscription_id, 0) >= share:
+                    continue
+                queued = queue.popleft()
+                self._queued_count -= 1
+                if not queue:
+                    del self._queued[subscription_id]
+                if queued.send_by < now:
+                    # Too late to start: the lease runs out and it is claimed again.
+                    continue
+                self._start(queued.delivery)
+                started = True
+                free -= 1
+                if free == 0:
+                    return
+
+    def _start(self, delivery: ClaimedDelivery) -> None:
+        subscription_id = delivery.subscription_id
+        self._sending[subscription_id] = self._sending.get(subscription_id, 0) + 1
+        task = asyncio.create_task(self._attempt(delivery))
+        self._in_flight[delivery.id] = task
+        task.add_done_callback(functools.partial(self._finished, delivery))
 
     def _finished(self, delivery: ClaimedDelivery, _: asyncio.Task[None]) -> None:
         self._in_flight.pop(delivery.id, None)
-        remaining = self._per_subscription.get(delivery.subscription_id, 1) - 1
+        remaining = self._sending.get(delivery.subscription_id, 1) - 1
         if remaining > 0:
-            self._per_subscription[delivery.subscription_id] = remaining
+            self._sending[delivery.subscription_id] = remaining
         else:
-            self._per_subscription.pop(delivery.subscription_id, None)
-        # A slot is free.
+            self._sending.pop(delivery.subscription_id, None)
+        # A slot is free: the next claimed delivery starts, and the next round
+        # records this one and claims more.
+        self._pump()
         self._due.notify()
 
     async def _attempt(self, delivery: ClaimedDelivery) -> None:
@@ -369,46 +489,19 @@ class DeliveryWorker:
             error=outcome.error,
             succeeded=outcome.succeeded,
             gone=outcome.status_code == 410,
-            retry_at=utc_now() + timedelta(seconds=delay),
+            retry_at=outcome.started_at
+            + timedelta(milliseconds=outcome.duration_ms)
+            + timedelta(seconds=delay),
             probe=delivery.probe,
         )
-        # The slot is free once the receiver answered; the attempt is recorded
-        # with others in the next batch (until then the delivery stays pending
-        # and leased, so neither it nor the next event of its entity is claimed).
+        if not outcome.succeeded:
+            # The subscription failed: what it has queued waits until this
+            # failure is recorded (its circuit may open, it may be disabled).
+            self._drop_queued(delivery.subscription_id)
+        # Recorded with others in the next round (until then the delivery stays
+        # pending and leased, so neither it nor the next event of its entity is
+        # claimed).
         self._to_record.append(_Finished(delivery, result, outcome.duration_ms, delay))
-        self._record_ready.set()
-
-    async def _record_loop(self) -> None:
-        """Record every attempt that finished since the last record, in one
-        transaction, then count, log and schedule what each one led to."""
-        while True:
-            await self._record_ready.wait()
-            self._record_ready.clear()
-            while self._to_record:
-                batch = self._to_record[:RECORD_BATCH]
-                del self._to_record[:RECORD_BATCH]
-                try:
-                    recorded = await self.attempts.record_attempts(
-                        [finished.result for finished in batch], self.policy
-                    )
-                except Exception:
-                    # Their leases run out and they are sent again: at-least-once.
-                    log.exception("webhook.attempt.record_failed", attempts=len(batch))
-                    continue
-                finally:
-                    self._recorded.set()
-                for finished, status in zip(batch, recorded.statuses, strict=True):
-                    self._recorded_attempt(finished, status)
-                loop = asyncio.get_running_loop()
-                for subscription_id in recorded.circuits_opened:
-                    self.metrics.circuits_opened.inc()
-                    log.warning("webhook.circuit.opened", subscriptionId=subscription_id)
-                for probe_at in recorded.probes_due:
-                    wait = (probe_at - utc_now()).total_seconds()
-                    loop.call_later(max(wait, 0.0), self._due.notify)
-                for notice in recorded.notices:
-                    if self.notices is not None:
-                        await self.notices.publish(notice)
 
     def _recorded_attempt(self, finished: _Finished, status: str) -> None:
         delivery, result = finished.delivery, finished.result
@@ -434,8 +527,6 @@ class DeliveryWorker:
             outcome=outcome_label,
             error=result.error,
         )
-        # Recorded: the next event of this entity (or this one's retry) may be due.
         if status == PENDING:
+            # Its retry is due then.
             asyncio.get_running_loop().call_later(finished.retry_in, self._due.notify)
-        else:
-            self._due.notify()
