@@ -22,3 +22,9 @@ class Wakeup:
         notified = self._event.is_set()
         self._event.clear()
         return notified
+
+    def take(self) -> bool:
+        """Whether notified since the last wait or take, without waiting (clears it)."""
+        notified = self._event.is_set()
+        self._event.clear()
+        return notified

@@ -145,7 +145,7 @@ async def attempt_records_blocked(database_url: str) -> AsyncIterator[Probe]:
         async def waiting() -> bool:
             count = await postgres.fetchval(
                 "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
-                "AND wait_event_type = 'Lock' AND query LIKE 'INSERT INTO webhook_attempts%'"
+                "AND wait_event_type = 'Lock' AND query LIKE '%INSERT INTO webhook_attempts%'"
             )
             return bool(count)
 

@@ -62,9 +62,10 @@ POLL_SECONDS = 1.0
 DISPATCH_WINDOW_SECONDS = 0.002
 IDLE_DISPATCH_WINDOW_SECONDS = 0.1
 RECORD_BATCH = 500
-# A worker holds leases on up to this many times its slots: what is sent and,
-# claimed ahead, what is sent next.
-CLAIM_AHEAD = 2
+# A worker holds leases on up to this many times its slots (and each
+# subscription on this many times its share): what is sent and, claimed ahead,
+# what is sent while the next round runs.
+CLAIM_AHEAD = 4
 # While attempts are in flight, the round loop lets freed slots gather this long
 # before it claims again: one round then leases many deliveries.
 CLAIM_WINDOW_SECONDS = 0.001
@@ -335,23 +336,24 @@ class DeliveryWorker:
         or an attempt finished."""
         claim = True
         while True:
+            # Notified: deliveries became due, or an attempt finished (its
+            # entity's next event may be due once it is recorded).
+            claim = self._due.take() or claim
             finished = self._to_record[:RECORD_BATCH]
             del self._to_record[:RECORD_BATCH]
             release, self._release = self._release, []
             request = self._claim_request() if claim else None
             if finished or release or request is not None:
                 claimed = await self._round(finished, release, request)
-                # Claim again at once while due work fills the claims.
+                # A full claim left due work behind: claim again at once.
                 claim = request is not None and claimed >= request.limit
-                if finished or release or claim:
-                    continue
+                continue
             if self._stopping.is_set() and not self._in_flight and not self._to_record:
                 return
-            notified = await self._due.wait(POLL_SECONDS)
-            claim = True
-            if notified and self._in_flight and not self._to_record:
+            if await self._due.wait(POLL_SECONDS) and self._in_flight:
                 # Let freed slots gather: one round then claims many.
                 await asyncio.sleep(CLAIM_WINDOW_SECONDS)
+            claim = True
 
     async def _round(
         self,

@@ -56,9 +56,16 @@ _UNHEALED = (
     "(consecutive_failures <> 0 OR failed_attempts <> 0 OR circuit_open_until IS NOT NULL "
     "OR last_error IS NOT NULL OR last_delivery_at IS NULL OR last_delivery_at < $3)"
 )
-# PostgreSQL: the deliveries and their subscriptions in one statement.
+# PostgreSQL: successful attempts ($7, $8: started, duration; empty for
+# successes whose attempts are already inserted), their deliveries and their
+# subscriptions in one statement.
 _SUCCEEDED_POSTGRES = (
-    f"WITH delivered AS (UPDATE webhook_deliveries d SET status = '{SUCCEEDED}', "
+    "WITH attempts AS (INSERT INTO webhook_attempts (delivery_id, attempt, started_at, "
+    "duration_ms, status_code, error, succeeded) SELECT * FROM unnest($1::bigint[], "
+    "$2::int[], $7::timestamptz[], $8::int[], $3::int[]) AS a(id, attempt, started_at, "
+    "duration_ms, status_code) CROSS JOIN (VALUES (NULL::text, true)) AS ok(error, succeeded) "
+    "WHERE cardinality($7::timestamptz[]) > 0), "
+    f"delivered AS (UPDATE webhook_deliveries d SET status = '{SUCCEEDED}', "
     "attempts = r.attempt, locked_until = NULL, last_status_code = r.status_code, "
     "last_error = NULL, updated_at = $4 "
     "FROM unnest($1::bigint[], $2::int[], $3::int[]) AS r(id, attempt, status_code) "
@@ -89,6 +96,21 @@ class AttemptRecorder:
         transaction commits, and when opened circuits want their next probe."""
         recorded = Recorded([], [], [], [])
         if not results:
+            return recorded
+        if self.dialect.name == "postgresql" and all(r.succeeded for r in results):
+            # The common case in one statement: attempts, deliveries, subscriptions.
+            await tx.execute(
+                _SUCCEEDED_POSTGRES,
+                [r.delivery_id for r in results],
+                [r.attempt for r in results],
+                [r.status_code for r in results],
+                self.dialect.time(now),
+                sorted({r.subscription_id for r in results}),
+                self.dialect.time(now - LAST_DELIVERY_RESOLUTION),
+                [r.started_at for r in results],
+                [r.duration_ms for r in results],
+            )
+            recorded.statuses.extend([SUCCEEDED] * len(results))
             return recorded
         await self._insert_attempts(tx, results)
         if all(r.succeeded for r in results):
@@ -159,6 +181,8 @@ class AttemptRecorder:
                 stamp,
                 subscriptions,
                 stale,
+                [],
+                [],
             )
             return
         await tx.executemany(
