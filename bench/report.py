@@ -153,12 +153,19 @@ def _verdict(measurement: Measurement) -> str:
     return verdict
 
 
+def _cpu_us(cores: float, per_second: float) -> str:
+    """CPU µs per request (or delivery): cores ÷ rate. The steadier figure across
+    hosts, since it does not depend on how much of a core the process got."""
+    return "—" if per_second <= 0 else f"{cores / per_second * 1e6:,.0f}"
+
+
 def _throughput_table(measurements: list[Measurement], *, backends: bool = False) -> list[str]:
     """The request rows; with `backends`, a first column names each row's backend."""
     lines = [
         "| path | req/s | p50 ms | p99 ms | errors | × ceiling | §9 goal | server CPU | "
-        "req per server CPU-s | × ceiling per CPU | generator CPU | postgres CPU | machine busy |",
-        "|---|--:|--:|--:|--:|--:|---|--:|--:|--:|--:|--:|--:|",
+        "server CPU µs per request | req per server CPU-s | × ceiling per CPU | generator CPU | "
+        "postgres CPU | machine busy |",
+        "|---|--:|--:|--:|--:|--:|---|--:|--:|--:|--:|--:|--:|--:|",
     ]
     if backends:
         lines = ["| backend " + lines[0], "|---" + lines[1]]
@@ -170,7 +177,8 @@ def _throughput_table(measurements: list[Measurement], *, backends: bool = False
         lines.append(
             f"{backend}| {m.scenario.title} | {r.rate:,.0f} | {_ms(r.percentile(50))} | "
             f"{_ms(r.percentile(99))} | {r.errors} | {ratio} | {_verdict(m)} | "
-            f"{r.server_cpu:.2f} | {m.per_cpu:,.0f} | {cpu_ratio} | "
+            f"{r.server_cpu:.2f} | {_cpu_us(r.server_cpu, r.rate)} | {m.per_cpu:,.0f} | "
+            f"{cpu_ratio} | "
             f"{r.client_cpu:.2f} | {r.postgres_cpu:.2f} | "
             f"{r.machine_busy:.0%} |"
         )
@@ -240,9 +248,10 @@ def _latency_table(results: list[LatencyResult]) -> list[str]:
 def _deliveries_table(results: list[ThroughputResult]) -> list[str]:
     lines = [
         "| backend | path | worker | deliveries | deliveries/s | raw POST/s (before, after) | "
-        "× raw | §9 goal | lost | duplicates | spawn → first s | worker CPU | postgres CPU | "
-        "receiver CPU | raw client CPU |",
-        "|---|---|---|--:|--:|--:|--:|---|--:|--:|--:|--:|--:|--:|--:|",
+        "× raw | §9 goal | lost | duplicates | spawn → first s | worker CPU | "
+        "worker CPU µs per delivery | postgres CPU | postgres CPU µs per delivery | "
+        "receiver CPU | raw client CPU | raw client CPU µs per POST |",
+        "|---|---|---|--:|--:|--:|--:|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|",
     ]
     for t in results:
         verdict = _goal_verdict(t.scenario.goal_for(t.backend), _throughput_met(t))
@@ -252,8 +261,10 @@ def _deliveries_table(results: list[ThroughputResult]) -> list[str]:
             f"| {_BACKEND_TITLES.get(t.backend, t.backend)} | {t.scenario.title} | {t.worker} | "
             f"{t.delivered:,} / {t.expected:,} | {t.rate:,.0f} | {t.raw_rate:,.0f} ({raw}) | "
             f"{ratio} | {verdict} | {t.lost} | {t.duplicates} | "
-            f"{t.first_after_start:.2f} | {t.worker_cpu:.2f} | {t.postgres_cpu:.2f} | "
-            f"{t.receiver_cpu:.2f} | {t.raw_client_cpu:.2f} |"
+            f"{t.first_after_start:.2f} | {t.worker_cpu:.2f} | {_cpu_us(t.worker_cpu, t.rate)} | "
+            f"{t.postgres_cpu:.2f} | {_cpu_us(t.postgres_cpu, t.rate)} | "
+            f"{t.receiver_cpu:.2f} | {t.raw_client_cpu:.2f} | "
+            f"{_cpu_us(t.raw_client_cpu, t.raw_rate)} |"
         )
     return lines
 
@@ -317,7 +328,8 @@ def _webhook_section(run: BenchRun) -> list[str]:
             "ceiling). The worker keeps at most WEBHOOK_MAX_IN_FLIGHT_PER_SUBSCRIPTION "
             f"({per_subscription}) attempts in flight per subscription, "
             "so one subscription may not use the whole concurrency; 8 subscriptions can. "
-            "CPU in cores over first → last arrival.",
+            "CPU in cores over first → last arrival; *µs per delivery* (and per raw POST) "
+            "is that CPU ÷ the rate, the steadier figure when the machine is shared.",
             "",
         ]
     return out
