@@ -95,6 +95,7 @@ class SqlStateStore:
         )
         self._writer = change_writer(self.db, commit_hook)
         self._reads = StateReads(self.db)
+        self._heartbeats = _Heartbeats(self.db)
         self.admission: Callable[[], AbstractContextManager[WriteTicket]] | None = None
         """Held around every change; raises to refuse it (the external
         backend's backlog limit, docs/external.md)."""
@@ -357,27 +358,9 @@ class SqlStateStore:
     ) -> list[Renewal]:
         if self.is_sqlite:
             return await self.db.write(lambda tx: _renew_on_sqlite(tx, entity, entity_ids, ttl))
-        read_time = self.dialect.read_time
         if len(entity_ids) == 1:
-            [entity_id] = entity_ids
-            # One statement, committed on its own (no explicit transaction).
-            row = await self.db.read(lambda tx: tx.fetchrow(_RENEW_ONE, entity, entity_id, ttl))
-            if row is not None:
-                return [
-                    Renewal(entity_id, True, row["lease_ttl"], read_time(row["lease_expires_at"]))
-                ]
-            found = await self.db.read_point(lambda tx: tx.fetchval(_EXISTS, entity, entity_id))
-            return [Renewal(entity_id, found is not None)]
-        rows = await self.db.read(lambda tx: tx.fetch(_RENEW, entity, list(entity_ids), ttl))
-        return [
-            Renewal(
-                row["entity_id"],
-                row["found"],
-                row["lease_ttl"],
-                None if row["lease_expires_at"] is None else read_time(row["lease_expires_at"]),
-            )
-            for row in rows
-        ]
+            return [await self._heartbeats.renew(entity, entity_ids[0], ttl)]
+        return await _renew_on_postgres(self.db, entity, entity_ids, ttl)
 
     async def due_leases(self, limit: int) -> DueLeases:
         if self.is_sqlite:
@@ -486,16 +469,6 @@ WITH t AS (SELECT clock_timestamp() AS now)
 SELECT s.entity_type, s.entity_id, (SELECT now FROM t) AS now FROM states s
 WHERE s.lease_expires_at <= (SELECT now FROM t) ORDER BY s.lease_expires_at LIMIT $1
 """
-# One heartbeat, the common case: a primary-key update; whether the state
-# exists is asked only when it did not renew.
-_RENEW_ONE = """
-UPDATE states SET lease_ttl = coalesce($3, lease_ttl),
-    lease_expires_at = date_trunc('milliseconds', clock_timestamp())
-        + make_interval(secs => coalesce($3, lease_ttl))
-WHERE entity_type = $1 AND entity_id = $2 AND lease_expires_at > clock_timestamp()
-RETURNING lease_ttl, lease_expires_at
-"""
-_EXISTS = "SELECT 1 FROM states WHERE entity_type = $1 AND entity_id = $2"
 _DUE_SQLITE = (
     "SELECT entity_type, entity_id FROM states WHERE lease_expires_at <= $1 "
     "ORDER BY lease_expires_at LIMIT $2"
@@ -539,6 +512,70 @@ async def _renew_on_sqlite(
         renewals.append(Renewal(entity_id, True, length, until))
     await tx.executemany(_SET_LEASE_SQLITE, updates)
     return renewals
+
+
+async def _renew_on_postgres(
+    db: Database, entity: str, entity_ids: Sequence[str], ttl: int | None
+) -> list[Renewal]:
+    """One statement, committed on its own (no explicit transaction)."""
+    rows = await db.read(lambda tx: tx.fetch(_RENEW, entity, list(entity_ids), ttl))
+    read_time = db.dialect.read_time
+    return [
+        Renewal(
+            row["entity_id"],
+            row["found"],
+            row["lease_ttl"],
+            None if row["lease_expires_at"] is None else read_time(row["lease_expires_at"]),
+        )
+        for row in rows
+    ]
+
+
+class _Heartbeats:
+    """Single heartbeats on PostgreSQL, gathered like change sets: those asked
+    for while the event loop runs one round are renewed by one statement per
+    entity type and ttl (one round trip and one commit for all of them instead
+    of one each; the server's CPU per heartbeat is what bounds the rate)."""
+
+    def __init__(self, db: Database) -> None:
+        self.db = db
+        self._waiting: dict[tuple[str, int | None], dict[str, list[asyncio.Future[Renewal]]]] = {}
+        self._flush: asyncio.Handle | None = None
+        self._renewing: set[asyncio.Task[None]] = set()
+
+    async def renew(self, entity: str, entity_id: str, ttl: int | None) -> Renewal:
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[Renewal] = loop.create_future()
+        self._waiting.setdefault((entity, ttl), {}).setdefault(entity_id, []).append(future)
+        if self._flush is None:
+            self._flush = loop.call_soon(self._renew_waiting)
+        return await future
+
+    def _renew_waiting(self) -> None:
+        waiting, self._waiting, self._flush = self._waiting, {}, None
+        for (entity, ttl), by_id in waiting.items():
+            task = asyncio.get_running_loop().create_task(self._renew(entity, ttl, by_id))
+            self._renewing.add(task)
+            task.add_done_callback(self._renewing.discard)
+
+    async def _renew(
+        self,
+        entity: str,
+        ttl: int | None,
+        by_id: dict[str, list[asyncio.Future[Renewal]]],
+    ) -> None:
+        try:
+            renewals = await _renew_on_postgres(self.db, entity, list(by_id), ttl)
+        except Exception as exc:
+            for futures in by_id.values():
+                for future in futures:
+                    if not future.done():
+                        future.set_exception(exc)
+            return
+        for renewal in renewals:
+            for future in by_id.get(renewal.entity_id, []):
+                if not future.done():
+                    future.set_result(renewal)
 
 
 _BOUNDS = f"SELECT (SELECT min(revision) FROM outbox), ({_HEAD})"
