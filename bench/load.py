@@ -13,6 +13,7 @@ picklable `Workload`, so the runner never ships bodies across processes.
 from __future__ import annotations
 
 import asyncio
+import base64
 import os
 import time
 from collections import Counter
@@ -53,6 +54,7 @@ class RequestKind(StrEnum):
     PUT_SCHEMA = "put_schema"
     AS_OF_REVISION = "as_of_revision"
     AS_OF_TIME = "as_of_time"
+    HISTORY_PAGE = "history_page"
 
 
 @dataclass(frozen=True)
@@ -68,6 +70,12 @@ class Workload:
     """The first and last revision of the as-of rows' entity."""
     as_of_times: tuple[str, ...] = ()
     """Commit times of its changes, spread over its life."""
+    history_entity: str = ""
+    """HISTORY_PAGE: the entity whose history is paged, `history_pages` pages of
+    `history_page` changes after revision `history_from`, walked in turn."""
+    history_from: int = 0
+    history_page: int = 100
+    history_pages: int = 1
 
 
 @dataclass(frozen=True)
@@ -185,6 +193,14 @@ def build_request(work: Workload, worker: int, seq: int, workers: int) -> tuple[
             # No body: the lease's own ttl (LEASE_SEED_TTL).
             state = lease_seed_id(_own_slice(work, worker, seq, workers))
             return "POST", f"/api/v1/states/{LEASE_ENTITY}/{state}/heartbeat", b""
+        case RequestKind.HISTORY_PAGE:
+            # The cursor the previous page's answer would give (a revision).
+            page = seq % work.history_pages
+            path = f"{base}/{work.history_entity}/history?limit={work.history_page}"
+            if page:
+                after = str(work.history_from + page * work.history_page).encode()
+                path += "&cursor=" + base64.urlsafe_b64encode(after).rstrip(b"=").decode()
+            return "GET", path, b""
         case RequestKind.BATCH_CREATE:
             items = [
                 {"entityId": f"batch-{work.tag}-{seq}-{i}", "status": USER_STATUSES[i % 3]}

@@ -20,11 +20,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from bench.load import LEASE_SEED_TTL
+from bench.scale_report import SCALE_HEADING, scale_section
 from bench.scenarios import (
     BACKEND_TITLES,
     DELIVERY_SCENARIOS,
     HEARTBEAT_KEY,
     PROFILES,
+    SCALE_SCENARIOS,
     Goal,
     ServerProfile,
     section_label,
@@ -45,7 +47,7 @@ ANALYSIS_START = "<!-- ANALYSIS:START (hand-written, kept when the report is reg
 ANALYSIS_END = "<!-- ANALYSIS:END -->"
 WATCH_HEADING = "## Watch streams"
 LEASES_HEADING = "## Leases"
-SPLICED_HEADINGS = (WATCH_HEADING, LEASES_HEADING)
+SPLICED_HEADINGS = (WATCH_HEADING, LEASES_HEADING, SCALE_HEADING)
 """The sections `--splice` writes into an existing report, in report order."""
 _ANALYSIS_PLACEHOLDER = "_No analysis written yet for this run._"
 _BACKEND_TITLES = BACKEND_TITLES
@@ -1088,6 +1090,7 @@ def render(run: BenchRun, machine: dict[str, str]) -> str:
     out += _watch_section(run)
     out += _leases_section(run)
     out += stream_report_section(run.stream, options.stream)
+    out += scale_section(run.scale, SCALE_SCENARIOS)
     out += ["## Cache and notes", ""]
     for label, stats in run.redis.items():
         line = (

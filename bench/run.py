@@ -55,6 +55,9 @@ from bench.load import (
     seed_id,
 )
 from bench.machines import History, seed_definitions, seed_history
+from bench.scale import ScaleOptions, ScaleResult
+from bench.scale import measure as measure_scale
+from bench.scale_report import scale_json
 from bench.scenarios import (
     BACKENDS,
     DELIVERY_SCENARIOS,
@@ -62,6 +65,7 @@ from bench.scenarios import (
     LEASE_GROUP,
     LEASE_SCENARIOS,
     PROFILES,
+    SCALE_KEY,
     WATCH_GROUP,
     WATCH_SCENARIOS,
     DeliveryScenario,
@@ -114,6 +118,8 @@ class Options:
     watch: WatchOptions
     leases: LeaseOptions
     stream: StreamOptions
+    scale: ScaleOptions | None = None
+    """The large-store section, when selected (a full run, or `--only scale`)."""
     splice: bool = False
     """Write only the watch and leases sections into `report_path`, keeping the rest."""
 
@@ -174,6 +180,7 @@ class BenchRun:
     watch: list[WatchResult] = field(default_factory=list)
     leases: list[LapseResult] = field(default_factory=list)
     stream: StreamResults = field(default_factory=lambda: StreamResults([], []))
+    scale: list[ScaleResult] = field(default_factory=list)
 
 
 @dataclass
@@ -466,6 +473,10 @@ async def bench_backend(run: BenchRun, backend: str, pool: ProcessPoolExecutor) 
             await bench_watch(run, backend, url, workdir, pool, seeded)
             await bench_leases(run, backend, url, workdir)
             await bench_stream(run, backend, url, workdir)
+        if run.options.scale is not None:
+            # A database of its own: it grows to a size the others should not see.
+            async with database(workdir) as url:
+                await bench_scale(run, backend, url, workdir, pool)
 
 
 def _selected_deliveries(options: Options) -> list[DeliveryScenario]:
@@ -570,6 +581,19 @@ async def bench_stream(run: BenchRun, backend: str, database_url: str, workdir: 
     run.stream.latencies.extend(results.latencies)
 
 
+async def bench_scale(
+    run: BenchRun, backend: str, database_url: str, workdir: Path, pool: ProcessPoolExecutor
+) -> None:
+    """The large-store section (bench/scale.py), one worker."""
+    assert run.options.scale is not None
+    if 1 not in run.options.workers:
+        run.notes.append(f"{backend}: the large-store section runs with --workers 1 only.")
+        return
+    run.scale.append(
+        await measure_scale(backend, database_url, workdir, run.options.scale, pool, _progress)
+    )
+
+
 async def bench(options: Options) -> BenchRun:
     run = BenchRun(options)
     # One generator process for the whole run, started before any measurement.
@@ -636,6 +660,12 @@ def parse_options(argv: list[str] | None = None) -> Options:
         default="auto",
         help="auto: run the Redis profiles when the service caches in Redis",
     )
+    parser.add_argument(
+        "--scale-states",
+        type=int,
+        default=1_000_000,
+        help="states of the large store, `--only scale` (1,000,000)",
+    )
     parser.add_argument("--only", default="", help="scenario keys, e.g. get,put (ceiling kept)")
     parser.add_argument(
         "--workers",
@@ -648,8 +678,8 @@ def parse_options(argv: list[str] | None = None) -> Options:
     parser.add_argument(
         "--splice",
         action="store_true",
-        help="write only the watch and leases sections into --report (default "
-        "bench/REPORT.md), keeping every other section; with --only watch and/or leases",
+        help="write only the watch, leases and large-store sections into --report (default "
+        "bench/REPORT.md), keeping every other section; with --only watch, leases and/or scale",
     )
     parser.add_argument("--json", type=Path, help="also write the raw results as JSON")
     args = parser.parse_args(argv)
@@ -667,20 +697,23 @@ def parse_options(argv: list[str] | None = None) -> Options:
         only = only - {WATCH_GROUP} | watch_keys
     if LEASE_GROUP in only:
         only = only - {LEASE_GROUP} | lease_keys | {HEARTBEAT_KEY}
-    known_keys = keys | delivery_keys | watch_keys | lease_keys | set(STREAM_KEYS)
+    known_keys = keys | delivery_keys | watch_keys | lease_keys | set(STREAM_KEYS) | {SCALE_KEY}
     if only - known_keys or (args.profile and args.profile not in keys):
         known = [
             *sorted(known_keys),
             f"{WATCH_GROUP} (all watch_*)",
             f"{LEASE_GROUP} ({HEARTBEAT_KEY} and all lease_*)",
+            f"{SCALE_KEY} (the large-store section)",
         ]
         parser.error(f"scenario keys: {', '.join(known)}")
-    spliced = watch_keys | lease_keys | {HEARTBEAT_KEY}
+    spliced = watch_keys | lease_keys | {HEARTBEAT_KEY, SCALE_KEY}
     if args.splice and (args.profile or (only and not only & spliced)):
         parser.error(
-            "--splice writes the watch and leases sections: run it with --only watch, "
-            "--only leases (or no --only)"
+            "--splice writes the watch, leases and large-store sections: run it with "
+            "--only watch, --only leases, --only scale (or no --only)"
         )
+    if not 2 * 1000 <= args.scale_states <= 1_000_000:
+        parser.error("--scale-states: from 2,000 to 1,000,000 (the seeded ids have 6 digits)")
     if (args.leases or 1) < 1 or args.lease_ttl < 1:
         parser.error("--leases and --lease-ttl must be positive")
     if args.watchers < 1 or args.watch_rate <= 0 or (args.watch_changes or 1) < 1:
@@ -745,6 +778,17 @@ def parse_options(argv: list[str] | None = None) -> Options:
             rate=args.stream_rate,
             changes=args.stream_changes or (2000 if quick else 10_000),
         ),
+        scale=(
+            ScaleOptions(
+                states=args.scale_states,
+                duration=duration,
+                warmup=warmup,
+                concurrency=args.concurrency,
+            )
+            # Skipped by quick runs and profiles unless asked for by name.
+            if SCALE_KEY in only or (not only and not quick and not args.profile)
+            else None
+        ),
         splice=args.splice,
     )
 
@@ -762,7 +806,7 @@ def main(argv: list[str] | None = None) -> None:
         print(rendered)
         spliced, headings = report.splice_sections(rendered, options.report_path)
         if not headings:
-            _progress(f"no watch or leases section to write into {options.report_path}")
+            _progress(f"no section to splice into {options.report_path}")
         else:
             options.report_path.write_text(spliced)
             _progress(f"wrote {', '.join(headings)} into {options.report_path}")
@@ -841,6 +885,7 @@ def main(argv: list[str] | None = None) -> None:
             ],
             "watch": [w.to_json() for w in run.watch],
             "leases": [r.to_json() for r in run.leases],
+            "scale": [scale_json(r) for r in run.scale],
         }
         options.json_path.write_text(json.dumps(payload, indent=2, default=str))
 

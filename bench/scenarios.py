@@ -372,3 +372,70 @@ LEASE_SCENARIOS = (
         goals=(_LAPSE_GOAL,),
     ),
 )
+
+
+@dataclass(frozen=True)
+class ScaleScenario:
+    """A row of the large-store section (bench/README.md), run by
+    `bench/scale.py` on a store of 1,000 states and again on one of
+    `--scale-states`; its goal compares the two (or bounds the large one)."""
+
+    key: str
+    title: str
+    kind: RequestKind
+    sequential: bool = False
+    """One request at a time (a latency, not a rate)."""
+    min_of_small: float | None = None
+    """× ceiling on the large store ≥ this share of × ceiling on the small one."""
+    max_p50_of_small: float | None = None
+    """p50 on the large store ≤ this multiple of p50 on the small one."""
+    max_p50_ms: float | None = None
+    """p50 on the large store ≤ this, ms."""
+    goal: str = ""
+
+
+SCALE_KEY = "scale"
+"""`--only scale` selects the large-store section (a full run has it, `--quick` not)."""
+SCALE_MIGRATE_START_GOAL = Goal("migrate + start ≤ 10 s", max_ms=10_000)
+
+SCALE_SCENARIOS = (
+    ScaleScenario("ceiling", "ceiling: GET /health/liveness (start)", RequestKind.LIVENESS),
+    ScaleScenario(
+        "get",
+        "GET one state, no cache",
+        RequestKind.GET_STATE,
+        min_of_small=0.9,
+        goal="× ceiling ≥ 0.9 × its 1,000-state ratio",
+    ),
+    ScaleScenario(
+        "put",
+        "PUT transition",
+        RequestKind.PUT,
+        min_of_small=0.9,
+        goal="× ceiling ≥ 0.9 × its 1,000-state ratio",
+    ),
+    ScaleScenario(
+        "create",
+        "POST create (new entityId)",
+        RequestKind.CREATE,
+        min_of_small=0.9,
+        goal="× ceiling ≥ 0.9 × its 1,000-state ratio",
+    ),
+    ScaleScenario(
+        "list",
+        "GET list ?status=…&limit=50, one at a time",
+        RequestKind.LIST_STATES,
+        sequential=True,
+        max_p50_of_small=2.0,
+        goal="p50 ≤ 2 × its 1,000-state p50",
+    ),
+    ScaleScenario(
+        "history",
+        "GET history of a 10,000-change entity, 100 a page, one at a time",
+        RequestKind.HISTORY_PAGE,
+        sequential=True,
+        max_p50_ms=10.0,
+        goal="p50 ≤ 10 ms",
+    ),
+    ScaleScenario("ceiling_end", "ceiling: GET /health/liveness (end)", RequestKind.LIVENESS),
+)
