@@ -41,7 +41,8 @@ states = Table(
     # A lease (docs/leases.md): seconds, and when it lapses unless renewed.
     Column("lease_ttl", Integer),
     Column("lease_expires_at", Timestamp),
-    Index("ix_states_type_status", "entity_type", "status"),
+    # A status-filtered list sorted by update reads its page from here alone.
+    Index("ix_states_type_status_revision", "entity_type", "status", "revision"),
     Index("ix_states_type_updated", "entity_type", "updated_at", "entity_id"),
     Index("ix_states_type_created", "entity_type", "created_at", "entity_id"),
     Index("ix_states_type_revision", "entity_type", "revision"),
