@@ -67,13 +67,17 @@ class Tx(Protocol):
 
 
 Work = Callable[[Tx], Coroutine[Any, Any, T]]
+Planner = tuple[tuple[str, str], ...]
+"""(setting, value) pairs for PostgreSQL's planner, e.g. (("enable_sort", "off"),)."""
 
 
 class Database(Protocol):
     dialect: Dialect
 
-    async def write(self, work: Work[T]) -> T:
-        """Run `work` in one transaction: all of it commits, or none of it."""
+    async def write(self, work: Work[T], *, planner: Planner = ()) -> T:
+        """Run `work` in one transaction: all of it commits, or none of it.
+        `planner`: PostgreSQL planner settings for this transaction only
+        (`SET LOCAL`, sent with its BEGIN); SQLite has none."""
         ...
 
     async def read(self, work: Work[T]) -> T:
@@ -326,7 +330,7 @@ class SqliteDatabase:
             self._local.tx = tx
         return tx
 
-    async def write(self, work: Work[T]) -> T:
+    async def write(self, work: Work[T], *, planner: Planner = ()) -> T:
         return await self.writer.submit(work)
 
     async def read(self, work: Work[T]) -> T:
@@ -431,9 +435,25 @@ class PostgresDatabase:
         async with pool.acquire() as connection:
             yield connection
 
-    async def write(self, work: Work[T]) -> T:
-        async with self.connection() as connection, connection.transaction():
-            return await work(PostgresTx(connection))
+    async def write(self, work: Work[T], *, planner: Planner = ()) -> T:
+        if not planner:
+            async with self.connection() as connection, connection.transaction():
+                return await work(PostgresTx(connection))
+        settings = "".join(f"; SET LOCAL {name} = {value}" for name, value in planner)
+        async with self.connection() as connection:
+            # The settings travel with BEGIN: one round trip for both.
+            await connection.execute("BEGIN" + settings)
+            try:
+                result = await work(PostgresTx(connection))
+            except BaseException:
+                try:
+                    await connection.execute("ROLLBACK")
+                except Exception:
+                    # Not a connection to hand back mid-transaction.
+                    connection.terminate()
+                raise
+            await connection.execute("COMMIT")
+            return result
 
     async def read(self, work: Work[T]) -> T:
         async with self.connection() as connection:

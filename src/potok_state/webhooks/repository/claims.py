@@ -92,7 +92,7 @@ _CANDIDATES = (
     # (an older one)`, a table without statistics yet was planned over the due
     # index, O(n^2) (5.8 s a claim with 9,000 queued). `<=` means `=` here (d
     # is one of those pending rows) but is estimated to keep a third of the
-    # rows, not 0.5 % (see _WALK_DUE_INDEX).
+    # rows, not 0.5 % (see WALK_DUE_INDEX).
     "AND d.id <= (SELECT min(e.id) FROM webhook_deliveries e "
     "WHERE e.ordering_key = d.ordering_key AND e.status = 'pending') "
     "AND d.subscription_id {not_in} "
@@ -102,10 +102,10 @@ _CANDIDATES = (
 # filters. The planner cannot know that most rows pass (a leased delivery or
 # a later event of a pending entity is the exception), so its estimate of the
 # matches is tiny, and its plan collects every due row and sorts them: 15-50
-# ms a claim with a few thousand queued, against under 1 ms for the walk. For
-# this transaction only, that plan is ruled out (one round trip; a prepared
-# statement keeps the plan made under these settings).
-_WALK_DUE_INDEX = "SET LOCAL enable_sort = off; SET LOCAL enable_bitmapscan = off"
+# ms a claim with a few thousand queued, against under 1 ms for the walk. A
+# claim's transaction rules that plan out (`Database.write(planner=...)`; a
+# prepared statement keeps the plan made under these settings).
+WALK_DUE_INDEX = (("enable_sort", "off"), ("enable_bitmapscan", "off"))
 _CLAIMED_COLUMNS = (
     "d.id AS delivery_id, d.subscription_id, d.attempts, d.attempt_limit, "
     "s.url, s.secret, s.previous_secret, s.previous_secret_until, s.timeout_ms, "
@@ -168,8 +168,6 @@ class DeliveryClaims:
         saturated = [sub for sub in active if held[sub] >= share]
         if rates is not None:
             saturated.extend(rates.exhausted())
-        if dialect.name == "postgresql":
-            await tx.execute(_WALK_DUE_INDEX)
         found = await tx.fetch(
             self._candidates,
             dialect.time(now),

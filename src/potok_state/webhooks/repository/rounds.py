@@ -15,6 +15,7 @@ from potok_state.storage.sql import SqlStateStore
 from potok_state.webhooks.policy import FailurePolicy
 from potok_state.webhooks.repository.attempts import AttemptRecorder, AttemptResult, Recorded
 from potok_state.webhooks.repository.claims import (
+    WALK_DUE_INDEX,
     Claimed,
     ClaimedDelivery,
     ClaimRequest,
@@ -51,7 +52,9 @@ class DeliveryRounds:
             claimed = None if claim is None else await self.claims.claim(tx, claim, now)
             return recorded, claimed
 
-        recorded, claimed = await self.db.write(work)
+        recorded, claimed = await self.db.write(
+            work, planner=WALK_DUE_INDEX if claim is not None else ()
+        )
         # Secrets are opened after the commit, outside the writer's unit.
         opened = [] if claimed is None else self.claims.opened(claimed, now)
         return RoundResult(recorded, opened)
