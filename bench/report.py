@@ -141,7 +141,11 @@ def _met(measurement: Measurement) -> bool | None:
         relative = measurement.relative
         return None if relative is None else relative >= (goal.min_ratio or 0)
     if goal.min_ratio is not None and measurement.ratio is not None:
-        return measurement.ratio >= goal.min_ratio
+        met = measurement.ratio >= goal.min_ratio
+        if goal.not_below_one_worker and measurement.workers > 1:
+            one = measurement.one_worker_ratio
+            met = met and (one is None or measurement.ratio >= one)
+        return met
     if goal.max_p50_ms is not None and measurement.result.latencies_ms:
         return measurement.result.percentile(50) <= goal.max_p50_ms
     return None

@@ -7,6 +7,7 @@
     .venv/bin/python -m bench.run --only delivery_latency,deliveries  # webhook delivery only
     .venv/bin/python -m bench.run --only watch --splice   # watch streams only, into REPORT.md
     .venv/bin/python -m bench.run --only leases --splice  # heartbeats and lease lapses only
+    .venv/bin/python -m bench.run --only scale --splice   # 1,000 vs 1,000,000 states only
 
 Every req/s figure is reported as a ratio to the trivial endpoint measured on the
 same server in the same run (bench/README.md); with `--workers 1,2` every server
@@ -121,7 +122,8 @@ class Options:
     scale: ScaleOptions | None = None
     """The large-store section, when selected (a full run, or `--only scale`)."""
     splice: bool = False
-    """Write only the watch and leases sections into `report_path`, keeping the rest."""
+    """Write only the watch, leases and large-store sections into `report_path`,
+    keeping the rest."""
 
 
 @dataclass
@@ -136,6 +138,8 @@ class Measurement:
     reference_rate: float = 0.0
     """The req/s of the row a relative goal names (`Goal.relative_to`)."""
     reference_per_cpu: float = 0.0
+    one_worker_ratio: float | None = None
+    """With N > 1 workers: the same row's ratio with one worker in this run."""
 
     @property
     def ratio(self) -> float | None:
@@ -605,6 +609,12 @@ async def bench(options: Options) -> BenchRun:
                 # Report what the other backend measured rather than nothing.
                 _progress(f"bench: {backend}: {exc}")
                 run.notes.append(f"{backend}: run aborted: {str(exc).splitlines()[0]}")
+    one_worker = {
+        (m.backend, m.profile, m.scenario.key): m.ratio for m in run.measurements if m.workers == 1
+    }
+    for m in run.measurements:
+        if m.workers > 1:
+            m.one_worker_ratio = one_worker.get((m.backend, m.profile, m.scenario.key))
     return run
 
 

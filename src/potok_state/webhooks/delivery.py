@@ -4,18 +4,23 @@ Two loops share one process:
 * dispatch: reads the outbox after the dispatch cursor and turns each event
   into one delivery row per matching active subscription (one transaction, so
   an event is dispatched exactly once even with many workers);
-* deliver: leases due deliveries in batches (see `repository/claims.py` for
-  the ordering rule), sends each with its signatures, and records the attempts
-  that finished meanwhile, and their consequences (retry with backoff,
+* rounds: one transaction (repository/rounds.py) records the attempts that
+  finished since the last round and their consequences (retry with backoff,
   Retry-After, 410, the circuit breaker and the disable policy of
-  webhooks/policy.py), in one transaction per batch; the operational events
-  they raise are published after it commits (webhooks/notices.py).
+  webhooks/policy.py), gives back leases it will not use, and leases the next
+  due deliveries (see `repository/claims.py` for the ordering rule); the
+  operational events they raise are published after it commits
+  (webhooks/notices.py). Leased deliveries wait in memory, per subscription,
+  for a free slot: up to CLAIM_AHEAD times the slots are leased, so a freed
+  slot starts its next delivery at once while the next round runs. A
+  subscription whose attempt failed has its waiting deliveries given back (its
+  circuit may open, it may be disabled) in the round that records the failure.
 
 Both loops sleep until woken by the commit feed (storage/commits.py: a commit
 in this process, or PostgreSQL NOTIFY from other processes) or by a finished
-attempt; a slow poll is only the safety net. In-flight attempts finish on
-shutdown; a killed worker's leases run out and the deliveries are sent again
-(at-least-once).
+attempt; a slow poll is only the safety net. On shutdown waiting deliveries
+are given back and in-flight attempts finish and are recorded; a killed
+worker's leases run out and the deliveries are sent again (at-least-once).
 """
 
 from __future__ import annotations

@@ -7,6 +7,7 @@
 * `dispatch`: outbox events turned into deliveries, once each;
 * `claims`: leasing due deliveries to a worker, fairly and in order;
 * `attempts`: recording finished attempts in batches;
+* `rounds`: the worker's one transaction a round (record, give back, claim);
 * `health`: what a failed attempt does to its subscription (webhooks/policy.py
   applied: the circuit breaker and the disable policy);
 * `delivery_log`: the delivery log as the API shows it, and sending from it
