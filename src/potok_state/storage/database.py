@@ -67,17 +67,17 @@ class Tx(Protocol):
 
 
 Work = Callable[[Tx], Coroutine[Any, Any, T]]
-Planner = tuple[tuple[str, str], ...]
-"""(setting, value) pairs for PostgreSQL's planner, e.g. (("enable_sort", "off"),)."""
+LocalSettings = tuple[tuple[str, str], ...]
+"""(setting, value) pairs for one PostgreSQL transaction, e.g. (("enable_sort", "off"),)."""
 
 
 class Database(Protocol):
     dialect: Dialect
 
-    async def write(self, work: Work[T], *, planner: Planner = ()) -> T:
+    async def write(self, work: Work[T], *, settings: LocalSettings = ()) -> T:
         """Run `work` in one transaction: all of it commits, or none of it.
-        `planner`: PostgreSQL planner settings for this transaction only
-        (`SET LOCAL`, sent with its BEGIN); SQLite has none."""
+        `settings`: PostgreSQL settings for this transaction only (`SET LOCAL`,
+        sent with its BEGIN); SQLite has none."""
         ...
 
     async def read(self, work: Work[T]) -> T:
@@ -330,7 +330,7 @@ class SqliteDatabase:
             self._local.tx = tx
         return tx
 
-    async def write(self, work: Work[T], *, planner: Planner = ()) -> T:
+    async def write(self, work: Work[T], *, settings: LocalSettings = ()) -> T:
         return await self.writer.submit(work)
 
     async def read(self, work: Work[T]) -> T:
@@ -435,14 +435,14 @@ class PostgresDatabase:
         async with pool.acquire() as connection:
             yield connection
 
-    async def write(self, work: Work[T], *, planner: Planner = ()) -> T:
-        if not planner:
+    async def write(self, work: Work[T], *, settings: LocalSettings = ()) -> T:
+        if not settings:
             async with self.connection() as connection, connection.transaction():
                 return await work(PostgresTx(connection))
-        settings = "".join(f"; SET LOCAL {name} = {value}" for name, value in planner)
+        local = "".join(f"; SET LOCAL {name} = {value}" for name, value in settings)
         async with self.connection() as connection:
             # The settings travel with BEGIN: one round trip for both.
-            await connection.execute("BEGIN" + settings)
+            await connection.execute("BEGIN" + local)
             try:
                 result = await work(PostgresTx(connection))
             except BaseException:

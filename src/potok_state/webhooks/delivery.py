@@ -70,7 +70,7 @@ RECORD_BATCH = 500
 # A worker holds leases on up to this many times its slots (and each
 # subscription on this many times its share): what is sent and, claimed ahead,
 # what is sent while the next round runs.
-CLAIM_AHEAD = 4
+CLAIM_AHEAD = 8
 # While attempts are in flight, the round loop lets freed slots gather this long
 # before it claims again: one round then leases many deliveries.
 CLAIM_WINDOW_SECONDS = 0.001

@@ -103,7 +103,7 @@ _CANDIDATES = (
 # a later event of a pending entity is the exception), so its estimate of the
 # matches is tiny, and its plan collects every due row and sorts them: 15-50
 # ms a claim with a few thousand queued, against under 1 ms for the walk. A
-# claim's transaction rules that plan out (`Database.write(planner=...)`; a
+# claim's transaction rules that plan out (`Database.write(settings=...)`; a
 # prepared statement keeps the plan made under these settings).
 WALK_DUE_INDEX = (("enable_sort", "off"), ("enable_bitmapscan", "off"))
 _CLAIMED_COLUMNS = (

@@ -23,6 +23,12 @@ from potok_state.webhooks.repository.claims import (
 )
 from potok_state.webhooks.sealing import SecretSeal
 
+# A round's commit does not wait for its WAL to reach the disk: should
+# PostgreSQL itself crash, the last rounds (at most a few hundred ms) are lost,
+# which sends their attempts again and frees their leases, as a worker's crash
+# does (at-least-once). Changes to states never take this path.
+ROUND_SETTINGS = (("synchronous_commit", "off"),)
+
 
 @dataclass(frozen=True, slots=True)
 class RoundResult:
@@ -53,7 +59,7 @@ class DeliveryRounds:
             return recorded, claimed
 
         recorded, claimed = await self.db.write(
-            work, planner=WALK_DUE_INDEX if claim is not None else ()
+            work, settings=ROUND_SETTINGS + (WALK_DUE_INDEX if claim is not None else ())
         )
         # Secrets are opened after the commit, outside the writer's unit.
         opened = [] if claimed is None else self.claims.opened(claimed, now)
