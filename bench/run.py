@@ -479,8 +479,10 @@ async def bench_backend(run: BenchRun, backend: str, pool: ProcessPoolExecutor) 
             await bench_stream(run, backend, url, workdir)
         if run.options.scale is not None:
             # A database of its own: it grows to a size the others should not see.
-            async with database(workdir) as url:
-                await bench_scale(run, backend, url, workdir, pool)
+            scale_dir = workdir / "scale"
+            scale_dir.mkdir()
+            async with database(scale_dir) as url:
+                await bench_scale(run, backend, url, scale_dir, pool)
 
 
 def _selected_deliveries(options: Options) -> list[DeliveryScenario]:
