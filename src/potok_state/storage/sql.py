@@ -453,25 +453,21 @@ _CHANGE_COUNTS = (
     "SELECT entity_type, count(*) FROM outbox WHERE created_at >= $1 "
     "AND entity_type IS NOT NULL GROUP BY entity_type"
 )
-# One statement for a batch of heartbeats. The final SELECT sees the states as
-# they were before the UPDATE (one snapshot), which is all it asks: whether
-# each one exists. Times are the database's clock, as for every write.
+# One statement for a batch of heartbeats (each id once; a lapsed or absent
+# state is left out). Times are the database's clock, as for every write. The
+# deadline is compared through coalesce() on purpose: a bare
+# `lease_expires_at > …` lets the planner scan the whole partial index of
+# leases (ix_states_lease_due) instead of looking the ids up by primary key,
+# O(leased states) per batch.
 _RENEW = """
-WITH k AS (SELECT * FROM unnest($2::text[]) WITH ORDINALITY AS k(entity_id, n)),
-renewed AS (
-    UPDATE states s SET lease_ttl = coalesce($3, s.lease_ttl),
-        lease_expires_at = date_trunc('milliseconds', clock_timestamp())
-            + make_interval(secs => coalesce($3, s.lease_ttl))
-    FROM k
-    WHERE s.entity_type = $1 AND s.entity_id = k.entity_id
-        AND s.lease_expires_at > clock_timestamp()
-    RETURNING s.entity_id, s.lease_ttl, s.lease_expires_at
-)
-SELECT k.entity_id, r.lease_ttl, r.lease_expires_at, st.entity_id IS NOT NULL AS found
-FROM k LEFT JOIN renewed r USING (entity_id)
-    LEFT JOIN states st ON st.entity_type = $1 AND st.entity_id = k.entity_id
-ORDER BY k.n
+UPDATE states SET lease_ttl = coalesce($3, lease_ttl),
+    lease_expires_at = date_trunc('milliseconds', clock_timestamp())
+        + make_interval(secs => coalesce($3, lease_ttl))
+WHERE entity_type = $1 AND entity_id = ANY($2::text[])
+    AND coalesce(lease_expires_at, '-infinity') > clock_timestamp()
+RETURNING entity_id, lease_ttl, lease_expires_at
 """
+_EXISTING = "SELECT entity_id FROM states WHERE entity_type = $1 AND entity_id = ANY($2::text[])"
 # The time is taken once (an InitPlan): compared with the volatile
 # clock_timestamp() itself, PostgreSQL walked the whole lease index and
 # filtered every row, on every look.
@@ -528,17 +524,25 @@ async def _renew_on_sqlite(
 async def _renew_on_postgres(
     db: Database, entity: str, entity_ids: Sequence[str], ttl: int | None
 ) -> list[Renewal]:
-    """One statement, committed on its own (no explicit transaction)."""
-    rows = await db.read(lambda tx: tx.fetch(_RENEW, entity, list(entity_ids), ttl))
+    """The renewal, committed on its own (no explicit transaction); whether the
+    states that did not renew exist is asked only when some did not."""
+    ids = list(dict.fromkeys(entity_ids))
+    rows = await db.read(lambda tx: tx.fetch(_RENEW, entity, ids, ttl))
     read_time = db.dialect.read_time
-    return [
-        Renewal(
-            row["entity_id"],
-            row["found"],
-            row["lease_ttl"],
-            None if row["lease_expires_at"] is None else read_time(row["lease_expires_at"]),
+    renewed = {
+        row["entity_id"]: Renewal(
+            row["entity_id"], True, row["lease_ttl"], read_time(row["lease_expires_at"])
         )
         for row in rows
+    }
+    missing = [entity_id for entity_id in ids if entity_id not in renewed]
+    existing: set[str] = set()
+    if missing:
+        found = await db.read_point(lambda tx: tx.fetch(_EXISTING, entity, missing))
+        existing = {row["entity_id"] for row in found}
+    return [
+        renewed.get(entity_id) or Renewal(entity_id, entity_id in existing)
+        for entity_id in entity_ids
     ]
 
 
