@@ -91,6 +91,7 @@ async def test_the_external_backend_walkthrough_works_as_written(tmp_path: Path)
                     except AssertionError as not_yet:
                         last[:] = [str(not_yet)]
                         return False
+                    last.clear()
                     return True
 
                 with contextlib.suppress(AssertionError):
