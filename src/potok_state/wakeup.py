@@ -17,8 +17,11 @@ class Wakeup:
         """Wait until notified or `seconds` pass; True when notified. Clears the
         signal, so notifications that arrive while the waiter works are not lost
         (they leave it set for the next wait)."""
+        # asyncio.timeout, not wait_for: on 3.11 wait_for swallows a cancellation
+        # that arrives as the event is set, and the loop waiting here never stops.
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._event.wait(), seconds)
+            async with asyncio.timeout(seconds):
+                await self._event.wait()
         notified = self._event.is_set()
         self._event.clear()
         return notified

@@ -164,10 +164,11 @@ class Tier:
         """A direct PING, outside the circuit, for /health."""
         started = time.perf_counter()
         try:
-            try:
-                await asyncio.wait_for(self.client.ping(), HEALTH_TIMEOUT_SECONDS)
-            except RedisConnectionError:  # maybe a pooled connection from before a restart
-                await asyncio.wait_for(self.client.ping(), HEALTH_TIMEOUT_SECONDS)
+            async with asyncio.timeout(HEALTH_TIMEOUT_SECONDS):
+                try:
+                    await self.client.ping()
+                except RedisConnectionError:  # maybe a pooled connection from before a restart
+                    await self.client.ping()
         except (RedisError, OSError, TimeoutError) as exc:
             error = f"{type(exc).__name__}: {exc}"[:300]
             return TierHealth(self.name, False, _since(started), error)

@@ -90,7 +90,8 @@ class HealthService:
         if self.stream is None:
             return None
         try:
-            return await asyncio.wait_for(self.stream.status(), CHECK_TIMEOUT_SECONDS)
+            async with asyncio.timeout(CHECK_TIMEOUT_SECONDS):
+                return await self.stream.status()
         except Exception as exc:
             return StreamStatus(
                 state=StreamState.DEGRADED,
@@ -111,7 +112,8 @@ async def _checked(name: str, probe: Awaitable[None]) -> Check:
     down, with the reason."""
     started = time.perf_counter()
     try:
-        await asyncio.wait_for(probe, CHECK_TIMEOUT_SECONDS)
+        async with asyncio.timeout(CHECK_TIMEOUT_SECONDS):
+            await probe
     except Exception as exc:
         return Check(name, False, _since(started), f"{type(exc).__name__}: {exc}"[:300])
     return Check(name, True, _since(started))

@@ -169,18 +169,19 @@ class CommitFeed:
 
     async def _follow_until(self, lost: asyncio.Event) -> None:
         lost_wait = asyncio.ensure_future(lost.wait())
+        heard = asyncio.ensure_future(self._heard.wait())
         try:
             while not lost.is_set():
-                heard = asyncio.ensure_future(self._heard.wait())
                 await asyncio.wait({heard, lost_wait}, return_when=asyncio.FIRST_COMPLETED)
-                heard.cancel()
                 if lost.is_set():
                     return
                 self._heard.clear()
+                heard = asyncio.ensure_future(self._heard.wait())
                 if self._followers:
                     await self._read_new()
         finally:
             lost_wait.cancel()
+            heard.cancel()
 
     async def _read_new(self) -> None:
         assert self._read_events is not None

@@ -65,8 +65,8 @@ async def connect(settings: NatsSettings) -> Nats:
         log.info("stream.nats_reconnected", server=str(client.connected_url or ""))
 
     try:
-        await asyncio.wait_for(
-            client.connect(
+        async with asyncio.timeout(CONNECT_SECONDS):
+            await client.connect(
                 **connect_options(settings),
                 connect_timeout=2,
                 reconnect_time_wait=RECONNECT_WAIT_SECONDS,  # type: ignore[arg-type]
@@ -74,9 +74,7 @@ async def connect(settings: NatsSettings) -> Nats:
                 error_cb=on_error,
                 disconnected_cb=on_disconnected,
                 reconnected_cb=on_reconnected,
-            ),
-            CONNECT_SECONDS,
-        )
+            )
     except BaseException:
         with contextlib.suppress(Exception):
             await client.close()
