@@ -397,7 +397,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         install_console(
             app,
             ConsoleSessions(store.db, app.state.api_keys, ttl_seconds=settings.console.session_ttl),
-            ConsolePages(state_service, webhook_service, app.state.change_feed),
+            ConsolePages(state_service, machine_service, webhook_service, app.state.change_feed),
             secure_cookie=settings.app_env is not AppEnv.DEVELOPMENT,
         )
     docs.install_api_docs(app)

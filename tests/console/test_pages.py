@@ -185,6 +185,92 @@ async def test_the_entity_page_shows_the_state_and_its_timeline(
     )
 
 
+async def test_the_type_page_shows_where_its_machine_comes_from_and_every_change(
+    client: httpx.AsyncClient, browser: httpx.AsyncClient
+) -> None:
+    order = {
+        "statuses": ["new", "paid"],
+        "initial": ["new"],
+        "transitions": {"new": ["paid"]},
+        "metadataSchema": {"type": "object", "required": ["amount"]},
+    }
+    assert (await client.put("/api/v1/state-machines/order", json=order)).status_code == 201
+    grown = {
+        **order,
+        "statuses": ["new", "paid", "shipped"],
+        "transitions": {"new": ["paid"], "paid": ["shipped"]},
+    }
+    changed = await client.put(
+        "/api/v1/state-machines/order", json=grown, headers={"If-Match": '"1"'}
+    )
+    assert changed.status_code == 200, changed.text
+
+    page = await page_json(browser, "/console/types/order")
+    assert page["machine"]["source"] == "api"
+    assert page["machine"]["version"] == 2
+    assert page["machine"]["metadataSchema"] == order["metadataSchema"]
+    history = (await client.get("/api/v1/state-machines/order/history")).json()["items"]
+    assert [c["revision"] for c in page["definitions"]["items"]] == [
+        h["revision"] for h in reversed(history)
+    ]
+    assert [
+        (c["version"], c["change"], c["added"], c["removedStatuses"], c["actor"])
+        for c in page["definitions"]["items"]
+    ] == [(2, "changed", ["shipped"], [], "gateway"), (1, "defined", [], [], "gateway")]
+    html = (await browser.get("/console/types/order")).text
+    assert "defined over the API" in html
+    assert "data-definition-version>2<" in html
+    assert "Statuses added: <code>shipped</code>" in html
+
+    builtin = await page_json(browser, "/console/types/task")
+    assert builtin["machine"]["source"] == "builtin"
+    assert builtin["definitions"] == {"items": [], "more": False}
+    assert "built in: read-only" in (await browser.get("/console/types/task")).text
+    untyped = await page_json(browser, "/console/types/anything")
+    assert untyped["machine"] is None
+    assert untyped["definitions"]["items"] == []
+
+
+async def test_the_entity_page_shows_the_state_as_of_a_revision_or_why_not(
+    client: httpx.AsyncClient, browser: httpx.AsyncClient
+) -> None:
+    created = await record(client, "task", "t1", "created", metadata={"step": 1})
+    moved = await record(client, "task", "t1", "in_progress", metadata={"step": 2})
+    path = "/console/types/task/t1"
+
+    then = await page_json(browser, path, asOf=created["revision"])
+    api = await client.get("/api/v1/states/task/t1", params={"asOf": created["revision"]})
+    assert then["asOf"] == {
+        "at": str(created["revision"]),
+        "state": api.json(),
+        "code": None,
+        "message": None,
+    }
+    assert then["state"]["status"] == "in_progress"  # the current state stays beside it
+    assert (await page_json(browser, path))["asOf"] is None
+    html = (await browser.get(path, params={"asOf": created["revision"]})).text
+    assert "data-past-status>created<" in html
+    assert f'href="{path}?asOf={moved["revision"]}"' in html  # from the timeline
+
+    before = await page_json(browser, path, asOf=created["revision"] - 1)
+    assert before["asOf"]["state"] is None
+    assert before["asOf"]["code"] == "state_not_found"
+    future = await page_json(browser, path, asOf=moved["revision"] + 100)
+    assert future["asOf"]["code"] == "revision_unknown"
+    assert (await client.delete("/api/v1/states/task/t1")).status_code == 204
+    head = (await client.get("/api/v1/states/task/t1/history")).json()["items"][-1]["revision"]
+    deleted = await page_json(browser, path, asOf=head)
+    assert deleted["asOf"]["code"] == "state_deleted"
+    assert (
+        'data-past-problem="state_deleted"' in (await browser.get(path, params={"asOf": head})).text
+    )
+    at_time = await page_json(browser, path, asOf=moved["updatedAt"])
+    assert at_time["asOf"]["state"]["status"] == "in_progress"
+    wrong = await browser.get(path, params={"asOf": "yesterday"})
+    assert wrong.status_code == 422
+    assert "RFC 3339" in wrong.text
+
+
 async def test_the_services_page_groups_instances_by_status_with_their_leases(
     client: httpx.AsyncClient, browser: httpx.AsyncClient
 ) -> None:

@@ -199,10 +199,12 @@ async def entity_page(
     entity_id: EntityIdPath,
     _: Reader,
     cursor: Annotated[str | None, Query(max_length=512)] = None,
+    as_of: Annotated[str | None, Query(alias="asOf", max_length=64)] = None,
     format: Format = "html",
     fragment: Fragment = None,
 ) -> Response:
-    data = await pages(request).entity(entity, entity_id, cursor)
+    """`asOf=<revision or RFC 3339 time>` adds the state as it was then."""
+    data = await pages(request).entity(entity, entity_id, cursor, as_of or None)
     return renderer(request).page(request, "entity", data, format=format, fragment=fragment)
 
 

@@ -11,10 +11,12 @@ from datetime import datetime, timedelta
 import orjson
 
 from potok_state.clock import format_timestamp, utc_now
-from potok_state.events.service import ChangeFeed
+from potok_state.events.service import ChangeFeed, RevisionPruned
 from potok_state.kit.auth import Caller
 from potok_state.kit.scopes import Scope
-from potok_state.states.errors import StateNotFound
+from potok_state.states.as_of import RevisionUnknown, parse_as_of
+from potok_state.states.errors import MachineNotFound, StateDeleted, StateNotFound
+from potok_state.states.machine_service import MachineService
 from potok_state.states.queries import StateFilter
 from potok_state.states.schemas import StateMachineView
 from potok_state.states.service import StateService
@@ -25,13 +27,21 @@ JsonObject = dict[str, object]
 
 FEED_LENGTH = 20
 HISTORY_PAGE = 100
+DEFINITIONS_SHOWN = 50
 SERVICE_TYPE = "service"
 RATE_WINDOW = timedelta(minutes=1)
 
 
 class ConsolePages:
-    def __init__(self, states: StateService, webhooks: WebhookService, feed: ChangeFeed) -> None:
+    def __init__(
+        self,
+        states: StateService,
+        machines: MachineService,
+        webhooks: WebhookService,
+        feed: ChangeFeed,
+    ) -> None:
         self.states = states
+        self.machines = machines
         self.webhooks = webhooks
         self.feed = feed
 
@@ -84,6 +94,7 @@ class ConsolePages:
             "machine": machine.model_dump(mode="json") if machine else None,
             "statuses": _status_rows(machine, counts),
             "total": sum(counts.values()),
+            "definitions": await self.definition_changes(entity),
             "states": listed["items"],
             "nextCursor": listed["nextCursor"],
             "revision": page.revision,
@@ -98,15 +109,38 @@ class ConsolePages:
             },
         }
 
+    async def definition_changes(self, entity: str) -> JsonObject:
+        """The type's definition changes made over the API (GET
+        /state-machines/{entity}/history), newest first, each with the statuses
+        it added and removed; `more` when older ones are not shown."""
+        items: list[JsonObject] = []
+        cursor: str | None = None
+        try:
+            while True:
+                page = orjson.loads(
+                    await self.machines.history(entity, limit=HISTORY_PAGE, cursor=cursor)
+                )
+                items.extend(page["items"])
+                cursor = page["nextCursor"]
+                if cursor is None:
+                    break
+        except MachineNotFound:  # no table, and never defined over the API
+            pass
+        changes = [_definition_change(item) for item in reversed(items)]
+        return {"items": changes[:DEFINITIONS_SHOWN], "more": len(changes) > DEFINITIONS_SHOWN}
+
     async def diagram_counts(self, entity: str) -> tuple[StateMachineView | None, dict[str, int]]:
         counts = _by_type(await self.states.status_counts(entity)).get(entity, {})
         return self._machine(entity), counts
 
     # -- one entity --------------------------------------------------------------------
 
-    async def entity(self, entity: str, entity_id: str, cursor: str | None) -> JsonObject:
+    async def entity(
+        self, entity: str, entity_id: str, cursor: str | None, as_of: str | None = None
+    ) -> JsonObject:
         """The current state (None once deleted) and its history as a timeline,
-        oldest first, a page at a time. StateNotFound when it never existed."""
+        oldest first, a page at a time; with `as_of` (a revision or an RFC 3339
+        time), also the state as it was then. StateNotFound when it never existed."""
         try:
             state = orjson.loads((await self.states.get_state(entity, entity_id)).body)
         except StateNotFound:
@@ -125,11 +159,23 @@ class ConsolePages:
             "entity": entity,
             "entityId": entity_id,
             "state": state,
+            "asOf": await self._as_of(entity, entity_id, as_of) if as_of else None,
             "history": items,
             "nextCursor": history["nextCursor"],
             "allowedNext": allowed,
             "revision": revision,
         }
+
+    async def _as_of(self, entity: str, entity_id: str, raw: str) -> JsonObject:
+        """The state at `raw` as the API answers `?asOf=`, or why there is none
+        (the API's error code and message: not yet existing, deleted, pruned).
+        A malformed `raw` is the page's error (422)."""
+        point = parse_as_of(raw)
+        try:
+            past = await self.states.state_as_of(entity, entity_id, point)
+        except (StateNotFound, StateDeleted, RevisionPruned, RevisionUnknown) as exc:
+            return {"at": raw, "state": None, "code": exc.code, "message": exc.message}
+        return {"at": raw, "state": orjson.loads(past.body), "code": None, "message": None}
 
     # -- webhooks ----------------------------------------------------------------------
 
@@ -206,6 +252,25 @@ def _status_rows(machine: StateMachineView | None, counts: Mapping[str, int]) ->
         }
         for status in statuses
     ]
+
+
+def _definition_change(item: JsonObject) -> JsonObject:
+    """One definition change as the type page lists it."""
+    previous = item["previous"]
+    definition = item["definition"]
+    before = set(previous["statuses"]) if isinstance(previous, dict) else set()
+    after = set(definition["statuses"]) if isinstance(definition, dict) else set()
+    change = "defined" if previous is None else "removed" if definition is None else "changed"
+    return {
+        "revision": item["revision"],
+        "version": item["version"],
+        "actor": item["actor"],
+        "changedAt": item["changedAt"],
+        "change": change,
+        "added": sorted(after - before) if previous is not None else [],
+        "removedStatuses": sorted(before - after) if definition is not None else [],
+        "definition": definition,
+    }
 
 
 def _time(value: datetime | None) -> str | None:
