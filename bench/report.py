@@ -38,7 +38,7 @@ from bench.webhooks import percentile
 if TYPE_CHECKING:
     from bench.leases import LapseResult, WindowCpu
     from bench.load import LoadResult
-    from bench.run import BenchRun, Measurement
+    from bench.results import BenchRun, Measurement
     from bench.watch_results import FanOut, SteadyWrites, WatchResult
     from bench.watchers import Spread
     from bench.webhooks import LatencyResult, ThroughputResult
