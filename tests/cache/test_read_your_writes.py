@@ -81,7 +81,7 @@ async def test_a_stale_fill_after_a_write_is_refused_by_the_tier(
 ) -> None:
     """The compare-and-set the service fills with: an older revision never
     replaces a newer one, whatever order the two arrive in."""
-    from potok_state.cache.tiers import _CAS_SET, encode_value
+    from potok_state.cache.tier import _CAS_SET, encode_value
 
     with local_redis.client() as tier:
         cas = tier.register_script(_CAS_SET)

@@ -1,12 +1,12 @@
 """The caches (docs/architecture.md, "Caches"): revision floors, the near cache
 and the two Redis tiers, whose mechanism `tiers.py` describes."""
 
+from potok_state.cache.tier import TierHealth
 from potok_state.cache.tiers import (
     ListLookup,
     StateLookup,
     StateWrite,
     TieredCache,
-    TierHealth,
     list_fingerprint,
 )
 

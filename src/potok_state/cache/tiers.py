@@ -43,9 +43,11 @@ Replicas
     the subscription. Invalidations that could not reach the global tier are kept
     (bounded) and replayed, and re-published, when it is back.
 
-One module (some 650 lines) on purpose: reads, fills, write-through and the
-replica listener each keep half of the invariants above (floors, generations,
-the subscription's asOf); split apart, no half could be checked without the other.
+One Redis with its circuit, its compare-and-set and the value encoding is
+`tier.py`; the rest is one module on purpose: reads, fills, write-through and
+the replica listener each keep half of the invariants above (floors,
+generations, the subscription's asOf); split apart, no half could be checked
+without the other.
 """
 
 from __future__ import annotations
@@ -55,42 +57,34 @@ import contextlib
 import hashlib
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import TypeVar
 
 import orjson
 import structlog
 from redis.asyncio import Redis
 from redis.asyncio.client import PubSub
-from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 
 from potok_state.cache.connection import redis_client
 from potok_state.cache.floors import RevisionFloors, state_key
+from potok_state.cache.tier import (
+    Tier,
+    TierHealth,
+    TierUnavailable,
+    decode_value,
+    encode_value,
+    now_ms,
+)
 from potok_state.metrics import Metrics
 from potok_state.settings import Settings
 
 log = structlog.get_logger(__name__)
 
-T = TypeVar("T")
-
 CHANNEL = b"potok-state:cache-invalidations"
 LOCAL = "local"
 GLOBAL = "global"
 MAX_PENDING = 20_000
-HEALTH_TIMEOUT_SECONDS = 1.0
-
-# KEYS[1] key; ARGV revision, value, ttl. Never replaces a value of a newer revision.
-_CAS_SET = """
-local current = redis.call('GET', KEYS[1])
-if current then
-  local revision = tonumber(string.match(current, '^(%d+):'))
-  if revision and revision > tonumber(ARGV[1]) then return 0 end
-end
-redis.call('SET', KEYS[1], ARGV[2], 'EX', ARGV[3])
-return 1
-"""
 
 
 def generation_key(entity: str) -> str:
@@ -100,87 +94,6 @@ def generation_key(entity: str) -> str:
 def list_fingerprint(normalized: object) -> str:
     """A stable short hash of a normalized query (any orjson-serializable value)."""
     return hashlib.sha256(orjson.dumps(normalized, option=orjson.OPT_SORT_KEYS)).hexdigest()[:32]
-
-
-def _now_ms() -> int:
-    return time.time_ns() // 1_000_000
-
-
-def encode_value(revision: int, as_of_ms: int, body: bytes) -> bytes:
-    return b"%d:%d:%b" % (revision, as_of_ms, body)
-
-
-def decode_value(raw: bytes) -> tuple[int, int, bytes] | None:
-    try:
-        revision, as_of, body = raw.split(b":", 2)
-        return int(revision), int(as_of), body
-    except ValueError:
-        return None
-
-
-class TierUnavailable(Exception):
-    """The tier's circuit is open, or the command just failed (and opened it)."""
-
-
-class Tier:
-    """One Redis with its circuit breaker."""
-
-    def __init__(self, name: str, client: Redis, *, retry_delay: float) -> None:
-        self.name = name
-        self.client = client
-        self.retry_delay = retry_delay
-        self.cas_set = client.register_script(_CAS_SET)
-        self._open_until = 0.0
-        self._down = False
-        # Invalidations that could not be applied here, replayed when the tier is back.
-        self.pending_states: dict[str, int] = {}
-        self.pending_generations: dict[str, int] = {}
-
-    @property
-    def available(self) -> bool:
-        return time.monotonic() >= self._open_until
-
-    async def call(self, command: Callable[[Redis], Awaitable[T]]) -> T:
-        if not self.available:
-            raise TierUnavailable(self.name)
-        try:
-            result = await command(self.client)
-        except (RedisError, OSError) as exc:
-            self._open_until = time.monotonic() + self.retry_delay
-            if not self._down:
-                self._down = True
-                log.warning("cache.tier_down", tier=self.name, error=f"{type(exc).__name__}: {exc}")
-                # Idle pooled connections to a restarted server are dead too: drop them
-                # so the first commands after the cool-down do not fail one by one.
-                with contextlib.suppress(RedisError, OSError):
-                    await self.client.connection_pool.disconnect(inuse_connections=False)
-            raise TierUnavailable(self.name) from exc
-        if self._down:
-            self._down = False
-            log.info("cache.tier_up", tier=self.name)
-        return result
-
-    async def check(self) -> TierHealth:
-        """A direct PING, outside the circuit, for /health."""
-        started = time.perf_counter()
-        try:
-            async with asyncio.timeout(HEALTH_TIMEOUT_SECONDS):
-                try:
-                    await self.client.ping()
-                except RedisConnectionError:  # maybe a pooled connection from before a restart
-                    await self.client.ping()
-        except (RedisError, OSError, TimeoutError) as exc:
-            error = f"{type(exc).__name__}: {exc}"[:300]
-            return TierHealth(self.name, False, _since(started), error)
-        return TierHealth(self.name, True, _since(started))
-
-
-@dataclass(frozen=True, slots=True)
-class TierHealth:
-    name: str
-    up: bool
-    latency_ms: float
-    error: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -242,7 +155,7 @@ class TieredCache:
         self._floors = floors
         self._generations: dict[str, int] = {}
         self._trust_epoch = 0
-        self._trusted_since_ms = _now_ms()
+        self._trusted_since_ms = now_ms()
         self._listening = False
         self._replica = uuid.uuid4().hex.encode()
         self._tasks: set[asyncio.Task[None]] = set()
@@ -294,7 +207,7 @@ class TieredCache:
     # -- lifecycle --------------------------------------------------------------------
 
     async def start(self) -> None:
-        self._trusted_since_ms = _now_ms()
+        self._trusted_since_ms = now_ms()
         self._background = asyncio.create_task(self._run(), name="cache-background")
 
     async def close(self) -> None:
@@ -315,7 +228,7 @@ class TieredCache:
 
     async def get_state(self, entity: str, entity_id: str) -> StateLookup:
         key = state_key(entity, entity_id)
-        as_of = _now_ms()
+        as_of = now_ms()
         floor = self._floors.get(key)
         for tier in self._readable():
             raw = await self._get(tier, key)
@@ -343,7 +256,7 @@ class TieredCache:
 
     async def get_list(self, entity: str, fingerprint: str) -> ListLookup | None:
         """The cached page of a query, or a miss to fill; None: do not cache now."""
-        as_of = _now_ms()
+        as_of = now_ms()
         generation = await self._generation(entity)
         if generation is None:
             return None
@@ -388,7 +301,7 @@ class TieredCache:
         await asyncio.gather(*(self._write_tier(tier, writes) for tier in self.tiers))
 
     async def _write_tier(self, tier: Tier, writes: Sequence[StateWrite]) -> None:
-        as_of = _now_ms()
+        as_of = now_ms()
         entities = sorted({write.entity for write in writes})
         bumps = entities if tier is self.generation_tier else []
         publish = tier is self.global_tier
@@ -536,7 +449,7 @@ class TieredCache:
         else:
             raise TimeoutError("no subscription confirmation from the global Redis")
         # From here on nothing is missed; what this replica cached before may be stale.
-        self._trusted_since_ms = _now_ms()
+        self._trusted_since_ms = now_ms()
         self._trust_epoch += 1
         self._generations.clear()
         self._listening = True
@@ -650,7 +563,3 @@ class TieredCache:
 
     def _count(self, tier: Tier, result: str) -> None:
         self._requests[(tier.name, result)].inc()
-
-
-def _since(started: float) -> float:
-    return round((time.perf_counter() - started) * 1000, 2)
