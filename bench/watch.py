@@ -14,7 +14,7 @@
   mean of the two runs without.
 
 All on one server, with its settings at their defaults (WATCH_MAX_CLIENTS 1000
-per key, WATCH_QUEUE_SIZE 10000). The watcher process parses the streams
+per key, WATCH_MAX_BUFFER_BYTES 1 MiB a stream). The watcher process parses the streams
 cheaply: the chunked HTTP body is not decoded; every `id:` line (always after a
 newline: the previous frame's, or a chunk-size line's) is found by a search.
 

@@ -2,6 +2,10 @@
 
 Durations named `*_TIMEOUT` and `*_DELAY` are milliseconds, `*_TTL` are seconds,
 as in the original service.
+
+One module (some 620 lines) on purpose: every setting with its default, its
+environment name and its check in one place, so `potok-state config` and
+docs/operations.md's table have one source.
 """
 
 from __future__ import annotations

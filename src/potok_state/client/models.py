@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from potok_state.events.schemas import ChangePage, Event
+from potok_state.states.machine_schemas import LeasePolicyView, StateMachineView
 from potok_state.states.schemas import (
     BatchHeartbeatResult,
     BatchItem,
@@ -19,10 +20,8 @@ from potok_state.states.schemas import (
     HistoryEntry,
     HistoryPage,
     ItemError,
-    LeasePolicyView,
     LeaseView,
     Metadata,
-    StateMachineView,
     StatePage,
     StateView,
 )

@@ -23,7 +23,7 @@ from grandalf.graphs import Edge, Graph, Vertex
 from grandalf.layouts import SugiyamaLayout
 from grandalf.routing import route_with_lines
 
-from potok_state.states.schemas import StateMachineView
+from potok_state.states.machine_schemas import StateMachineView
 
 START = "\x00start"  # never a status name (statuses are [a-z][a-z0-9_]*)
 NODE_HEIGHT = 52

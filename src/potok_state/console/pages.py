@@ -16,9 +16,9 @@ from potok_state.kit.auth import Caller
 from potok_state.kit.scopes import Scope
 from potok_state.states.as_of import RevisionUnknown, parse_as_of
 from potok_state.states.errors import MachineNotFound, StateDeleted, StateNotFound
+from potok_state.states.machine_schemas import StateMachineView
 from potok_state.states.machine_service import MachineService
 from potok_state.states.queries import StateFilter
-from potok_state.states.schemas import StateMachineView
 from potok_state.states.service import StateService
 from potok_state.storage.port import StatusCount
 from potok_state.webhooks.service import WebhookService

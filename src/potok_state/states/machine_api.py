@@ -21,12 +21,12 @@ from potok_state.states.errors import (
     StatesStranded,
     VersionMismatch,
 )
-from potok_state.states.machine_service import MachineService
-from potok_state.states.schemas import (
+from potok_state.states.machine_schemas import (
     DefineStateMachine,
     MachineHistoryPage,
     StateMachineView,
 )
+from potok_state.states.machine_service import MachineService
 from potok_state.states.service import StateService
 
 # Their own router: a route's tags add to its router's, and the docs page would

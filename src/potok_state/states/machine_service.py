@@ -38,6 +38,12 @@ from potok_state.states.errors import (
     MachineNotFound,
     MachineReadOnly,
 )
+from potok_state.states.machine_schemas import (
+    DefinedMachine,
+    DefineStateMachine,
+    RemovedMachine,
+    StateMachineView,
+)
 from potok_state.states.machines import (
     MachineDefinitionError,
     MachineRegistry,
@@ -45,12 +51,6 @@ from potok_state.states.machines import (
     StateMachine,
     build_machine,
     machine_table,
-)
-from potok_state.states.schemas import (
-    DefinedMachine,
-    DefineStateMachine,
-    RemovedMachine,
-    StateMachineView,
 )
 from potok_state.storage.sql import SqlStateStore
 from potok_state.wakeup import Wakeup

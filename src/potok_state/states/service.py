@@ -6,6 +6,10 @@ states/transitions.py), applied by the store in one transaction (see
 `storage.port`); after commit the fresh bodies go to the caches. Queries are
 checked in states/queries.py, cursors made in states/cursors.py. Nothing here
 knows about HTTP.
+
+One module (some 630 lines) on purpose: writes, batches and lease lapses all go
+through `_apply` and `_written` (the one path from a decision to the caches),
+and the reads are the other half of that cache protocol.
 """
 
 from __future__ import annotations
@@ -60,6 +64,7 @@ from potok_state.states.errors import (
     batch_failure,
     item_error,
 )
+from potok_state.states.machine_schemas import StateMachineView
 from potok_state.states.machines import MachineRegistry
 from potok_state.states.merge_patch import merge_patch
 from potok_state.states.queries import StateFilter, query_fingerprint, store_query
@@ -67,7 +72,6 @@ from potok_state.states.schemas import (
     BatchRequest,
     Metadata,
     RecordStateRequest,
-    StateMachineView,
     UpdateStateRequest,
 )
 from potok_state.states.transitions import (
