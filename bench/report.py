@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 
 from bench.host import load_average, machine_info
 from bench.load import LEASE_SEED_TTL
+from bench.report_cells import cpu_us, goal_verdict, ms, p50_p99_max, spread_cell
 from bench.scale_report import SCALE_HEADING, scale_section
 from bench.scenarios import (
     BACKEND_TITLES,
@@ -35,7 +36,6 @@ if TYPE_CHECKING:
     from bench.load import LoadResult
     from bench.results import BenchRun, Measurement
     from bench.watch_results import FanOut, SteadyWrites, WatchResult
-    from bench.watchers import Spread
     from bench.webhooks import LatencyResult, ThroughputResult
 
 __all__ = ["keep_analysis", "load_average", "machine_info", "render", "splice_sections"]
@@ -65,12 +65,6 @@ BEFORE: dict[str, dict[str, str]] = {
 BEFORE_DATE = "2026-11-28"
 
 
-def _ms(value: float) -> str:
-    if value != value:  # NaN: no successful request
-        return "—"
-    return f"{value:.1f}" if value >= 10 else f"{value:.2f}"
-
-
 def _met(measurement: Measurement) -> bool | None:
     """Whether the row meets its §9 goal on its backend (None: no goal there)."""
     goal = measurement.scenario.goal_for(measurement.backend)
@@ -91,17 +85,11 @@ def _met(measurement: Measurement) -> bool | None:
 
 
 def _verdict(measurement: Measurement) -> str:
-    verdict = _goal_verdict(measurement.scenario.goal_for(measurement.backend), _met(measurement))
+    verdict = goal_verdict(measurement.scenario.goal_for(measurement.backend), _met(measurement))
     relative, per_cpu = measurement.relative, measurement.relative_per_cpu
     if relative is not None and per_cpu is not None:
         verdict += f" ({relative:.2f}×; per server CPU-s {per_cpu:.2f}×)"
     return verdict
-
-
-def _cpu_us(cores: float, per_second: float) -> str:
-    """CPU µs per request (or delivery): cores ÷ rate. The steadier figure across
-    hosts, since it does not depend on how much of a core the process got."""
-    return "—" if per_second <= 0 else f"{cores / per_second * 1e6:,.0f}"
 
 
 def _throughput_table(measurements: list[Measurement], *, backends: bool = False) -> list[str]:
@@ -120,9 +108,9 @@ def _throughput_table(measurements: list[Measurement], *, backends: bool = False
         cpu_ratio = "—" if m.cpu_ratio is None else f"{m.cpu_ratio:.2f}"
         backend = f"| {_BACKEND_TITLES.get(m.backend, m.backend)} " if backends else ""
         lines.append(
-            f"{backend}| {m.scenario.title} | {r.rate:,.0f} | {_ms(r.percentile(50))} | "
-            f"{_ms(r.percentile(99))} | {r.errors} | {ratio} | {_verdict(m)} | "
-            f"{r.server_cpu:.2f} | {_cpu_us(r.server_cpu, r.rate)} | {m.per_cpu:,.0f} | "
+            f"{backend}| {m.scenario.title} | {r.rate:,.0f} | {ms(r.percentile(50))} | "
+            f"{ms(r.percentile(99))} | {r.errors} | {ratio} | {_verdict(m)} | "
+            f"{r.server_cpu:.2f} | {cpu_us(r.server_cpu, r.rate)} | {m.per_cpu:,.0f} | "
             f"{cpu_ratio} | "
             f"{r.client_cpu:.2f} | {r.postgres_cpu:.2f} | "
             f"{r.machine_busy:.0%} |"
@@ -141,16 +129,10 @@ def _batch_table(measurements: list[Measurement]) -> list[str]:
         worst = max(r.latencies_ms) if r.latencies_ms else float("nan")
         lines.append(
             f"| {_BACKEND_TITLES.get(m.backend, m.backend)} | {m.scenario.title} | "
-            f"{r.requests} | {_ms(r.percentile(50))} | {_ms(r.percentile(99))} | {_ms(worst)} | "
+            f"{r.requests} | {ms(r.percentile(50))} | {ms(r.percentile(99))} | {ms(worst)} | "
             f"{items_per_s:,.0f} | {r.errors} | {_verdict(m)} |"
         )
     return lines
-
-
-def _goal_verdict(goal: Goal | None, met: bool | None) -> str:
-    if goal is None or met is None:
-        return "—"
-    return f"{goal.text}: **{'met' if met else 'missed'}**"
 
 
 def _latency_met(result: LatencyResult) -> bool | None:
@@ -179,13 +161,13 @@ def _latency_table(results: list[LatencyResult]) -> list[str]:
         p99 = percentile(after, 99)
         lines.append(
             f"| {_BACKEND_TITLES.get(r.backend, r.backend)} | {r.worker} | {r.written} | "
-            f"{r.write_rate:.0f} | {_ms(percentile(after, 50))} / {_ms(p99)} / "
-            f"{_ms(max(after) if after else float('nan'))} | "
-            f"{_ms(percentile(r.after_request_ms, 50))} / "
-            f"{_ms(percentile(r.after_request_ms, 99))} | "
-            f"{_ms(percentile(r.write_ms, 50))} / {_ms(percentile(r.write_ms, 99))} | "
+            f"{r.write_rate:.0f} | {ms(percentile(after, 50))} / {ms(p99)} / "
+            f"{ms(max(after) if after else float('nan'))} | "
+            f"{ms(percentile(r.after_request_ms, 50))} / "
+            f"{ms(percentile(r.after_request_ms, 99))} | "
+            f"{ms(percentile(r.write_ms, 50))} / {ms(percentile(r.write_ms, 99))} | "
             f"{r.lost} | {r.duplicates} | {r.write_errors} | "
-            f"{_goal_verdict(r.scenario.goal_for(r.backend), _latency_met(r))} |"
+            f"{goal_verdict(r.scenario.goal_for(r.backend), _latency_met(r))} |"
         )
     return lines
 
@@ -199,17 +181,17 @@ def _deliveries_table(results: list[ThroughputResult]) -> list[str]:
         "|---|---|---|--:|--:|--:|--:|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|",
     ]
     for t in results:
-        verdict = _goal_verdict(t.scenario.goal_for(t.backend), _throughput_met(t))
+        verdict = goal_verdict(t.scenario.goal_for(t.backend), _throughput_met(t))
         raw = ", ".join(f"{rate:,.0f}" for rate in t.raw_rates)
         ratio = "—" if t.ratio is None else f"{t.ratio:.2f}"
         lines.append(
             f"| {_BACKEND_TITLES.get(t.backend, t.backend)} | {t.scenario.title} | {t.worker} | "
             f"{t.delivered:,} / {t.expected:,} | {t.rate:,.0f} | {t.raw_rate:,.0f} ({raw}) | "
             f"{ratio} | {verdict} | {t.lost} | {t.duplicates} | "
-            f"{t.first_after_start:.2f} | {t.worker_cpu:.2f} | {_cpu_us(t.worker_cpu, t.rate)} | "
-            f"{t.postgres_cpu:.2f} | {_cpu_us(t.postgres_cpu, t.rate)} | "
+            f"{t.first_after_start:.2f} | {t.worker_cpu:.2f} | {cpu_us(t.worker_cpu, t.rate)} | "
+            f"{t.postgres_cpu:.2f} | {cpu_us(t.postgres_cpu, t.rate)} | "
             f"{t.receiver_cpu:.2f} | {t.raw_client_cpu:.2f} | "
-            f"{_cpu_us(t.raw_client_cpu, t.raw_rate)} |"
+            f"{cpu_us(t.raw_client_cpu, t.raw_rate)} |"
         )
     return lines
 
@@ -304,27 +286,18 @@ def _watch_goal(result: WatchResult, key: str) -> Goal | None:
     return next((s.goal_for(result.backend) for s in result.scenarios if s.key == key), None)
 
 
-def _spread_cell(p50: float, p99: float, worst: float | None = None) -> str:
-    cell = f"{_ms(p50)} / {_ms(p99)}"
-    return cell if worst is None else f"{cell} / {_ms(worst)}"
-
-
-def _spread(spread: Spread) -> str:
-    return _spread_cell(spread.p50, spread.p99, spread.max)
-
-
 def _steady_cells(writes: SteadyWrites | None) -> tuple[str, str]:
     """(write p50 / p99 ms, server CPU) of a steady-rate window, or dashes."""
     if writes is None:
         return "—", "—"
-    return _spread_cell(writes.write_ms.p50, writes.write_ms.p99), f"{writes.cpu.server:.2f}"
+    return spread_cell(writes.write_ms.p50, writes.write_ms.p99), f"{writes.cpu.server:.2f}"
 
 
 def _fan_out_cost(fan: FanOut) -> str:
     """Server CPU per change that the watchers add: (server CPU with − without) ÷ rate."""
     if fan.baseline is None or fan.writes.rate <= 0:
         return "—"
-    return _ms((fan.writes.cpu.server - fan.baseline.cpu.server) / fan.writes.rate * 1000)
+    return ms((fan.writes.cpu.server - fan.baseline.cpu.server) / fan.writes.rate * 1000)
 
 
 def _pair_cost_us(fan: FanOut) -> float | None:
@@ -377,16 +350,16 @@ def _fan_out_table(results: list[WatchResult]) -> list[str]:
         assert fan is not None
         without_ms, without_cpu = _steady_cells(fan.baseline)
         with_ms, with_cpu = _steady_cells(fan.writes)
-        verdict = _goal_verdict(_watch_goal(r, "watch_latency"), _fan_out_met(r))
+        verdict = goal_verdict(_watch_goal(r, "watch_latency"), _fan_out_met(r))
         pair = _pair_cost_us(fan)
         pair_cell = "—" if pair is None else f"{pair:.2f}"
-        pair_verdict = _goal_verdict(_watch_goal(r, "watch_cpu"), _pair_cost_met(r))
+        pair_verdict = goal_verdict(_watch_goal(r, "watch_cpu"), _pair_cost_met(r))
         lines.append(
             f"| {_BACKEND_TITLES.get(r.backend, r.backend)} | {fan.watchers} | "
             f"{fan.writes.changes} | {fan.writes.rate:.0f} | "
-            f"{_spread(fan.after_response)} | "
-            f"{_spread_cell(fan.after_request.p50, fan.after_request.p99)} | "
-            f"{_spread(fan.last_watcher)} | {fan.lost} | {fan.duplicates} | "
+            f"{p50_p99_max(fan.after_response)} | "
+            f"{spread_cell(fan.after_request.p50, fan.after_request.p99)} | "
+            f"{p50_p99_max(fan.last_watcher)} | {fan.lost} | {fan.duplicates} | "
             f"{fan.out_of_order} | {fan.complete} / {fan.watchers} | "
             f"{without_ms} | {with_ms} | {without_cpu} | {with_cpu} | {_fan_out_cost(fan)} | "
             f"{pair_cell} | {pair_verdict} | "
@@ -403,7 +376,7 @@ def _per_cpu(result: LoadResult) -> float:
 def _load_cells(result: LoadResult) -> tuple[str, str, str]:
     return (
         f"{result.rate:,.0f}",
-        _spread_cell(result.percentile(50), result.percentile(99)),
+        spread_cell(result.percentile(50), result.percentile(99)),
         f"{result.server_cpu:.2f}",
     )
 
@@ -423,11 +396,11 @@ def _write_load_table(results: list[WatchResult]) -> list[str]:
         if load.without:
             windows.append(("no watchers (start)", load.without[0], None, "—"))
         if load.with_watchers is not None:
-            verdict = _goal_verdict(_watch_goal(r, "watch_writes"), _write_load_met(r))
+            verdict = goal_verdict(_watch_goal(r, "watch_writes"), _write_load_met(r))
             title = f"{load.watchers} watchers, unfiltered"
             windows.append((title, load.with_watchers, load.watcher_cpu, verdict))
         if load.filtered is not None:
-            verdict = _goal_verdict(_watch_goal(r, "watch_filtered"), _filtered_met(r))
+            verdict = goal_verdict(_watch_goal(r, "watch_filtered"), _filtered_met(r))
             title = f"{load.filtered.watchers} watchers, each on its own entity"
             windows.append((title, load.filtered.result, load.filtered.watcher_cpu, verdict))
         windows += [("no watchers (end)", w, None, "—") for w in load.without[1:]]
@@ -518,13 +491,13 @@ def _hostile_table(results: list[WatchResult]) -> list[str]:
     for r in results:
         hostile = r.hostile
         assert hostile is not None
-        verdict = _goal_verdict(_watch_goal(r, "watch_hostile"), _hostile_met(r))
+        verdict = goal_verdict(_watch_goal(r, "watch_hostile"), _hostile_met(r))
         lines.append(
             f"| {_BACKEND_TITLES.get(r.backend, r.backend)} | {hostile.watchers} | "
             f"{hostile.backlog_events:,} events, {hostile.backlog_bytes / 1e6:.0f} MB | "
             f"{hostile.rss_before / 2**20:.0f} | {hostile.rss_peak / 2**20:.0f} | "
             f"{hostile.growth_mb:.0f} | {'yes' if hostile.closed else '**no**'} | "
-            f"{hostile.closed_after:.1f} | {hostile.cut_off} | {_spread(hostile.health)} | "
+            f"{hostile.closed_after:.1f} | {hostile.cut_off} | {p50_p99_max(hostile.health)} | "
             f"{hostile.health_failures} | {verdict} |"
         )
     return lines
@@ -658,14 +631,14 @@ def _lapse_table(results: list[LapseResult]) -> list[str]:
         "|---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|---|",
     ]
     for r in results:
-        verdict = _goal_verdict(r.scenario.goal_for(r.backend), _lapse_met(r))
+        verdict = goal_verdict(r.scenario.goal_for(r.backend), _lapse_met(r))
         window = r.cpu_delivery or r.cpu_lapse
         lines.append(
             f"| {_BACKEND_TITLES.get(r.backend, r.backend)} | {r.scenario.title} | "
             f"{r.leases:,} | {r.setup_seconds:.2f} | {r.deadline_spread:.3f} | {r.lapsed:,} | "
-            f"{r.duplicates} | {r.early} | {_spread(r.lateness)} | {_seconds(r.first_lapse)} | "
+            f"{r.duplicates} | {r.early} | {p50_p99_max(r.lateness)} | {_seconds(r.first_lapse)} | "
             f"{_seconds(r.last_lapse)} | {r.timestamps:,} | {r.delivered:,} | {r.lost} | "
-            f"{r.delivery_duplicates} | {_spread(r.delivery_lateness)} | "
+            f"{r.delivery_duplicates} | {p50_p99_max(r.delivery_lateness)} | "
             f"{_seconds(r.all_delivered)} | {_window_cpu(r.cpu_lapse, 'server')} | "
             f"{_window_cpu(r.cpu_delivery, 'server')} | {_window_cpu(window, 'postgres')} | "
             f"{_window_cpu(window, 'bench')} | "
@@ -853,7 +826,7 @@ def _batch_after(run: BenchRun, backend: str) -> str:
     for key, what in (("batch_create", "new"), ("batch_update", "transitions")):
         m = _find(run, backend, key)
         if m is not None and m.result.latencies_ms:
-            cells.append(_judged(f"{_ms(m.result.percentile(50))} ms ({what})", _met(m)))
+            cells.append(_judged(f"{ms(m.result.percentile(50))} ms ({what})", _met(m)))
     return ", ".join(cells) or "not run"
 
 
