@@ -16,6 +16,12 @@ from typing import TYPE_CHECKING
 from bench.host import load_average, machine_info
 from bench.load import LEASE_SEED_TTL
 from bench.report_cells import cpu_us, goal_verdict, ms, p50_p99_max, spread_cell
+from bench.requests_report import (
+    find_measurement,
+    measurement_met,
+    request_sections,
+    throughput_table,
+)
 from bench.scale_report import SCALE_HEADING, scale_section
 from bench.scenarios import (
     BACKEND_TITLES,
@@ -25,7 +31,6 @@ from bench.scenarios import (
     SCALE_SCENARIOS,
     Goal,
     ServerProfile,
-    section_label,
     workers_label,
 )
 from bench.stream import report_section as stream_report_section
@@ -48,7 +53,6 @@ LEASES_HEADING = "## Leases"
 SPLICED_HEADINGS = (WATCH_HEADING, LEASES_HEADING, SCALE_HEADING)
 """The sections `--splice` writes into an existing report, in report order."""
 _ANALYSIS_PLACEHOLDER = "_No analysis written yet for this run._"
-_BACKEND_TITLES = BACKEND_TITLES
 
 # The figures our issue (the §9 rework) was filed with: measured at review before
 # the rework, 2026-11-28, one uvicorn worker. Fixed numbers, never regenerated;
@@ -63,76 +67,6 @@ BEFORE: dict[str, dict[str, str]] = {
     "batch": {"sqlite": "114–144 ms", "postgresql": "114–144 ms"},
 }
 BEFORE_DATE = "2026-11-28"
-
-
-def _met(measurement: Measurement) -> bool | None:
-    """Whether the row meets its §9 goal on its backend (None: no goal there)."""
-    goal = measurement.scenario.goal_for(measurement.backend)
-    if goal is None:
-        return None
-    if goal.relative_to is not None:
-        relative = measurement.relative
-        return None if relative is None else relative >= (goal.min_ratio or 0)
-    if goal.min_ratio is not None and measurement.ratio is not None:
-        met = measurement.ratio >= goal.min_ratio
-        if goal.not_below_one_worker and measurement.workers > 1:
-            one = measurement.one_worker_ratio
-            met = met and (one is None or measurement.ratio >= one)
-        return met
-    if goal.max_p50_ms is not None and measurement.result.latencies_ms:
-        return measurement.result.percentile(50) <= goal.max_p50_ms
-    return None
-
-
-def _verdict(measurement: Measurement) -> str:
-    verdict = goal_verdict(measurement.scenario.goal_for(measurement.backend), _met(measurement))
-    relative, per_cpu = measurement.relative, measurement.relative_per_cpu
-    if relative is not None and per_cpu is not None:
-        verdict += f" ({relative:.2f}×; per server CPU-s {per_cpu:.2f}×)"
-    return verdict
-
-
-def _throughput_table(measurements: list[Measurement], *, backends: bool = False) -> list[str]:
-    """The request rows; with `backends`, a first column names each row's backend."""
-    lines = [
-        "| path | req/s | p50 ms | p99 ms | errors | × ceiling | §9 goal | server CPU | "
-        "server CPU µs per request | req per server CPU-s | × ceiling per CPU | generator CPU | "
-        "postgres CPU | machine busy |",
-        "|---|--:|--:|--:|--:|--:|---|--:|--:|--:|--:|--:|--:|--:|",
-    ]
-    if backends:
-        lines = ["| backend " + lines[0], "|---" + lines[1]]
-    for m in measurements:
-        r = m.result
-        ratio = "—" if m.ratio is None else f"{m.ratio:.2f}"
-        cpu_ratio = "—" if m.cpu_ratio is None else f"{m.cpu_ratio:.2f}"
-        backend = f"| {_BACKEND_TITLES.get(m.backend, m.backend)} " if backends else ""
-        lines.append(
-            f"{backend}| {m.scenario.title} | {r.rate:,.0f} | {ms(r.percentile(50))} | "
-            f"{ms(r.percentile(99))} | {r.errors} | {ratio} | {_verdict(m)} | "
-            f"{r.server_cpu:.2f} | {cpu_us(r.server_cpu, r.rate)} | {m.per_cpu:,.0f} | "
-            f"{cpu_ratio} | "
-            f"{r.client_cpu:.2f} | {r.postgres_cpu:.2f} | "
-            f"{r.machine_busy:.0%} |"
-        )
-    return lines
-
-
-def _batch_table(measurements: list[Measurement]) -> list[str]:
-    lines = [
-        "| backend | path | batches | p50 ms | p99 ms | max ms | items/s | errors | §9 goal |",
-        "|---|---|--:|--:|--:|--:|--:|--:|---|",
-    ]
-    for m in measurements:
-        r = m.result
-        items_per_s = 1000 * len(r.latencies_ms) / r.elapsed if r.elapsed else 0.0
-        worst = max(r.latencies_ms) if r.latencies_ms else float("nan")
-        lines.append(
-            f"| {_BACKEND_TITLES.get(m.backend, m.backend)} | {m.scenario.title} | "
-            f"{r.requests} | {ms(r.percentile(50))} | {ms(r.percentile(99))} | {ms(worst)} | "
-            f"{items_per_s:,.0f} | {r.errors} | {_verdict(m)} |"
-        )
-    return lines
 
 
 def _latency_met(result: LatencyResult) -> bool | None:
@@ -160,7 +94,7 @@ def _latency_table(results: list[LatencyResult]) -> list[str]:
         after = r.after_response_ms
         p99 = percentile(after, 99)
         lines.append(
-            f"| {_BACKEND_TITLES.get(r.backend, r.backend)} | {r.worker} | {r.written} | "
+            f"| {BACKEND_TITLES.get(r.backend, r.backend)} | {r.worker} | {r.written} | "
             f"{r.write_rate:.0f} | {ms(percentile(after, 50))} / {ms(p99)} / "
             f"{ms(max(after) if after else float('nan'))} | "
             f"{ms(percentile(r.after_request_ms, 50))} / "
@@ -185,7 +119,7 @@ def _deliveries_table(results: list[ThroughputResult]) -> list[str]:
         raw = ", ".join(f"{rate:,.0f}" for rate in t.raw_rates)
         ratio = "—" if t.ratio is None else f"{t.ratio:.2f}"
         lines.append(
-            f"| {_BACKEND_TITLES.get(t.backend, t.backend)} | {t.scenario.title} | {t.worker} | "
+            f"| {BACKEND_TITLES.get(t.backend, t.backend)} | {t.scenario.title} | {t.worker} | "
             f"{t.delivered:,} / {t.expected:,} | {t.rate:,.0f} | {t.raw_rate:,.0f} ({raw}) | "
             f"{ratio} | {verdict} | {t.lost} | {t.duplicates} | "
             f"{t.first_after_start:.2f} | {t.worker_cpu:.2f} | {cpu_us(t.worker_cpu, t.rate)} | "
@@ -355,7 +289,7 @@ def _fan_out_table(results: list[WatchResult]) -> list[str]:
         pair_cell = "—" if pair is None else f"{pair:.2f}"
         pair_verdict = goal_verdict(_watch_goal(r, "watch_cpu"), _pair_cost_met(r))
         lines.append(
-            f"| {_BACKEND_TITLES.get(r.backend, r.backend)} | {fan.watchers} | "
+            f"| {BACKEND_TITLES.get(r.backend, r.backend)} | {fan.watchers} | "
             f"{fan.writes.changes} | {fan.writes.rate:.0f} | "
             f"{p50_p99_max(fan.after_response)} | "
             f"{spread_cell(fan.after_request.p50, fan.after_request.p99)} | "
@@ -391,7 +325,7 @@ def _write_load_table(results: list[WatchResult]) -> list[str]:
     for r in results:
         load = r.writes
         assert load is not None
-        backend = _BACKEND_TITLES.get(r.backend, r.backend)
+        backend = BACKEND_TITLES.get(r.backend, r.backend)
         windows: list[tuple[str, LoadResult, float | None, str]] = []
         if load.without:
             windows.append(("no watchers (start)", load.without[0], None, "—"))
@@ -433,7 +367,7 @@ def _watch_delivery_lines(results: list[WatchResult]) -> list[str]:
             window = load.filtered
             expected = "?" if window.expected is None else f"{window.expected:,}"
             lines.append(
-                f"* {_BACKEND_TITLES.get(r.backend, r.backend)}, the PUT window with filtered "
+                f"* {BACKEND_TITLES.get(r.backend, r.backend)}, the PUT window with filtered "
                 f"watchers: {window.received:,} events received of {expected} written (each "
                 f"write reaches one watcher), {window.catch_up:.2f} s after the load ended; "
                 f"reads out of order or repeated {window.irregular:,}."
@@ -441,7 +375,7 @@ def _watch_delivery_lines(results: list[WatchResult]) -> list[str]:
         if load.with_watchers is None:
             continue
         lines.append(
-            f"* {_BACKEND_TITLES.get(r.backend, r.backend)}, the PUT window with watchers: "
+            f"* {BACKEND_TITLES.get(r.backend, r.backend)}, the PUT window with watchers: "
             f"{load.expected_each:,} events for each watcher (opening probe to closing probe); "
             f"{load.reached} / {load.watchers} watchers got the closing probe, "
             f"{load.catch_up:.2f} s after the load ended; lost {load.lost:,}, extra "
@@ -453,7 +387,7 @@ def _watch_delivery_lines(results: list[WatchResult]) -> list[str]:
 def _watch_behaviour_lines(results: list[WatchResult]) -> list[str]:
     lines = []
     for r in results:
-        backend = _BACKEND_TITLES.get(r.backend, r.backend)
+        backend = BACKEND_TITLES.get(r.backend, r.backend)
         line = (
             f"* {backend}: {r.opened} streams opened in {r.open_seconds:.1f} s, {r.refused} failed"
             + (f" (first: `{r.refused_sample[:200]}`)" if r.refused_sample else "")
@@ -493,7 +427,7 @@ def _hostile_table(results: list[WatchResult]) -> list[str]:
         assert hostile is not None
         verdict = goal_verdict(_watch_goal(r, "watch_hostile"), _hostile_met(r))
         lines.append(
-            f"| {_BACKEND_TITLES.get(r.backend, r.backend)} | {hostile.watchers} | "
+            f"| {BACKEND_TITLES.get(r.backend, r.backend)} | {hostile.watchers} | "
             f"{hostile.backlog_events:,} events, {hostile.backlog_bytes / 1e6:.0f} MB | "
             f"{hostile.rss_before / 2**20:.0f} | {hostile.rss_peak / 2**20:.0f} | "
             f"{hostile.growth_mb:.0f} | {'yes' if hostile.closed else '**no**'} | "
@@ -590,7 +524,7 @@ def _heartbeat_rows(run: BenchRun) -> list[Measurement]:
     """The heartbeat row of each backend (1 worker) between its server's ceilings."""
     rows: list[Measurement] = []
     for backend in run.options.backends:
-        heartbeat = _find(run, backend, HEARTBEAT_KEY)
+        heartbeat = find_measurement(run, backend, HEARTBEAT_KEY)
         if heartbeat is None:
             continue
         same = [
@@ -634,7 +568,7 @@ def _lapse_table(results: list[LapseResult]) -> list[str]:
         verdict = goal_verdict(r.scenario.goal_for(r.backend), _lapse_met(r))
         window = r.cpu_delivery or r.cpu_lapse
         lines.append(
-            f"| {_BACKEND_TITLES.get(r.backend, r.backend)} | {r.scenario.title} | "
+            f"| {BACKEND_TITLES.get(r.backend, r.backend)} | {r.scenario.title} | "
             f"{r.leases:,} | {r.setup_seconds:.2f} | {r.deadline_spread:.3f} | {r.lapsed:,} | "
             f"{r.duplicates} | {r.early} | {p50_p99_max(r.lateness)} | {_seconds(r.first_lapse)} | "
             f"{_seconds(r.last_lapse)} | {r.timestamps:,} | {r.delivered:,} | {r.lost} | "
@@ -650,7 +584,7 @@ def _lapse_table(results: list[LapseResult]) -> list[str]:
 def _lapse_behaviour_lines(results: list[LapseResult]) -> list[str]:
     lines = []
     for r in results:
-        label = f"{_BACKEND_TITLES.get(r.backend, r.backend)}, {r.scenario.title}"
+        label = f"{BACKEND_TITLES.get(r.backend, r.backend)}, {r.scenario.title}"
         if r.scenario.setup == "heartbeat":
             created = (
                 f"{r.created_delivered:,} `entity.created` deliveries, the last "
@@ -708,7 +642,7 @@ def _leases_section(run: BenchRun) -> list[str]:
         out += [
             "### Heartbeats per second",
             "",
-            *_throughput_table(heartbeats, backends=True),
+            *throughput_table(heartbeats, backends=True),
             "",
             f"The *no cache* profile's server (the rows of its section above, when the run had "
             f"them): {options.seed} `service` states (`up`, ttl {LEASE_SEED_TTL} s) are seeded "
@@ -797,17 +731,6 @@ def _section(text: str, heading: str) -> str | None:
     return text[start : end + 1] if end >= 0 else text[start:]
 
 
-def _find(run: BenchRun, backend: str, key: str, workers: int = 1) -> Measurement | None:
-    return next(
-        (
-            m
-            for m in run.measurements
-            if m.backend == backend and m.workers == workers and m.scenario.key == key
-        ),
-        None,
-    )
-
-
 def _judged(text: str, met: bool | None) -> str:
     if met is None:
         return text
@@ -815,18 +738,18 @@ def _judged(text: str, met: bool | None) -> str:
 
 
 def _ratio_after(run: BenchRun, backend: str, key: str) -> str:
-    m = _find(run, backend, key)
+    m = find_measurement(run, backend, key)
     if m is None or m.ratio is None:
         return "not run"
-    return _judged(f"{m.ratio:.2f}×", _met(m))
+    return _judged(f"{m.ratio:.2f}×", measurement_met(m))
 
 
 def _batch_after(run: BenchRun, backend: str) -> str:
     cells = []
     for key, what in (("batch_create", "new"), ("batch_update", "transitions")):
-        m = _find(run, backend, key)
+        m = find_measurement(run, backend, key)
         if m is not None and m.result.latencies_ms:
-            cells.append(_judged(f"{ms(m.result.percentile(50))} ms ({what})", _met(m)))
+            cells.append(_judged(f"{ms(m.result.percentile(50))} ms ({what})", measurement_met(m)))
     return ", ".join(cells) or "not run"
 
 
@@ -892,7 +815,7 @@ def _before_after_section(run: BenchRun) -> list[str]:
     if all(cell == "not run" for cells in measured for cell in cells):
         return []
     header = "| path | " + " | ".join(
-        f"{_BACKEND_TITLES.get(b, b)} before | {_BACKEND_TITLES.get(b, b)} after" for b in backends
+        f"{BACKEND_TITLES.get(b, b)} before | {BACKEND_TITLES.get(b, b)} after" for b in backends
     )
     lines = [
         f"## Before / after ({workers_label(1)})",
@@ -978,30 +901,7 @@ def render(run: BenchRun, machine: dict[str, str]) -> str:
         "across runs.",
         "",
     ]
-    throughput = [m for m in run.measurements if not m.scenario.sequential]
-    batches = [m for m in run.measurements if m.scenario.sequential]
-    for backend in options.backends:
-        for count in options.workers:
-            for profile in PROFILES:
-                rows = [
-                    m
-                    for m in throughput
-                    if m.backend == backend and m.workers == count and m.profile == profile.key
-                ]
-                if rows:
-                    heading = section_label(backend, count, profile)
-                    out += [f"## {heading}", "", *_throughput_table(rows), ""]
-    if batches:
-        out += [
-            "## Atomic 1000-item batches, 1 worker only (latency per batch)",
-            "",
-            *_batch_table(batches),
-            "",
-            f"With {options.batches} batches, p99 is the slowest batch (nearest rank); the "
-            "§9 goal is judged on p50. Batches run in the *no cache* profile with one "
-            "uvicorn worker only (one request at a time: more workers would not change it).",
-            "",
-        ]
+    out += request_sections(run)
     out += _webhook_section(run)
     out += _watch_section(run)
     out += _leases_section(run)
