@@ -1,8 +1,13 @@
 """Render bench/REPORT.md: generated tables, plus a hand-written analysis section
 that survives re-runs (kept between the ANALYSIS markers).
 
-One file on purpose: it is the report, section by section in the order REPORT.md
-shows them; a section's tables sit next to the words that explain them.
+`render` is the report top to bottom, in the order REPORT.md shows it: the run and
+its method, then each measured section from the module that writes it (its tables
+beside the words that explain them: requests_report.py, webhooks_report.py,
+watch_report.py, leases_report.py, stream.py, scale_report.py), the cache notes,
+the before/after figures, which live here, and the analysis. `splice_sections`
+writes the watch, leases and large-store sections alone into an existing report.
+Cells every section writes alike are in report_cells.py; the machine, in host.py.
 """
 
 from __future__ import annotations
