@@ -225,6 +225,16 @@ async def test_a_write_through_the_api_appears_on_the_open_entity_page(
     assert "picked up by the night shift" in timeline
     assert "gateway" in timeline
     await check_page(page, "entity", service)
+    # The timeline's first entry, as it was then.
+    await page.click("#timeline li a[href*='asOf=']")
+    await page.wait_for(
+        "document.querySelector('[data-past-status]')?.textContent === 'created'",
+        what="the state as of the first change",
+    )
+    assert await page.evaluate("document.querySelector('[data-current-status]').textContent") == (
+        "in_progress"
+    )
+    await check_page(page, "entity-as-of", service)
 
 
 async def test_a_failing_delivery_shows_its_attempts_and_retry_sends_it_again(
