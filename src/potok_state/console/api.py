@@ -37,9 +37,9 @@ from potok_state.kit.auth import (
     failed_authentication,
 )
 from potok_state.kit.errors import BadRequest, Forbidden
+from potok_state.kit.parameters import EntityIdPath, EntityPath, PageCursor, PageLimit
 from potok_state.kit.scopes import Scope
 from potok_state.names import STATUS_PATTERN
-from potok_state.states.api import EntityIdPath, EntityPath
 from potok_state.states.queries import StateFilter
 from potok_state.states.schemas import SortSpec
 
@@ -163,8 +163,8 @@ async def entity_type(
     updated_after: Annotated[InputTime | None, Query(alias="updatedAfter")] = None,
     updated_before: Annotated[InputTime | None, Query(alias="updatedBefore")] = None,
     sort: SortSpec = "-updatedAt",
-    limit: Annotated[int, Query(ge=1, le=500)] = 50,
-    cursor: Annotated[str | None, Query(max_length=512)] = None,
+    limit: PageLimit = 50,
+    cursor: PageCursor = None,
     format: Format = "html",
     fragment: Fragment = None,
 ) -> Response:
@@ -198,7 +198,7 @@ async def entity_page(
     entity: EntityPath,
     entity_id: EntityIdPath,
     _: Reader,
-    cursor: Annotated[str | None, Query(max_length=512)] = None,
+    cursor: PageCursor = None,
     as_of: Annotated[str | None, Query(alias="asOf", max_length=64)] = None,
     format: Format = "html",
     fragment: Fragment = None,

@@ -10,8 +10,9 @@ from potok_state.clock import format_timestamp
 from potok_state.kit.auth import Writer
 from potok_state.kit.compiled_route import CompiledRoute
 from potok_state.kit.errors import Conflict, error_responses
+from potok_state.kit.parameters import EntityIdPath, EntityPath
 from potok_state.kit.responses import JsonBytes
-from potok_state.states.api import EntityIdPath, EntityPath, state_service
+from potok_state.states.api import state_service
 from potok_state.states.errors import StateNotFound
 from potok_state.states.schemas import (
     BatchHeartbeatRequest,

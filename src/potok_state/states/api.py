@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Path, Query, Request, Response, status
+from fastapi import APIRouter, Query, Request, Response, status
 
 from potok_state.clock import InputTime
 from potok_state.events.service import RevisionPruned
@@ -21,8 +21,9 @@ from potok_state.kit.headers import (
     etag,
     replayed_headers,
 )
+from potok_state.kit.parameters import EntityIdPath, EntityPath, PageCursor, PageLimit
 from potok_state.kit.responses import JsonBytes
-from potok_state.names import ENTITY_ID_PATTERN, ENTITY_TYPE_PATTERN, STATUS_PATTERN
+from potok_state.names import STATUS_PATTERN
 from potok_state.states.as_of import AS_OF_PARAMETER, parse_as_of
 from potok_state.states.encoding import EncodedState
 from potok_state.states.errors import (
@@ -45,9 +46,6 @@ from potok_state.states.schemas import (
 from potok_state.states.service import StateService
 
 router = APIRouter(prefix="/api/v1", tags=["states"], route_class=CompiledRoute)
-
-EntityPath = Annotated[str, Path(pattern=ENTITY_TYPE_PATTERN, description="Entity type.")]
-EntityIdPath = Annotated[str, Path(pattern=ENTITY_ID_PATTERN, description="Entity id.")]
 
 
 def state_service(request: Request) -> StateService:
@@ -119,8 +117,8 @@ async def query_states(
     updated_after: Annotated[InputTime | None, Query(alias="updatedAfter")] = None,
     updated_before: Annotated[InputTime | None, Query(alias="updatedBefore")] = None,
     sort: SortSpec = "-updatedAt",
-    limit: Annotated[int, Query(ge=1, le=500)] = 50,
-    cursor: Annotated[str | None, Query(max_length=512)] = None,
+    limit: PageLimit = 50,
+    cursor: PageCursor = None,
 ) -> Response:
     """Filter by `status` (repeatable), `metadata.<key>=<value>` equality,
     `updatedAfter`/`updatedBefore`; page with `cursor`."""
@@ -325,8 +323,8 @@ async def state_history(
     entity_id: EntityIdPath,
     request: Request,
     _: Reader,
-    limit: Annotated[int, Query(ge=1, le=500)] = 50,
-    cursor: Annotated[str | None, Query(max_length=512)] = None,
+    limit: PageLimit = 50,
+    cursor: PageCursor = None,
 ) -> Response:
     """Every change of the state, oldest first, with actor, reason and revision; page with
     `cursor`. 404 `state_not_found` when it never existed."""

@@ -6,14 +6,14 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Path, Query, Request, Response, status
+from fastapi import APIRouter, Query, Request, Response, status
 
 from potok_state.kit.auth import Administrator, PartialReader, Reader
 from potok_state.kit.compiled_route import CompiledRoute
 from potok_state.kit.errors import BadRequest, InvalidInput, error_responses
 from potok_state.kit.headers import Conditions, etag, replayed_headers
+from potok_state.kit.parameters import EntityPath, PageCursor, PageLimit
 from potok_state.kit.responses import JsonBytes
-from potok_state.names import ENTITY_TYPE_PATTERN
 from potok_state.states.errors import (
     InvalidMachineDefinition,
     MachineNotFound,
@@ -32,8 +32,6 @@ from potok_state.states.service import StateService
 # Their own router: a route's tags add to its router's, and the docs page would
 # list these under "states" as well.
 router = APIRouter(prefix="/api/v1", tags=["state machines"], route_class=CompiledRoute)
-
-EntityPath = Annotated[str, Path(pattern=ENTITY_TYPE_PATTERN, description="Entity type.")]
 
 
 def machine_service(request: Request) -> MachineService:
@@ -168,8 +166,8 @@ async def state_machine_history(
     request: Request,
     entity: EntityPath,
     _: Reader,
-    limit: Annotated[int, Query(ge=1, le=500)] = 50,
-    cursor: Annotated[str | None, Query(max_length=512)] = None,
+    limit: PageLimit = 50,
+    cursor: PageCursor = None,
 ) -> Response:
     """Who changed the definition, when, the table before and after (`null`: none), and the
     revision of its `machine.updated` event; page with `cursor`. 404 `state_machine_not_found`

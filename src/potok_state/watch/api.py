@@ -15,8 +15,8 @@ from potok_state.kit.errors import (
     Unavailable,
     json_error_responses,
 )
+from potok_state.kit.parameters import EntityPath
 from potok_state.names import ENTITY_ID_PATTERN, STATUS_PATTERN
-from potok_state.states.api import EntityPath
 from potok_state.watch.filters import WatchFilter
 from potok_state.watch.hub import WatchHub
 from potok_state.watch.stream import EventStream

@@ -11,6 +11,7 @@ from potok_state.kit.auth import Administrator
 from potok_state.kit.errors import error_responses
 from potok_state.kit.headers import Idempotency, answer
 from potok_state.kit.json_body import JsonBodyRoute
+from potok_state.kit.parameters import PageLimit
 from potok_state.webhooks.answers import AnswerUnavailable
 from potok_state.webhooks.schemas import (
     Delivery,
@@ -157,7 +158,7 @@ async def list_deliveries(
     subscription_id: SubscriptionId,
     service: Service,
     _: Administrator,
-    limit: Annotated[int, Query(ge=1, le=500)] = 50,
+    limit: PageLimit = 50,
     before: Annotated[int | None, Query(ge=1, le=2**62, description="Older than this id.")] = None,
 ) -> DeliveryPage:
     """The delivery log of a subscription, newest first: status, attempts, last status code and
