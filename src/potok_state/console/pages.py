@@ -15,7 +15,8 @@ from potok_state.events.service import ChangeFeed, RevisionPruned
 from potok_state.kit.auth import Caller
 from potok_state.kit.scopes import Scope
 from potok_state.states.as_of import RevisionUnknown, parse_as_of
-from potok_state.states.errors import MachineNotFound, StateDeleted, StateNotFound
+from potok_state.states.definitions import DefinitionRecord
+from potok_state.states.errors import StateDeleted, StateNotFound
 from potok_state.states.machine_schemas import StateMachineView
 from potok_state.states.machine_service import MachineService
 from potok_state.states.queries import StateFilter
@@ -110,24 +111,13 @@ class ConsolePages:
         }
 
     async def definition_changes(self, entity: str) -> JsonObject:
-        """The type's definition changes made over the API (GET
-        /state-machines/{entity}/history), newest first, each with the statuses
-        it added and removed; `more` when older ones are not shown."""
-        items: list[JsonObject] = []
-        cursor: str | None = None
-        try:
-            while True:
-                page = orjson.loads(
-                    await self.machines.history(entity, limit=HISTORY_PAGE, cursor=cursor)
-                )
-                items.extend(page["items"])
-                cursor = page["nextCursor"]
-                if cursor is None:
-                    break
-        except MachineNotFound:  # no table, and never defined over the API
-            pass
-        changes = [_definition_change(item) for item in reversed(items)]
-        return {"items": changes[:DEFINITIONS_SHOWN], "more": len(changes) > DEFINITIONS_SHOWN}
+        """The latest DEFINITIONS_SHOWN changes of the type's definition made
+        over the API (GET /state-machines/{entity}/history has them all),
+        newest first, each with the statuses it added and removed; `more` when
+        older ones are not shown."""
+        records = await self.machines.latest_changes(entity, DEFINITIONS_SHOWN + 1)
+        changes = [_definition_change(record) for record in records[:DEFINITIONS_SHOWN]]
+        return {"items": changes, "more": len(records) > DEFINITIONS_SHOWN}
 
     async def diagram_counts(self, entity: str) -> tuple[StateMachineView | None, dict[str, int]]:
         counts = _by_type(await self.states.status_counts(entity)).get(entity, {})
@@ -254,18 +244,18 @@ def _status_rows(machine: StateMachineView | None, counts: Mapping[str, int]) ->
     ]
 
 
-def _definition_change(item: JsonObject) -> JsonObject:
+def _definition_change(record: DefinitionRecord) -> JsonObject:
     """One definition change as the type page lists it."""
-    previous = item["previous"]
-    definition = item["definition"]
-    before = set(previous["statuses"]) if isinstance(previous, dict) else set()
-    after = set(definition["statuses"]) if isinstance(definition, dict) else set()
+    previous = None if record.previous is None else orjson.loads(record.previous)
+    definition = None if record.definition is None else orjson.loads(record.definition)
+    before = set(previous["statuses"]) if previous is not None else set()
+    after = set(definition["statuses"]) if definition is not None else set()
     change = "defined" if previous is None else "removed" if definition is None else "changed"
     return {
-        "revision": item["revision"],
-        "version": item["version"],
-        "actor": item["actor"],
-        "changedAt": item["changedAt"],
+        "revision": record.revision,
+        "version": record.version,
+        "actor": record.actor,
+        "changedAt": format_timestamp(record.changed_at),
         "change": change,
         "added": sorted(after - before) if previous is not None else [],
         "removedStatuses": sorted(before - after) if definition is not None else [],

@@ -101,20 +101,25 @@ class DefinitionRepository:
         return int(value or 0)
 
     async def history(self, entity: str, after_revision: int, limit: int) -> list[DefinitionRecord]:
+        """The changes after a revision, oldest first."""
         rows = await self.db.read(lambda tx: tx.fetch(_HISTORY, entity, after_revision, limit))
-        read_time = self.dialect.read_time
-        return [
-            DefinitionRecord(
-                revision=int(row["revision"]),
-                entity=entity,
-                version=int(row["version"]),
-                previous=row["previous"],
-                definition=row["definition"],
-                actor=row["actor"],
-                changed_at=read_time(row["changed_at"]),
-            )
-            for row in rows
-        ]
+        return [self._record(entity, row) for row in rows]
+
+    async def latest(self, entity: str, limit: int) -> list[DefinitionRecord]:
+        """The newest changes, newest first."""
+        rows = await self.db.read(lambda tx: tx.fetch(_LATEST, entity, limit))
+        return [self._record(entity, row) for row in rows]
+
+    def _record(self, entity: str, row: Row) -> DefinitionRecord:
+        return DefinitionRecord(
+            revision=int(row["revision"]),
+            entity=entity,
+            version=int(row["version"]),
+            previous=row["previous"],
+            definition=row["definition"],
+            actor=row["actor"],
+            changed_at=self.dialect.read_time(row["changed_at"]),
+        )
 
     async def change(
         self,
@@ -227,6 +232,10 @@ _HISTORY = (
     "SELECT revision, version, previous, definition, actor, changed_at "
     "FROM state_machine_history WHERE entity_type = $1 AND revision > $2 "
     "ORDER BY revision LIMIT $3"
+)
+_LATEST = (
+    "SELECT revision, version, previous, definition, actor, changed_at "
+    "FROM state_machine_history WHERE entity_type = $1 ORDER BY revision DESC LIMIT $2"
 )
 _BUMP_SQLITE = "UPDATE revision_counter SET value = value + 1 WHERE id = 1 RETURNING value"
 # The database's clock, as every change on PostgreSQL is stamped (storage/writers.py).

@@ -249,6 +249,11 @@ class MachineService:
         next_cursor = encode_revision_cursor(items[-1].revision) if len(records) > limit else None
         return _history_json(items, next_cursor)
 
+    async def latest_changes(self, entity: str, limit: int) -> list[DefinitionRecord]:
+        """The newest changes of the type's definition, newest first (none for
+        a type never defined over the API)."""
+        return await self.repository.latest(entity, limit)
+
     def _check_writable(self, entity: str) -> None:
         fixed = self.registry.fixed(entity)
         if fixed is not None:
