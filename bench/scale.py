@@ -23,8 +23,6 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
-import subprocess
-import sys
 import time
 import uuid
 from collections.abc import Callable
@@ -45,7 +43,7 @@ from bench.load import (
     drive,
 )
 from bench.scenarios import SCALE_SCENARIOS, ScaleScenario
-from bench.server import BENCH_API_KEY, BenchSetupError, running_service, service_env
+from bench.server import BENCH_API_KEY, BenchSetupError, migrate, running_service
 
 SMALL_STATES = 1000
 DEEP_ENTITY_ID = "deep-history"
@@ -237,25 +235,6 @@ async def seed(database_url: str, start: int, end: int, *, deep: bool = False) -
         return
     dsn = url.set(drivername="postgresql").render_as_string(hide_password=False)
     await _seed_postgres(dsn, start, end, deep=deep)
-
-
-async def migrate(database_url: str, workdir: Path) -> float:
-    """`potok-state migrate` on the store; seconds it took."""
-    started = time.perf_counter()
-    process = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "potok_state.cli",
-        "migrate",
-        env=service_env({"DATABASE_URL": database_url}),
-        cwd=workdir,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-    )
-    output, _ = await process.communicate()
-    if process.returncode != 0:
-        raise BenchSetupError(f"potok-state migrate failed:\n{output.decode()[-2000:]}")
-    return time.perf_counter() - started
 
 
 # -- one phase ------------------------------------------------------------------------

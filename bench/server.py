@@ -76,6 +76,25 @@ async def postgres_version() -> str:
     return await _postgres_admin("SELECT current_setting('server_version')")
 
 
+async def migrate(database_url: str, workdir: Path) -> float:
+    """`potok-state migrate` on the store; seconds it took."""
+    started = time.perf_counter()
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "potok_state.cli",
+        "migrate",
+        env=service_env({"DATABASE_URL": database_url}),
+        cwd=workdir,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
+    output, _ = await process.communicate()
+    if process.returncode != 0:
+        raise BenchSetupError(f"potok-state migrate failed:\n{output.decode()[-2000:]}")
+    return time.perf_counter() - started
+
+
 @asynccontextmanager
 async def postgres_database(workdir: Path) -> AsyncIterator[str]:
     """A fresh database, migrated with `potok-state migrate`, dropped afterwards."""
@@ -84,19 +103,7 @@ async def postgres_database(workdir: Path) -> AsyncIterator[str]:
     base = POSTGRES_ADMIN_DSN.rsplit("/", 1)[0].replace("postgresql://", "postgresql+asyncpg://")
     url = f"{base}/{name}"
     try:
-        migrate = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            "potok_state.cli",
-            "migrate",
-            env=service_env({"DATABASE_URL": url}),
-            cwd=workdir,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-        )
-        output, _ = await migrate.communicate()
-        if migrate.returncode != 0:
-            raise BenchSetupError(f"potok-state migrate failed:\n{output.decode()[-2000:]}")
+        await migrate(url, workdir)
         yield url
     finally:
         await _postgres_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
