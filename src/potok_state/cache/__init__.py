@@ -1,7 +1,6 @@
 """The caches (docs/architecture.md, "Caches"): revision floors, the near cache
 and the two Redis tiers, whose mechanism `tiers.py` describes."""
 
-from potok_state.cache.tier import TierHealth
 from potok_state.cache.tiers import (
     ListLookup,
     StateLookup,
@@ -14,7 +13,6 @@ __all__ = [
     "ListLookup",
     "StateLookup",
     "StateWrite",
-    "TierHealth",
     "TieredCache",
     "list_fingerprint",
 ]

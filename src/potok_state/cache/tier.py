@@ -4,11 +4,9 @@ two of them together."""
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
 from typing import TypeVar
 
 import structlog
@@ -19,8 +17,6 @@ from redis.exceptions import RedisError
 log = structlog.get_logger(__name__)
 
 T = TypeVar("T")
-
-HEALTH_TIMEOUT_SECONDS = 1.0
 
 # KEYS[1] key; ARGV revision, value, ttl. Never replaces a value of a newer revision.
 _CAS_SET = """
@@ -92,28 +88,10 @@ class Tier:
             log.info("cache.tier_up", tier=self.name)
         return result
 
-    async def check(self) -> TierHealth:
-        """A direct PING, outside the circuit, for /health."""
-        started = time.perf_counter()
+    async def ping(self) -> None:
+        """A direct PING, outside the circuit, for /health; once more after a
+        connection error (maybe a pooled connection from before a restart)."""
         try:
-            async with asyncio.timeout(HEALTH_TIMEOUT_SECONDS):
-                try:
-                    await self.client.ping()
-                except RedisConnectionError:  # maybe a pooled connection from before a restart
-                    await self.client.ping()
-        except (RedisError, OSError, TimeoutError) as exc:
-            error = f"{type(exc).__name__}: {exc}"[:300]
-            return TierHealth(self.name, False, _since(started), error)
-        return TierHealth(self.name, True, _since(started))
-
-
-@dataclass(frozen=True, slots=True)
-class TierHealth:
-    name: str
-    up: bool
-    latency_ms: float
-    error: str | None = None
-
-
-def _since(started: float) -> float:
-    return round((time.perf_counter() - started) * 1000, 2)
+            await self.client.ping()
+        except RedisConnectionError:
+            await self.client.ping()

@@ -70,7 +70,6 @@ from potok_state.cache.connection import redis_client
 from potok_state.cache.floors import RevisionFloors, state_key
 from potok_state.cache.tier import (
     Tier,
-    TierHealth,
     TierUnavailable,
     decode_value,
     encode_value,
@@ -220,9 +219,6 @@ class TieredCache:
             await tier.client.aclose()
         if self._listener is not None:
             await self._listener.aclose()
-
-    async def health(self) -> list[TierHealth]:
-        return list(await asyncio.gather(*(tier.check() for tier in self.tiers)))
 
     # -- reads ------------------------------------------------------------------------
 

@@ -16,6 +16,7 @@ from potok_state.storage.port import (
 from potok_state.stream.publisher import StreamPublisher, StreamState, StreamStatus
 
 CHECK_TIMEOUT_SECONDS = 2.0
+REDIS_CHECK_SECONDS = 1.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,10 +65,11 @@ class HealthService:
         that is down degrades the service but never makes it unready."""
         if self.cache is None:
             return []
-        return [
-            Check("redis" + tier.name.capitalize(), tier.up, tier.latency_ms, tier.error)
-            for tier in await self.cache.health()
-        ]
+        checks = (
+            _checked("redis" + tier.name.capitalize(), tier.ping(), REDIS_CHECK_SECONDS)
+            for tier in self.cache.tiers
+        )
+        return list(await asyncio.gather(*checks))
 
     async def check_external(self) -> ExternalCheck | None:
         """The Admin Service's health endpoint, unless its circuit is open (then
@@ -107,12 +109,14 @@ class HealthService:
         return round(time.monotonic() - self.started, 3)
 
 
-async def _checked(name: str, probe: Awaitable[None]) -> Check:
-    """Up when `probe` completes within CHECK_TIMEOUT_SECONDS; any failure means
-    down, with the reason."""
+async def _checked(
+    name: str, probe: Awaitable[None], seconds: float = CHECK_TIMEOUT_SECONDS
+) -> Check:
+    """Up when `probe` completes within `seconds`; any failure means down,
+    with the reason."""
     started = time.perf_counter()
     try:
-        async with asyncio.timeout(CHECK_TIMEOUT_SECONDS):
+        async with asyncio.timeout(seconds):
             await probe
     except Exception as exc:
         return Check(name, False, _since(started), f"{type(exc).__name__}: {exc}"[:300])
