@@ -43,9 +43,9 @@ BUSY_TIMEOUT_MS = 10_000
 
 
 class Row(Protocol):
-    """A result row: by column name or position (sqlite3.Row, asyncpg.Record)."""
+    """A result row: by column name, position or slice (sqlite3.Row, asyncpg.Record)."""
 
-    def __getitem__(self, key: int | str, /) -> Any: ...
+    def __getitem__(self, key: int | str | slice, /) -> Any: ...
 
 
 class Tx(Protocol):

@@ -58,6 +58,13 @@ class Dialect:
         """SQL for a timestamp column as the API writes it: 2025-11-10T10:00:00.000Z."""
         raise NotImplementedError
 
+    def page_with_head(self, columns: str, where: str, order: str, limit: str) -> str:
+        """One statement, so one snapshot: the `states` rows of a page (`columns`
+        of the rows matching `where`, in `order`, at most `limit`) each followed
+        by the revision counter's value, or a single row of NULLs and that value
+        when the page is empty."""
+        raise NotImplementedError
+
     def json_text(self, column: str) -> str:
         """SQL for a JSON column as JSON text."""
         return column
@@ -101,6 +108,14 @@ class SqliteDialect(Dialect):
         # Stored as `YYYY-MM-DD HH:MM:SS.ffffff`.
         return f"(substr({column}, 1, 10) || 'T' || substr({column}, 12, 12) || 'Z')"
 
+    def page_with_head(self, columns: str, where: str, order: str, limit: str) -> str:
+        # Joined to the one counter row, the page is read along its index in
+        # order with no sort after it, and only the rows sent are formatted.
+        return (
+            f"SELECT {columns}, head.value FROM revision_counter AS head "
+            f"LEFT JOIN states ON {where} WHERE head.id = 1 {order} LIMIT {limit}"
+        )
+
     def not_in_list(self, param: str) -> str:
         return f"NOT IN (SELECT value FROM json_each({param}))"
 
@@ -127,6 +142,16 @@ class PostgresDialect(Dialect):
 
     def api_time(self, column: str) -> str:
         return f"""to_char({column} AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.MS"Z"')"""
+
+    def page_with_head(self, columns: str, where: str, order: str, limit: str) -> str:
+        # The page is chosen first and formatted after: PostgreSQL sorts a join's
+        # rows itself and computes the select list of every row it sorts (1,333
+        # rows formatted for 51 sent).
+        return (
+            f"SELECT {columns}, head.value FROM revision_counter AS head LEFT JOIN "
+            f"(SELECT * FROM states WHERE {where} {order} LIMIT {limit}) AS states "
+            f"ON 1 = 1 WHERE head.id = 1 {order}"
+        )
 
     def json_text(self, column: str) -> str:
         return f"{column}::text"

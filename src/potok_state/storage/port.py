@@ -16,7 +16,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 from potok_state.changes.model import (
     AppliedChange,
@@ -54,11 +54,11 @@ class StateQuery:
     limit: int = 50
 
 
-@dataclass(frozen=True, slots=True)
-class ListedState:
+class ListedState(NamedTuple):
     """One state of a query result as stored: metadata as its JSON text and
     times already in the API's form (`2025-11-10T10:00:00.000Z`), so a page is
-    encoded without parsing either."""
+    encoded without parsing either. A tuple: a page makes one per row, straight
+    from the row's columns."""
 
     entity: str
     entity_id: str
