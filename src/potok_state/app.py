@@ -433,6 +433,7 @@ async def run_worker(settings: Settings) -> None:
         metrics = Metrics()
         notices = SubscriptionNotices(create_event_publisher(settings, store), metrics)
         worker = create_delivery_worker(settings, store, seal, metrics, notices)
+        settle_heap()
         await worker.run_until(stop)
     finally:
         await store.close()
