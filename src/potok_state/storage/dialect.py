@@ -109,8 +109,11 @@ class SqliteDialect(Dialect):
         return f"(substr({column}, 1, 10) || 'T' || substr({column}, 12, 12) || 'Z')"
 
     def page_with_head(self, columns: str, where: str, order: str, limit: str) -> str:
-        # Joined to the one counter row, the page is read along its index in
-        # order with no sort after it, and only the rows sent are formatted.
+        # Joined to the one counter row, a page in an index's order (revision,
+        # the default; entity id) is read along it with no sort after it, and
+        # only the rows sent are formatted: 124 -> 104 us for 50 of 1,000. A sort
+        # no index serves (status, version) formats every matching row before
+        # sorting, about 50 us more per 1,000 rows.
         return (
             f"SELECT {columns}, head.value FROM revision_counter AS head "
             f"LEFT JOIN states ON {where} WHERE head.id = 1 {order} LIMIT {limit}"
