@@ -43,6 +43,8 @@ def test_the_lock_is_taken_soon_after_it_is_freed(tmp_path: Path) -> None:
     # The pauses grow to 2 ms: SQLite's own handler would sleep up to 25 ms by then.
     assert taken_at - released_at[0] < 0.02
     assert [row[0] for row in writer.execute("SELECT x FROM t ORDER BY x")] == [1, 2]
+    holder.close()
+    writer.close()
 
 
 def test_a_lock_held_too_long_fails_the_write(tmp_path: Path) -> None:
@@ -55,3 +57,5 @@ def test_a_lock_held_too_long_fails_the_write(tmp_path: Path) -> None:
     assert 0.1 <= time.monotonic() - started < 1.0
     assert not writer.in_transaction
     holder.execute("ROLLBACK")
+    holder.close()
+    writer.close()
