@@ -18,6 +18,21 @@ STATE_COLUMNS = (
 )
 OUTBOX_COLUMNS = "revision, event_id, event, entity_type, entity_id, data, created_at"
 GET_STATE = f"SELECT {STATE_COLUMNS} FROM states WHERE entity_type = $1 AND entity_id = $2"
+# Many states of one type. PostgreSQL: one primary-key probe per id, whatever
+# the statistics say. Written as `entity_id = ANY($2)`, a plan made while the
+# table had no statistics yet (a new or fast-growing one) scanned every state
+# of the type and compared it with each id: 100-300 ms for 1000 ids among
+# 12,000 states. OFFSET 0 keeps the subquery from being flattened into a join
+# that could be planned the same way.
+_LOAD_POSTGRES = (
+    "SELECT s.* FROM unnest($2::text[]) AS k(key) CROSS JOIN LATERAL "
+    f"(SELECT {STATE_COLUMNS} FROM states WHERE entity_type = $1 AND entity_id = k.key "
+    "OFFSET 0) AS s"
+)
+_LOAD_SQLITE = (
+    f"SELECT {STATE_COLUMNS} FROM states WHERE entity_type = $1 "
+    "AND entity_id IN (SELECT value FROM json_each($2))"
+)
 
 
 def state_from_row(dialect: Dialect, row: Row) -> StoredState:
@@ -63,8 +78,7 @@ async def load_states(tx: Tx, targets: Sequence[tuple[str, str]]) -> dict[str, S
     found: dict[str, StoredState] = {}
     for entity, ids in by_type.items():
         rows = await tx.fetch(
-            f"SELECT {STATE_COLUMNS} FROM states WHERE entity_type = $1 "
-            f"AND entity_id {dialect.in_list('$2')}",
+            _LOAD_POSTGRES if dialect.name == "postgresql" else _LOAD_SQLITE,
             entity,
             dialect.text_list(list(dict.fromkeys(ids))),
         )
