@@ -252,9 +252,7 @@ def render(run: BenchRun, machine: dict[str, str]) -> str:
         "the rows of a Redis profile, every seeded state is read once (with N workers 2N "
         "times, each request on a new connection, since every worker has its own near "
         "cache), so the cache-hit rows measure hits, not first reads.",
-        "* Ratios (× ceiling) divide by the mean of the two ceiling rows of the same server "
-        "(same backend, profile and worker count, measured first and last), so drift during "
-        "the run shows as those two rows differing from 1.00; a 2-worker row is a ratio to "
+        _ratio_method(options.probe) + " A 2-worker row is a ratio to "
         "the 2-worker ceiling. *× ceiling per CPU* compares requests per second of server "
         "CPU instead (req/s ÷ server CPU): it estimates the ratio a server with a core to "
         "itself would show, and is the steadier figure when the machine is overloaded "
@@ -319,6 +317,24 @@ def render(run: BenchRun, machine: dict[str, str]) -> str:
     out += _before_after_section(run)
     out += ["## Analysis", "", ANALYSIS_START, _ANALYSIS_PLACEHOLDER, ANALYSIS_END, ""]
     return "\n".join(out)
+
+
+def _ratio_method(probe: float) -> str:
+    if probe <= 0:
+        return (
+            "* Ratios (× ceiling) divide by the mean of the two ceiling rows of the same "
+            "server (same backend, profile and worker count, measured first and last), so "
+            "drift during the run shows as those two rows differing from 1.00."
+        )
+    return (
+        f"* Ratios (× ceiling) divide by the ceiling of the same server measured just "
+        f"before and just after the row: a {probe:g} s ceiling probe runs before every "
+        "row (not shown), and a row's ceiling is the mean of its own probe and the next "
+        "row's (the section's closing ceiling row for the last), because the host's "
+        "speed drifts within a section. A relative goal (the schema PUT) compares the two "
+        "rows' ratios. The ceiling rows themselves are shown against the mean of the two, "
+        "so their distance from 1.00 is the drift across the section."
+    )
 
 
 def keep_analysis(rendered: str, previous_path: Path) -> str:

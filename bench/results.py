@@ -30,6 +30,9 @@ class Options:
     only: frozenset[str]
     workers: tuple[int, ...]
     """`serve --workers N` for each N; batches and webhook delivery run with N = 1 only."""
+    probe: float
+    """Measured seconds of the short ceiling run before each row (0: none; every
+    row is then judged against the mean of its section's two ceiling rows)."""
     profile: str | None
     report_path: Path | None
     json_path: Path | None
@@ -53,10 +56,11 @@ class Measurement:
     scenario: Scenario
     result: LoadResult
     ceiling_rate: float = 0.0
+    """The ceiling this row is judged against: the mean of the ceiling probes
+    measured just before and just after it, or of its section's ceiling rows."""
     ceiling_per_cpu: float = 0.0
-    reference_rate: float = 0.0
-    """The req/s of the row a relative goal names (`Goal.relative_to`)."""
-    reference_per_cpu: float = 0.0
+    reference: Measurement | None = None
+    """The row a relative goal names (`Goal.relative_to`)."""
     one_worker_ratio: float | None = None
     """With N > 1 workers: the same row's ratio with one worker in this run."""
 
@@ -68,12 +72,16 @@ class Measurement:
 
     @property
     def relative(self) -> float | None:
-        """req/s against the row the goal names."""
-        return self.result.rate / self.reference_rate if self.reference_rate > 0 else None
+        """This row's ratio against that of the row the goal names: each against
+        its own ceiling, so a host that slowed between the two does not count."""
+        mine, theirs = self.ratio, None if self.reference is None else self.reference.ratio
+        return mine / theirs if mine is not None and theirs else None
 
     @property
     def relative_per_cpu(self) -> float | None:
-        return self.per_cpu / self.reference_per_cpu if self.reference_per_cpu > 0 else None
+        mine = self.cpu_ratio
+        theirs = None if self.reference is None else self.reference.cpu_ratio
+        return mine / theirs if mine is not None and theirs else None
 
     @property
     def per_cpu(self) -> float:

@@ -32,7 +32,7 @@ import time
 import uuid
 from concurrent.futures import ProcessPoolExecutor
 from contextlib import AsyncExitStack
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from multiprocessing import get_context
 from pathlib import Path
 
@@ -47,6 +47,7 @@ from bench.load import (
     LEASE_SEED_TTL,
     SEED_ENTITY,
     USER_STATUSES,
+    LoadResult,
     LoadSpec,
     RequestKind,
     Workload,
@@ -223,6 +224,35 @@ async def local_tier_counters(service: Service) -> dict[str, int]:
 # -- one server configuration ----------------------------------------------------
 
 
+def _judge_against_ceilings(measured: list[Measurement], probes: dict[int, LoadResult]) -> None:
+    """Set each row's ceiling. The host's speed drifts within a section (its two
+    ceiling rows have differed by a third), so a row is judged against the ceiling
+    probes measured just before and just after it (the next row's probe, or the
+    section's closing ceiling row); without probes, and for the ceiling rows
+    themselves, against the mean of the section's ceiling rows, which then show
+    the drift."""
+    ceilings = [m for m in measured if m.scenario.ceiling]
+    section = _mean_ceiling([m.result for m in ceilings])
+    after: LoadResult | None = ceilings[-1].result if ceilings else None
+    for index in range(len(measured) - 1, -1, -1):
+        measurement = measured[index]
+        before = probes.get(index)
+        if before is None or after is None or measurement.scenario.ceiling:
+            measurement.ceiling_rate, measurement.ceiling_per_cpu = section
+        else:
+            measurement.ceiling_rate, measurement.ceiling_per_cpu = _mean_ceiling([before, after])
+        if before is not None:
+            after = before
+
+
+def _mean_ceiling(results: list[LoadResult]) -> tuple[float, float]:
+    """(req/s, req/s per server CPU-s) of these ceiling runs, averaged."""
+    if not results:
+        return 0.0, 0.0
+    per_cpu = [r.rate / r.server_cpu if r.server_cpu > 0 else 0.0 for r in results]
+    return sum(r.rate for r in results) / len(results), sum(per_cpu) / len(per_cpu)
+
+
 def _selected(profile: ServerProfile, options: Options, workers: int) -> list[Scenario]:
     available = [s for s in profile.scenarios if workers == 1 or not s.one_worker_only]
     if options.profile is not None:
@@ -321,8 +351,18 @@ async def bench_profile(
         if redis_port is not None and workers == 1:
             counters_before = await local_tier_counters(service)
         measured: list[Measurement] = []
+        # Ceiling probes, by the index of the row each was measured just before.
+        probes: dict[int, LoadResult] = {}
         loop = asyncio.get_running_loop()
+        ceiling_scenario = next(s for s in scenarios if s.ceiling)
         for scenario in scenarios:
+            if options.probe > 0 and not (scenario.ceiling or scenario.sequential):
+                probe_spec = replace(
+                    _spec(ceiling_scenario, service, options, seeded),
+                    duration=options.probe,
+                    warmup=options.probe / 4,
+                )
+                probes[len(measured)] = await loop.run_in_executor(pool, drive, probe_spec)
             _progress(f"[{backend}/{workers}w/{profile.key}] {scenario.title} …")
             spec = _spec(scenario, service, options, seeded)
             result = await loop.run_in_executor(pool, drive, spec)
@@ -351,18 +391,12 @@ async def bench_profile(
                     }
                 )
             run.redis[label] = stats
-    ceilings = [m.result.rate for m in measured if m.scenario.ceiling]
-    ceiling = sum(ceilings) / len(ceilings) if ceilings else 0.0
-    per_cpu = [m.per_cpu for m in measured if m.scenario.ceiling]
+    _judge_against_ceilings(measured, probes)
     by_key = {m.scenario.key: m for m in measured}
     for measurement in measured:
-        measurement.ceiling_rate = ceiling
-        measurement.ceiling_per_cpu = sum(per_cpu) / len(per_cpu) if per_cpu else 0.0
         goal = measurement.scenario.goal_for(backend)
-        reference = by_key.get(goal.relative_to) if goal and goal.relative_to else None
-        if reference is not None:
-            measurement.reference_rate = reference.result.rate
-            measurement.reference_per_cpu = reference.per_cpu
+        if goal and goal.relative_to:
+            measurement.reference = by_key.get(goal.relative_to)
     run.measurements.extend(measured)
     if profile_path is not None and profile_path.exists():
         _print_profile(profile_path, f"{label} / {options.profile}")
@@ -543,6 +577,11 @@ def parse_options(argv: list[str] | None = None) -> Options:
     parser.add_argument("--backends", default=",".join(BACKENDS), help="comma-separated")
     parser.add_argument("--duration", type=float, help="measured seconds per scenario (6)")
     parser.add_argument("--warmup", type=float, help="unmeasured seconds before each (1.5)")
+    parser.add_argument(
+        "--probe",
+        type=float,
+        help="measured seconds of the ceiling probe before each row (2; quick 0.5; 0: none)",
+    )
     parser.add_argument("--concurrency", type=int, default=64, help="connections (64)")
     parser.add_argument("--batches", type=int, help="1000-item batches per batch scenario (15)")
     parser.add_argument("--seed", type=int, default=1000, help="user states seeded for GET/PUT")
@@ -672,6 +711,7 @@ def parse_options(argv: list[str] | None = None) -> Options:
         cache=args.cache,
         only=only,
         workers=workers,
+        probe=args.probe if args.probe is not None else (0.5 if quick else 2.0),
         profile=args.profile,
         report_path=report_path,
         json_path=args.json,
