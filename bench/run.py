@@ -354,9 +354,11 @@ async def bench_profile(
         # Ceiling probes, by the index of the row each was measured just before.
         probes: dict[int, LoadResult] = {}
         loop = asyncio.get_running_loop()
-        ceiling_scenario = next(s for s in scenarios if s.ceiling)
+        # None under --profile, which runs the one scenario alone.
+        ceiling_scenario = next((s for s in scenarios if s.ceiling), None)
         for scenario in scenarios:
-            if options.probe > 0 and not (scenario.ceiling or scenario.sequential):
+            probed = not (scenario.ceiling or scenario.sequential)
+            if ceiling_scenario is not None and options.probe > 0 and probed:
                 probe_spec = replace(
                     _spec(ceiling_scenario, service, options, seeded),
                     duration=options.probe,

@@ -10,7 +10,7 @@ import orjson
 
 from potok_state.changes.model import EventRecord, StoredState
 from potok_state.storage.database import Database, PostgresDatabase, Row, Tx
-from potok_state.storage.dialect import Dialect
+from potok_state.storage.dialect import SQLITE, Dialect
 
 STATE_COLUMNS = (
     "entity_type, entity_id, status, metadata, version, revision, created_at, updated_at, "
@@ -31,7 +31,7 @@ _LOAD_POSTGRES = (
 )
 _LOAD_SQLITE = (
     f"SELECT {STATE_COLUMNS} FROM states WHERE entity_type = $1 "
-    "AND entity_id IN (SELECT value FROM json_each($2))"
+    f"AND entity_id {SQLITE.in_list('$2')}"
 )
 
 
