@@ -35,6 +35,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 
 import asyncpg
+import orjson
 import structlog
 
 from potok_state.changes.model import AppliedChange, StoredState
@@ -445,63 +446,73 @@ def _is_about_the_connection(exc: asyncpg.PostgresError) -> bool:
     return state[:2] in ("08", "57", "53", "58")
 
 
-def _arguments(groups: Sequence[ChangeSet]) -> list[object]:
-    """The `_APPLY` parameters for these change sets (`cs` = their index)."""
-    columns: list[list[object]] = [[] for _ in range(37)]
-    (
-        e_cs, e_type, e_id, e_version,
-        sets_cs, sets_n,
-        d_cs, d_type, d_id,
-        w_cs, w_type, w_id, w_status, w_metadata, w_version, w_off, w_new,
-        h_cs, h_off, h_type, h_id, h_version, h_event, h_previous, h_new, h_metadata, h_reason,
-        h_actor,
-        o_cs, o_off, o_event_id, o_event, o_type, o_id, o_data,
-        w_lease, h_created,
-    ) = columns  # fmt: skip
+def _arguments(groups: Sequence[ChangeSet]) -> list[str]:
+    """The `_APPLY` parameters for these change sets (`cs` = their index): one
+    JSON array of rows per part of the statement. asyncpg encodes a text array
+    element by element (a type check each); one JSON text per part costs
+    PostgreSQL one parse and the service one `orjson.dumps`."""
+    expected: list[dict[str, object]] = []
+    sets: list[dict[str, object]] = []
+    deletes: list[dict[str, object]] = []
+    written: list[dict[str, object]] = []
+    history: list[dict[str, object]] = []
+    outbox: list[dict[str, object]] = []
     for cs, changes in enumerate(groups):
-        sets_cs.append(cs)
-        sets_n.append(changes.count)
-        for entity, entity_id, version in changes.expected:
-            e_cs.append(cs)
-            e_type.append(entity)
-            e_id.append(entity_id)
-            e_version.append(version)
-        for entity, entity_id in changes.deletes:
-            d_cs.append(cs)
-            d_type.append(entity)
-            d_id.append(entity_id)
-        for s in changes.states:
-            w_cs.append(cs)
-            w_type.append(s.entity)
-            w_id.append(s.entity_id)
-            w_status.append(s.status)
-            w_metadata.append(s.metadata)
-            w_version.append(s.version)
-            w_off.append(s.offset)
-            w_new.append(s.is_new)
-            w_lease.append(s.lease_ttl)
-        for h in changes.history:
-            h_cs.append(cs)
-            h_off.append(h.offset)
-            h_type.append(h.entity)
-            h_id.append(h.entity_id)
-            h_version.append(h.version)
-            h_event.append(h.event)
-            h_previous.append(h.previous_status)
-            h_new.append(h.new_status)
-            h_metadata.append(h.metadata)
-            h_reason.append(h.reason)
-            h_actor.append(h.actor)
-            h_created.append(h.created_at)
-        for e in changes.events:
-            o_cs.append(cs)
-            o_off.append(e.offset)
-            o_event_id.append(e.event_id)
-            o_event.append(e.event)
-            o_type.append(e.entity)
-            o_id.append(e.entity_id)
-            o_data.append(e.data)
-    return list(columns)
+        sets.append({"cs": cs, "n": changes.count})
+        expected.extend(
+            {"cs": cs, "entity_type": entity, "entity_id": entity_id, "version": version}
+            for entity, entity_id, version in changes.expected
+        )
+        deletes.extend(
+            {"cs": cs, "entity_type": entity, "entity_id": entity_id}
+            for entity, entity_id in changes.deletes
+        )
+        written.extend(
+            {
+                "cs": cs,
+                "entity_type": s.entity,
+                "entity_id": s.entity_id,
+                "status": s.status,
+                "metadata": orjson.Fragment(s.metadata),
+                "version": s.version,
+                "off": s.offset,
+                "is_new": s.is_new,
+                "lease_ttl": s.lease_ttl,
+            }
+            for s in changes.states
+        )
+        history.extend(
+            {
+                "cs": cs,
+                "off": h.offset,
+                "entity_type": h.entity,
+                "entity_id": h.entity_id,
+                "version": h.version,
+                "event": h.event,
+                "previous_status": h.previous_status,
+                "new_status": h.new_status,
+                "metadata": orjson.Fragment(h.metadata),
+                "reason": h.reason,
+                "actor": h.actor,
+                "created_at": h.created_at,
+            }
+            for h in changes.history
+        )
+        outbox.extend(
+            {
+                "cs": cs,
+                "off": e.offset,
+                "event_id": e.event_id,
+                "event": e.event,
+                "entity_type": e.entity,
+                "entity_id": e.entity_id,
+                "data": e.data,
+            }
+            for e in changes.events
+        )
+    return [
+        orjson.dumps(part).decode() for part in (expected, sets, deletes, written, history, outbox)
+    ]
 
 
 # The statement of the module docstring. The targets' row locks come first
@@ -512,8 +523,8 @@ def _arguments(groups: Sequence[ChangeSet]) -> list[object]:
 # are returned instead (status NULL: absent).
 _APPLY = f"""
 WITH expected AS (
-    SELECT * FROM unnest($1::int[], $2::text[], $3::text[], $4::int[])
-        AS e(cs, entity_type, entity_id, version)
+    SELECT * FROM json_to_recordset($1::json)
+        AS e(cs int, entity_type text, entity_id text, version int)
 ), locked AS (
     SELECT s.*
     FROM states s JOIN expected e USING (entity_type, entity_id)
@@ -524,7 +535,7 @@ WITH expected AS (
     WHERE coalesce(l.version, 0) <> e.version
 ), sets AS (
     SELECT s.cs, s.n, (sum(s.n) OVER (ORDER BY s.cs) - s.n)::bigint AS before
-    FROM unnest($5::int[], $6::int[]) AS s(cs, n)
+    FROM json_to_recordset($2::json) AS s(cs int, n int)
     WHERE s.cs NOT IN (SELECT cs FROM failed)
 ), total AS (
     SELECT coalesce(sum(n), 0)::int AS n FROM sets
@@ -535,45 +546,44 @@ WITH expected AS (
         date_trunc('milliseconds', clock_timestamp()) AS at
 ), gone AS (
     DELETE FROM states s
-    USING counter, sets JOIN unnest($7::int[], $8::text[], $9::text[])
-        AS d(cs, entity_type, entity_id) USING (cs)
+    USING counter, sets JOIN json_to_recordset($3::json)
+        AS d(cs int, entity_type text, entity_id text) USING (cs)
     WHERE s.entity_type = d.entity_type AND s.entity_id = d.entity_id
 ), written AS (
     SELECT w.*, c.base + sets.before + w.off AS revision, c.at
-    FROM counter c, sets JOIN unnest(
-        $10::int[], $11::text[], $12::text[], $13::text[], $14::text[], $15::int[], $16::int[],
-        $17::bool[], $36::int[]
-    ) AS w(cs, entity_type, entity_id, status, metadata, version, off, is_new, lease_ttl)
-        USING (cs)
+    FROM counter c, sets JOIN json_to_recordset($4::json) AS w(
+        cs int, entity_type text, entity_id text, status text, metadata jsonb, version int,
+        off int, is_new bool, lease_ttl int
+    ) USING (cs)
 ), changed AS (
-    UPDATE states s SET status = w.status, metadata = w.metadata::jsonb, version = w.version,
+    UPDATE states s SET status = w.status, metadata = w.metadata, version = w.version,
         revision = w.revision, updated_at = w.at, lease_ttl = w.lease_ttl,
         lease_expires_at = w.at + make_interval(secs => w.lease_ttl)
     FROM written w
     WHERE NOT w.is_new AND s.entity_type = w.entity_type AND s.entity_id = w.entity_id
 ), created AS (
     INSERT INTO states ({STATE_COLUMNS})
-    SELECT w.entity_type, w.entity_id, w.status, w.metadata::jsonb, w.version, w.revision,
+    SELECT w.entity_type, w.entity_id, w.status, w.metadata, w.version, w.revision,
         w.at, w.at, w.lease_ttl, w.at + make_interval(secs => w.lease_ttl)
     FROM written w WHERE w.is_new
 ), history AS (
     INSERT INTO state_history (revision, entity_type, entity_id, version, event,
         previous_status, new_status, metadata, reason, actor, changed_at, created_at)
     SELECT c.base + sets.before + h.off, h.entity_type, h.entity_id, h.version, h.event,
-        h.previous_status, h.new_status, h.metadata::jsonb, h.reason, h.actor, c.at,
+        h.previous_status, h.new_status, h.metadata, h.reason, h.actor, c.at,
         CASE WHEN h.new_status IS NOT NULL THEN coalesce(h.created_at, c.at) END
-    FROM counter c, sets JOIN unnest(
-        $18::int[], $19::int[], $20::text[], $21::text[], $22::int[], $23::text[], $24::text[],
-        $25::text[], $26::text[], $27::text[], $28::text[], $37::timestamptz[]
-    ) AS h(cs, off, entity_type, entity_id, version, event, previous_status, new_status,
-        metadata, reason, actor, created_at) USING (cs)
+    FROM counter c, sets JOIN json_to_recordset($5::json) AS h(
+        cs int, off int, entity_type text, entity_id text, version int, event text,
+        previous_status text, new_status text, metadata jsonb, reason text, actor text,
+        created_at timestamptz
+    ) USING (cs)
 ), events AS (
     INSERT INTO outbox ({OUTBOX_COLUMNS})
     SELECT c.base + sets.before + o.off, o.event_id, o.event, o.entity_type, o.entity_id,
         o.data, c.at
-    FROM counter c, sets JOIN unnest(
-        $29::int[], $30::int[], $31::text[], $32::text[], $33::text[], $34::text[], $35::text[]
-    ) AS o(cs, off, event_id, event, entity_type, entity_id, data) USING (cs)
+    FROM counter c, sets JOIN json_to_recordset($6::json) AS o(
+        cs int, off int, event_id text, event text, entity_type text, entity_id text, data text
+    ) USING (cs)
 ), notified AS (
     SELECT pg_notify('{OUTBOX_CHANNEL}', (base + (SELECT n FROM total))::text) FROM counter
 )
