@@ -113,6 +113,11 @@ class StateService:
         self.near = near
         self.cache = cache
         self.metrics = metrics
+        # Entity types whose last batch found most of the states it did not
+        # know of already present: their next batch reads those states
+        # instead of guessing them absent (a wrong guess is decided and sent
+        # to the database twice; a read costs creating batches a round trip).
+        self._batches_find_states: set[str] = set()
 
     # -- writes -------------------------------------------------------------------
 
@@ -258,8 +263,16 @@ class StateService:
         self._check_entity_type(entity)
         failures: dict[int, ServiceError] = {}
         succeeded: list[int] = []
+        entity_ids = [item.entityId for item in batch.items]
+        hint = self._hint(
+            entity, entity_ids, absent_if_unknown=entity not in self._batches_find_states
+        )
+        unknown = [entity_id for entity_id in entity_ids if hint.get(entity_id) is None]
+        found = 0
 
         def decide(current: Mapping[str, StoredState]) -> list[Mutation]:
+            nonlocal found
+            found = sum(1 for entity_id in unknown if entity_id in current)
             failures.clear()
             succeeded.clear()
             working = dict(current)
@@ -336,7 +349,7 @@ class StateService:
 
         applied = await apply_change(
             self.store,
-            targets=[(entity, item.entityId) for item in batch.items],
+            targets=[(entity, entity_id) for entity_id in entity_ids],
             decide=decide,
             respond=respond,
             codec=BATCH_CODEC,
@@ -344,11 +357,14 @@ class StateService:
             idempotency=idempotency,
             ttl_seconds=self.idempotency_ttl,
             metrics=self.metrics,
-            hint=self._hint(
-                entity, [item.entityId for item in batch.items], absent_if_unknown=True
-            ),
+            hint=hint,
         )
         if not applied.replayed:
+            # The last decision saw the database's states: learn from them.
+            if found * 2 > len(unknown):
+                self._batches_find_states.add(entity)
+            else:
+                self._batches_find_states.discard(entity)
             await self._written(applied.outcome.states)
         return applied
 
