@@ -15,9 +15,10 @@ from datetime import datetime
 from potok_state.clock import utc_now
 from potok_state.storage.database import Row, Tx
 from potok_state.storage.idempotency import IdempotencyWrite, keyed
-from potok_state.storage.rows import event_record
 from potok_state.storage.sql import SqlStateStore
 from potok_state.webhooks.repository.dispatch import (
+    OUTBOX_KEY_COLUMNS,
+    OutboxKey,
     announce_deliveries,
     delivery_values,
     queue_deliveries,
@@ -213,10 +214,9 @@ class DeliveryLog:
         dialect = self.dialect
         now = utc_now()
         limit = subscription.attempt_limit(attempt_limit)
-        # The payload is not needed to queue a delivery: left out.
         select = (
-            "SELECT revision, event_id, event, entity_type, entity_id, '' AS data, created_at "
-            f"FROM outbox WHERE revision {dialect.in_ints('$1')} ORDER BY revision"
+            f"SELECT {OUTBOX_KEY_COLUMNS} FROM outbox "
+            f"WHERE revision {dialect.in_ints('$1')} ORDER BY revision"
         )
 
         async def work(tx: Tx) -> int:
@@ -225,7 +225,7 @@ class DeliveryLog:
                 chunk = dialect.int_list(list(revisions[start : start + REPLAY_PAGE]))
                 rows = [
                     delivery_values(
-                        dialect, subscription.id, event_record(dialect, row), limit, now, PENDING
+                        dialect, subscription.id, OutboxKey.of(row), limit, now, PENDING
                     )
                     for row in await tx.fetch(select, chunk)
                 ]

@@ -11,12 +11,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
-from potok_state.changes.model import EventRecord
 from potok_state.clock import utc_now
 from potok_state.storage.commits import DELIVERIES_CHANNEL
-from potok_state.storage.database import Tx
+from potok_state.storage.database import Row, Tx
 from potok_state.storage.dialect import Dialect
-from potok_state.storage.rows import OUTBOX_COLUMNS, event_record
 from potok_state.storage.sql import SqlStateStore
 from potok_state.webhooks.repository.rows import (
     PENDING,
@@ -55,10 +53,33 @@ class Dispatched:
     """Some subscription exists (active or not: a disabled one gets skipped deliveries)."""
 
 
+# The outbox columns a delivery is queued from; not the payload nor the time
+# (the claim reads the event whole when it sends it).
+OUTBOX_KEY_COLUMNS = "revision, event_id, event, entity_type, entity_id"
+
+
+@dataclass(frozen=True, slots=True)
+class OutboxKey:
+    """What queueing a delivery needs of its event."""
+
+    revision: int
+    event_id: str
+    event: str
+    entity: str | None
+    entity_id: str | None
+
+    @classmethod
+    def of(cls, row: Row) -> OutboxKey:
+        """From a row of OUTBOX_KEY_COLUMNS."""
+        return cls(
+            row["revision"], row["event_id"], row["event"], row["entity_type"], row["entity_id"]
+        )
+
+
 def delivery_values(
     dialect: Dialect,
     subscription_id: str,
-    record: EventRecord,
+    record: OutboxKey,
     attempt_limit: int,
     now: datetime,
     status: str,
@@ -96,7 +117,7 @@ async def announce_deliveries(tx: Tx) -> None:
         await tx.execute(f"SELECT pg_notify('{DELIVERIES_CHANNEL}', '')")
 
 
-def _ordering_key(subscription_id: str, event: EventRecord) -> str:
+def _ordering_key(subscription_id: str, event: OutboxKey) -> str:
     """Deliveries of one key go one at a time, in order (claims.py)."""
     if event.entity is None:
         return f"{subscription_id}/event:{event.event_id}"
@@ -139,9 +160,9 @@ class OutboxDispatch:
                 )
                 return Dispatched(0, 0, subscribed=False)
             records = [
-                event_record(dialect, row)
+                OutboxKey.of(row)
                 for row in await tx.fetch(
-                    f"SELECT {OUTBOX_COLUMNS} FROM outbox WHERE revision > $1 "
+                    f"SELECT {OUTBOX_KEY_COLUMNS} FROM outbox WHERE revision > $1 "
                     "ORDER BY revision LIMIT $2",
                     cursor or 0,
                     DISPATCH_BATCH,
