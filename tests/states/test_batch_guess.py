@@ -41,9 +41,8 @@ async def test_creating_and_transition_batches_alternate(client: httpx.AsyncClie
             (entity_id, status, version) for entity_id in ids
         ]
     # One change per item and round, none written twice.
-    changes = (await client.get("/api/v1/changes", params={"after": before, "limit": 1000})).json()[
-        "items"
-    ]
+    page = await client.get("/api/v1/changes", params={"after": before, "limit": 1000})
+    changes = page.json()["items"]
     assert len(changes) == 5 * 40
     events = [change["event"] for change in changes]
     assert events.count("entity.created") == 80

@@ -7,7 +7,7 @@ states/transitions.py), applied by the store in one transaction (see
 checked in states/queries.py, cursors made in states/cursors.py. Nothing here
 knows about HTTP.
 
-One module (some 630 lines) on purpose: writes, batches and lease lapses all go
+One module (some 650 lines) on purpose: writes, batches and lease lapses all go
 through `_apply` and `_written` (the one path from a decision to the caches),
 and the reads are the other half of that cache protocol.
 """
